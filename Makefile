@@ -1,0 +1,59 @@
+# The two commands of the README:  `make demo`  and  `make test`.
+# Both (re)build .venv when pyproject.toml or the lock changed, make sure a Redis >= 7 is reachable
+# (scripts/ensure_redis.py), then run.
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONFIG ?= configs/tiny-cpu.yaml
+PYTEST_ARGS ?=
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+export RAY_USAGE_STATS_ENABLED := 0
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export DS_ACCELERATOR ?= cpu
+
+.PHONY: venv demo test test-fast test-vllm-api lock bench docs clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/cpu.lock
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c requirements/cpu.lock -e '.[test]'
+	@touch $(STAMP)
+
+demo: venv
+	@REDIS_URL=$$($(BIN)/python scripts/ensure_redis.py) || exit 1; \
+	REDIS_URL=$$REDIS_URL $(BIN)/rethinker demo --config $(CONFIG)
+
+test: venv
+	@REDIS_URL=$$($(BIN)/python scripts/ensure_redis.py) || exit 1; \
+	REDIS_URL=$$REDIS_URL $(BIN)/python -m pytest -q -ra --durations=20 $(PYTEST_ARGS)
+
+test-fast: venv
+	@REDIS_URL=$$($(BIN)/python scripts/ensure_redis.py) || exit 1; \
+	REDIS_URL=$$REDIS_URL $(BIN)/python -m pytest -q -m "not slow and not e2e" $(PYTEST_ARGS)
+
+# Opt-in lane: installs vllm==0.33.0 into its own venv and checks that every vLLM name and
+# signature our engine uses exists (vLLM cannot run without a GPU).
+test-vllm-api:
+	@test -x .venv-vllm/bin/python || $(PYTHON) -m venv .venv-vllm
+	.venv-vllm/bin/python -m pip install -q "vllm==0.33.0" pytest
+	.venv-vllm/bin/python -m pytest -q tests/services/rollout/vllm_api_check.py
+
+lock: venv
+	{ echo "# Exact pins of the CPU environment (python 3.11, x86_64). Regenerate: make lock"; \
+	  $(BIN)/python -m pip freeze --exclude-editable; } > requirements/cpu.lock
+
+docs: venv
+	$(BIN)/rethinker config schema > docs/configuration.md
+
+bench: venv
+	@REDIS_URL=$$($(BIN)/python scripts/ensure_redis.py) || exit 1; \
+	for b in benchmarks/*.py; do echo "== $$b"; REDIS_URL=$$REDIS_URL $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf .cache runs .pytest_cache

@@ -1,0 +1,407 @@
+"""The one configuration schema of the whole system.
+
+Every process (verifier, buffer, rollout servers, learner, launcher, evaluation) reads the same
+``RethinkerConfig``: shared sections (run, model, data, redis, algorithm) plus one section per
+service.  A config is loaded from YAML, then environment overrides
+(``RETHINKER__SECTION__FIELD=value``, double underscores separate levels), then CLI overrides
+(``--set section.field=value``), in that order.  Values given as strings in overrides are parsed as
+YAML scalars (``--set learner.lr=1e-6``, ``--set algorithm.ssr.mode=filter``).
+
+Any error names the dotted field path and the bad value (``ConfigError``).  Defaults follow the
+VL-Rethinker recipe (see docs/ and ../shared/spec/vl-rethinker.md); ``configs/tiny-cpu.yaml`` shrinks
+it to the CPU demo, ``configs/qwen2.5-vl-7b-8gpu.yaml`` is the paper's 7B recipe.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENV_PREFIX = "RETHINKER__"
+
+PROMPT_SUFFIX = "\n\nPlease reason step by step, and put your final answer within \\boxed{}."
+RETHINK_TRIGGERS = (
+    "\n\nWait",
+    "\n\nWait, does it seem right?",
+    "\n\nWait, let's double check",
+    "\n\nWait, there might be a mistake",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the field path and the offending value."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+# --------------------------------------------------------------------------- shared sections
+
+
+class RunConfig(Section):
+    """Where a run writes its files and how it is seeded."""
+
+    name: str = "run"
+    run_dir: str = "runs/latest"
+    seed: int = 0
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class ModelConfig(Section):
+    """The policy model: a local directory or a hub name, loaded by ``common.model_loading``."""
+
+    path: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
+    trust_remote_code: bool = False
+    # When set, `path` is built on demand with `rethinker tiny-model build` (CPU demo and tests).
+    build_tiny_if_missing: bool = False
+    tiny_seed: int = 0
+
+
+class DataConfig(Section):
+    """Training/eval data in ViRL39K's schema (parquet file or HF dataset folder)."""
+
+    train_path: str = "data/virl39k/train.parquet"
+    eval_path: str | None = None
+    categories: list[str] | None = None  # None keeps every category
+    min_pass_rate: float | None = None  # keep rows with PassRate_7BBase > min (exclusive)
+    max_pass_rate: float | None = None  # keep rows with PassRate_7BBase < max (exclusive)
+    pass_rate_field: Literal["PassRate_7BBase", "PassRate_32BTrained"] = "PassRate_7BBase"
+    prompt_suffix: str = PROMPT_SUFFIX
+    min_pixels: int = 256 * 28 * 28
+    max_pixels: int = 1280 * 28 * 28
+    max_prompt_tokens: int = 2048
+    eval_max_items: int | None = None
+
+    @model_validator(mode="after")
+    def _pixels(self) -> "DataConfig":
+        if self.min_pixels <= 0 or self.max_pixels < self.min_pixels:
+            raise ValueError(
+                f"need 0 < min_pixels <= max_pixels, got min_pixels={self.min_pixels}, max_pixels={self.max_pixels}"
+            )
+        return self
+
+
+class RedisConfig(Section):
+    """Connection to the Redis that holds the prompt queue and the trajectory store."""
+
+    url: str = "redis://127.0.0.1:6379/0"  # rediss:// for TLS; user:password@ allowed
+    password: str | None = None  # overrides the URL's password (use a Secret / env var)
+    namespace: str = "rethinker"  # prefix of every key (see common.redis_keys)
+    socket_timeout_s: float = 10.0
+    connect_timeout_s: float = 5.0
+    retry_attempts: int = 6
+    retry_backoff_s: float = 0.1
+    retry_backoff_max_s: float = 5.0
+    tls_ca_certs: str | None = None
+    tls_insecure: bool = False
+
+
+# --------------------------------------------------------------------------- algorithm
+
+
+class SamplingConfig(Section):
+    """Rollout sampling (spec section 2)."""
+
+    n: int = Field(8, ge=1)
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_k: int = 40  # -1 disables
+    max_new_tokens: int = Field(2048, ge=1)
+
+
+class GRPOConfig(Section):
+    """Advantage and clipped-ratio loss (spec section 2)."""
+
+    std_normalize: bool = False
+    adv_eps: float = 1e-6
+    clip_low: float = Field(0.2, ge=0.0)
+    clip_high: float = Field(0.35, ge=0.0)
+    entropy_coef: float = 0.0
+    kl_coef: float = 0.0  # > 0 loads a frozen reference model
+    nll_coef: float = 0.05  # SFT term on positive-advantage responses that contain "wait"
+    is_cap: float | None = 5.0  # cap of the importance weight for stale (replayed) samples
+    loss_agg: Literal["token_mean"] = "token_mean"
+
+
+class SSRConfig(Section):
+    """Selective Sample Replay (spec section 3)."""
+
+    mode: Literal["ssr", "filter", "grpo"] = "ssr"
+    alpha: float = Field(1.0, gt=0.0)
+    replay_eps: float = 1e-4
+    replay_capacity: int = Field(4096, ge=0)  # FIFO pool of already-trained effective responses
+    capacity: int = Field(200_000, ge=1)  # total stored responses; oldest evicted first
+    staleness_bound: int = Field(4, ge=0)  # max policy-version lag of a trained response
+    reuse_cap: int = Field(4, ge=1)  # max times one response may be trained on
+    train_fraction: float = Field(0.5, gt=0.0, le=1.0)  # trained volume / rollout volume
+
+
+class RethinkConfig(Section):
+    """Forced Rethinking (spec section 4)."""
+
+    enabled: bool = True
+    max_candidate_tokens: int = 1024
+    skip_incorrect_above_acc: float = 0.7
+    skip_prob: float = 0.35
+    truncate_prob: float = 0.5
+    generic_trigger_prob: float = 0.5
+    wait_vs_seem_right: float = 0.4  # P("\n\nWait") among the generic triggers
+    temperature: float = 0.9
+    min_continuation_tokens: int = 30  # exclusive
+    max_continuation_tokens: int = 1024  # exclusive
+    max_wait_markers: int = 4
+    max_kept_per_prompt: int = 2
+    eval_trigger: str = "\n\nWait"
+
+
+class RewardConfig(Section):
+    """Rule-based reward (spec section 5)."""
+
+    correct: float = 1.0
+    wrong: float = 0.0
+    invalid: float = -0.1
+    invalid_max_waits: int = 5  # more "wait"s than this makes a response invalid
+    invalid_rule: bool = True  # no EOS / too many waits -> `invalid`
+    shaping: bool = False  # the public code's wait-count shaping (1.1 for 1-2 waits, ...)
+
+
+class AlgorithmConfig(Section):
+    sampling: SamplingConfig = SamplingConfig()
+    grpo: GRPOConfig = GRPOConfig()
+    ssr: SSRConfig = SSRConfig()
+    rethink: RethinkConfig = RethinkConfig()
+    reward: RewardConfig = RewardConfig()
+
+
+# --------------------------------------------------------------------------- services
+
+
+class VerifierConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8100, ge=0, le=65535)
+    url: str | None = None  # how clients reach it; default http://host:port
+    workers: int | None = None  # grading processes; None = cpu count
+    timeout_s: float = Field(1.0, gt=0.0)  # hard per-item limit
+    max_items: int = Field(1024, ge=1)  # per request
+    max_item_chars: int = Field(500_000, ge=1)
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    # Ray Serve
+    ray_min_replicas: int = 1
+    ray_max_replicas: int = 4
+    ray_target_ongoing_requests: int = 8
+    ray_batch_size: int = 64
+    ray_batch_wait_s: float = 0.01
+
+    def base_url(self) -> str:
+        return self.url or f"http://{self.host}:{self.port}"
+
+
+class BufferConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8200, ge=0, le=65535)
+    url: str | None = None
+    admin_token: str | None = None  # bearer token for admin endpoints (None disables them)
+    read_token: str | None = None  # when set, read endpoints require it too
+    max_inflight_tasks: int = Field(64, ge=1)  # prompt queue backpressure
+    reclaim_idle_s: float = Field(60.0, gt=0.0)  # tasks of dead consumers are reclaimed after this
+    stats_window: int = 512  # points kept for the time series of the stats endpoint
+    snapshot_dir: str = "runs/snapshots"
+
+    def base_url(self) -> str:
+        return self.url or f"http://{self.host}:{self.port}"
+
+
+class RolloutConfig(Section):
+    engine: Literal["hf", "vllm"] = "hf"
+    host: str = "127.0.0.1"
+    port: int = Field(8300, ge=0, le=65535)
+    advertise_url: str | None = None
+    server_id: str | None = None  # default: hostname-port
+    batch_prompts: int = Field(4, ge=1)  # prompts claimed per generation batch
+    heartbeat_s: float = Field(2.0, gt=0.0)
+    heartbeat_ttl_s: float = Field(10.0, gt=0.0)
+    verifier_timeout_s: float = 30.0
+    verifier_retries: int = 5
+    partial_rollouts: bool = False
+    # vLLM
+    gpu_memory_utilization: float = 0.85
+    tensor_parallel_size: int = 1
+    max_model_len: int = 8192
+    enforce_eager: bool = False
+
+
+class WeightSyncConfig(Section):
+    backend: Literal["gloo", "nccl", "cuda_ipc"] = "gloo"
+    master_addr: str = "127.0.0.1"
+    master_port: int = Field(29600, ge=0, le=65535)
+    bucket_mb: float = Field(256.0, gt=0.0)
+    timeout_s: float = Field(60.0, gt=0.0)
+    token: str | None = None  # servers must present it to join a sync group
+
+
+class LearnerConfig(Section):
+    zero_stage: Literal[0, 1, 2, 3] = 3
+    precision: Literal["fp32", "bf16"] = "bf16"
+    freeze_vision: bool = False
+    gradient_checkpointing: bool = False
+    lr: float = Field(1e-6, gt=0.0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    warmup_ratio: float = Field(0.03, ge=0.0, le=1.0)
+    min_lr_ratio: float = Field(0.5, ge=0.0, le=1.0)
+    total_steps: int = Field(1000, ge=1)
+    prompts_per_step: int = Field(512, ge=1)  # rollout volume: prompts x n responses
+    micro_batch_size: int = Field(4, ge=1)
+    sync_every: int = Field(1, ge=1)
+    checkpoint_every: int = Field(50, ge=1)
+    checkpoint_dir: str = "runs/latest/checkpoints"
+    keep_checkpoints: int = 2
+    eval_every: int = 0  # 0 disables periodic eval
+    sample_timeout_s: float = 600.0
+    tensorboard_dir: str | None = None  # default: <run_dir>/tensorboard
+    wandb_project: str | None = None
+    weight_sync: WeightSyncConfig = WeightSyncConfig()
+
+
+class EvalConfig(Section):
+    benchmarks: list[str] = ["mathvista", "mathverse", "mathvision", "mmmu_pro", "emma"]
+    data_dir: str = "data/benchmarks"
+    out_dir: str = "runs/eval"
+    max_new_tokens: int = 2048
+    batch_size: int = 8
+    force_rethink: bool = False
+
+
+class LauncherConfig(Section):
+    rollout_servers: int = Field(2, ge=0)
+    start_redis: bool = True
+    health_timeout_s: float = 300.0
+    warmup_sft_steps: int = 0  # CPU demo: short format warm-up before RL
+
+
+class RethinkerConfig(Section):
+    """The whole system's configuration."""
+
+    run: RunConfig = RunConfig()
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    redis: RedisConfig = RedisConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    verifier: VerifierConfig = VerifierConfig()
+    buffer: BufferConfig = BufferConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    learner: LearnerConfig = LearnerConfig()
+    eval: EvalConfig = EvalConfig()
+    launcher: LauncherConfig = LauncherConfig()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _format_validation_error(err: ValidationError, data: Mapping[str, Any] | None = None) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"])
+        value = e.get("input")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{path}: unknown field (value {value!r})")
+        else:
+            lines.append(f"{path}: {e['msg']} (got {value!r})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any, *, source: str) -> None:
+    parts = [p for p in dotted.split(".")]
+    if not dotted or any(not p for p in parts):
+        raise ConfigError(f"{source}: bad field path {dotted!r}")
+    node: Any = data
+    walked = []
+    for p in parts[:-1]:
+        walked.append(p)
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = {}
+            node[p] = nxt
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{source}: {'.'.join(walked)} is a value, not a section (setting {dotted})")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
+    """``["a.b=1", ...]`` -> ``[("a.b", 1), ...]``; a malformed item raises ConfigError."""
+    out = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.field=value")
+        key, _, raw = item.partition("=")
+        out.append((key.strip(), _parse_scalar(raw)))
+    return out
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> list[tuple[str, Any]]:
+    environ = os.environ if environ is None else environ
+    out = []
+    for key, raw in sorted(environ.items()):
+        if key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX):
+            dotted = ".".join(p.lower() for p in key[len(ENV_PREFIX) :].split("__"))
+            out.append((dotted, _parse_scalar(raw)))
+    return out
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> RethinkerConfig:
+    """YAML file (optional) -> env overrides -> CLI overrides -> validated ``RethinkerConfig``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping at top level, got {type(loaded).__name__}")
+        data = loaded
+    for dotted, value in env_overrides(environ):
+        _set_path(data, dotted, value, source="environment")
+    for dotted, value in parse_overrides(overrides):
+        _set_path(data, dotted, value, source="--set")
+    try:
+        return RethinkerConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, data)) from None
+
+
+def config_to_yaml(cfg: RethinkerConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def config_from_json(text: str) -> RethinkerConfig:
+    """Inverse of ``cfg.model_dump_json()``; used to hand a config to a child process."""
+    try:
+        return RethinkerConfig.model_validate_json(text)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None

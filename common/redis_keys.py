@@ -1,0 +1,111 @@
+"""Every Redis key name the system uses, in one place.
+
+Keys are ``<namespace>:{<slot>}:<name>``.  The ``{...}`` part is a Redis Cluster hash tag: all keys
+that one server-side script touches share a tag, so each script's keys live in one slot and the
+store works unchanged on a cluster (see docs/buffer.md for how the store shards when one primary is
+no longer enough: one tag per shard, ``{<shard>}``).
+
+- ``{q}``   prompt queue: the stream of prompt tasks, its consumer group, dedup set, in-flight count.
+- ``{s}``   trajectory store: groups, samples, fresh/replay priority indexes, counters, stats.
+- ``{w}``   weight sync and membership: published policy versions, rollout server registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    namespace: str = "rethinker"
+    shard: str = "s"  # trajectory-store hash tag; one per shard when sharded
+
+    def _k(self, tag: str, name: str) -> str:
+        return f"{self.namespace}:{{{tag}}}:{name}"
+
+    # ---- prompt queue ({q})
+    @property
+    def task_stream(self) -> str:
+        return self._k("q", "tasks")
+
+    @property
+    def task_group(self) -> str:
+        """Consumer-group name (not a key) of the rollout servers on the task stream."""
+        return "rollout"
+
+    @property
+    def task_published(self) -> str:
+        """Set of ``epoch:prompt_id`` published; detects double publication within an epoch."""
+        return self._k("q", "published")
+
+    @property
+    def task_meta(self) -> str:
+        return self._k("q", "meta")
+
+    # ---- trajectory store ({s} or {shard})
+    def group(self, group_id: str) -> str:
+        return self._k(self.shard, f"group:{group_id}")
+
+    def sample(self, sample_id: str) -> str:
+        return self._k(self.shard, f"sample:{sample_id}")
+
+    @property
+    def sample_meta(self) -> str:
+        """Hash of per-sample metadata used by the sampler (advantage, version, reuse...)."""
+        return self._k(self.shard, "sample_meta")
+
+    @property
+    def fresh_index(self) -> str:
+        return self._k(self.shard, "fresh")
+
+    @property
+    def replay_index(self) -> str:
+        return self._k(self.shard, "replay")
+
+    @property
+    def all_index(self) -> str:
+        return self._k(self.shard, "all")
+
+    @property
+    def counters(self) -> str:
+        return self._k(self.shard, "counters")
+
+    @property
+    def stats_series(self) -> str:
+        return self._k(self.shard, "stats_series")
+
+    @property
+    def store_meta(self) -> str:
+        return self._k(self.shard, "meta")
+
+    # ---- weights and membership ({w})
+    @property
+    def policy_version(self) -> str:
+        """Hash: the latest published ``PolicyVersion`` (version, step, checkpoint, time)."""
+        return self._k("w", "policy_version")
+
+    @property
+    def policy_channel(self) -> str:
+        """Pub/sub channel announcing new versions and weight-sync rounds."""
+        return self._k("w", "policy_events")
+
+    @property
+    def servers(self) -> str:
+        """Hash server_id -> registration (address, engine, loaded version, last heartbeat)."""
+        return self._k("w", "servers")
+
+    def server_heartbeat(self, server_id: str) -> str:
+        return self._k("w", f"heartbeat:{server_id}")
+
+    @property
+    def sync_round(self) -> str:
+        """Hash describing the current weight-sync round (members, rendezvous, version)."""
+        return self._k("w", "sync_round")
+
+    @property
+    def learner_state(self) -> str:
+        return self._k("w", "learner")
+
+    def all_patterns(self) -> list[str]:
+        """Glob patterns covering every key of this namespace (used by admin clear and tests)."""
+        return [f"{self.namespace}:*"]

@@ -1,0 +1,52 @@
+"""The `rethinker` console command: real subprocesses, exit codes and readable errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "rethinker.cli", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_version():
+    r = run("version")
+    assert r.returncode == 0 and r.stdout.startswith("rethinker ")
+
+
+def test_config_show_applies_overrides():
+    r = run("config", "show", "-c", "configs/tiny-cpu.yaml", "--set", "learner.lr=0.5",
+            env={"RETHINKER__ROLLOUT__PORT": "9999"})
+    assert r.returncode == 0, r.stderr
+    shown = yaml.safe_load(r.stdout)
+    assert shown["learner"]["lr"] == 0.5 and shown["rollout"]["port"] == 9999
+    assert shown["model"]["path"] == ".cache/models/tiny-seed0"
+
+
+def test_config_error_is_one_readable_line_per_problem():
+    r = run("config", "show", "--set", "learner.zero_stage=9", "--set", "verifier.port=-1")
+    assert r.returncode == 2
+    assert "rethinker: error: invalid configuration" in r.stderr
+    assert "learner.zero_stage" in r.stderr and "(got 9)" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_config_file():
+    r = run("config", "show", "-c", "nope.yaml")
+    assert r.returncode == 2 and "nope.yaml" in r.stderr and "does not exist" in r.stderr
+
+
+def test_unknown_command_is_a_usage_error():
+    r = run("frobnicate")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
