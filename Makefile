@@ -26,15 +26,15 @@ $(STAMP): pyproject.toml requirements/cpu.lock
 	@touch $(STAMP)
 
 demo: venv
-	@REDIS_URL=$$($(BIN)/python scripts/ensure_redis.py) || exit 1; \
+	@REDIS_URL=$$($(BIN)/python -m rethinker.local_redis) || exit 1; \
 	REDIS_URL=$$REDIS_URL $(BIN)/rethinker demo --config $(CONFIG)
 
 test: venv
-	@REDIS_URL=$$($(BIN)/python scripts/ensure_redis.py) || exit 1; \
+	@REDIS_URL=$$($(BIN)/python -m rethinker.local_redis) || exit 1; \
 	REDIS_URL=$$REDIS_URL $(BIN)/python -m pytest -q -ra --durations=20 $(PYTEST_ARGS)
 
 test-fast: venv
-	@REDIS_URL=$$($(BIN)/python scripts/ensure_redis.py) || exit 1; \
+	@REDIS_URL=$$($(BIN)/python -m rethinker.local_redis) || exit 1; \
 	REDIS_URL=$$REDIS_URL $(BIN)/python -m pytest -q -m "not slow and not e2e" $(PYTEST_ARGS)
 
 # Opt-in lane: installs vllm==0.33.0 into its own venv and checks that every vLLM name and
@@ -52,7 +52,7 @@ docs: venv
 	$(BIN)/rethinker config schema > docs/configuration.md
 
 bench: venv
-	@REDIS_URL=$$($(BIN)/python scripts/ensure_redis.py) || exit 1; \
+	@REDIS_URL=$$($(BIN)/python -m rethinker.local_redis) || exit 1; \
 	for b in benchmarks/*.py; do echo "== $$b"; REDIS_URL=$$REDIS_URL $(BIN)/python $$b || exit 1; done
 
 clean:

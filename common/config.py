@@ -240,12 +240,21 @@ class RolloutConfig(Section):
 
 
 class WeightSyncConfig(Section):
+    """Learner -> rollout weight broadcast (common.weight_transport, docs/weight-sync.md)."""
+
     backend: Literal["gloo", "nccl", "cuda_ipc"] = "gloo"
-    master_addr: str = "127.0.0.1"
-    master_port: int = Field(29600, ge=0, le=65535)
+    master_addr: str = "127.0.0.1"  # address the learner's rendezvous store listens on / receivers dial
+    master_port: int = Field(29600, ge=0, le=65535)  # first port tried per round; 0 = any free port
+    port_span: int = Field(32, ge=1)  # rounds rotate over [master_port, master_port + port_span)
     bucket_mb: float = Field(256.0, gt=0.0)
-    timeout_s: float = Field(60.0, gt=0.0)
+    timeout_s: float = Field(60.0, gt=0.0)  # per collective; a hung receiver fails the round after this
+    join_timeout_s: float = Field(10.0, gt=0.0)  # members that have not joined a round by then are left out
     token: str | None = None  # servers must present it to join a sync group
+    heartbeat_s: float = Field(2.0, gt=0.0)  # receivers refresh their join record this often
+    member_ttl_s: float = Field(15.0, gt=0.0)  # a join record older than this is not invited
+    poll_s: float = Field(0.2, gt=0.0)  # receivers look for a new round at least this often
+    staging: Literal["full", "stream"] = "full"  # receiver hands over all weights at once / bucket by bucket
+    max_failure_backoff: int = Field(8, ge=0)  # a member failing k rounds in a row sits out min(2^k-1, this) rounds
 
 
 class LearnerConfig(Section):

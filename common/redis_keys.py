@@ -103,6 +103,11 @@ class RedisKeys:
         return self._k("w", "sync_round")
 
     @property
+    def sync_members(self) -> str:
+        """Hash server_id -> weight-sync join record (token proof, backend, heartbeat, loaded version)."""
+        return self._k("w", "sync_members")
+
+    @property
     def learner_state(self) -> str:
         return self._k("w", "learner")
 

@@ -118,11 +118,28 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_lazy("common.data.synth", "cmd_synth"))
 
 
+def _add_up(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("up", help="run the whole system locally (Redis, verifier, buffer, rollouts, learner)")
+    add_config_args(p)
+    p.add_argument("--steps", type=int, default=None, help="override learner.total_steps")
+    p.add_argument("--no-learner", action="store_true", help="start the services only (Ctrl-C stops them)")
+    p.set_defaults(func=_lazy("rethinker.launcher", "cmd_up"))
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the CPU demo: tiny VLM, synthetic visual task, GRPO + SSR + rethinking")
+    add_config_args(p)
+    p.add_argument("--steps", type=int, default=None, help="override learner.total_steps")
+    p.set_defaults(func=_lazy("rethinker.demo", "cmd_demo"))
+
+
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_version,
     _add_config,
     _add_tiny_model,
     _add_data,
+    _add_up,
+    _add_demo,
 ]
 
 

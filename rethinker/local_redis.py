@@ -1,8 +1,9 @@
-"""Make sure a Redis >= 7 is reachable and print its URL on stdout (used by `make test/demo`).
+"""Find or start a local Redis >= 7 (used by `make test`/`make demo` and `rethinker up`).
 
 Order: $REDIS_URL if set and answering; else redis://127.0.0.1:6379/0 if answering; else start a
-local `redis-server` on a free port (pid and log under .cache/redis/); else install it with apt when
-running as root; else exit 1 with a message saying how to get one.  Messages go to stderr.
+local `redis-server` on a free port (pid and log under <state dir>, default .cache/redis/); else
+install it with apt when running as root; else fail with a message saying how to get one.
+`python -m rethinker.local_redis` prints the URL on stdout; messages go to stderr.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pathlib import Path
 
 import redis
 
-ROOT = Path(__file__).resolve().parent.parent
-STATE = ROOT / ".cache" / "redis"
+DEFAULT_STATE = Path(".cache") / "redis"
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 
 def say(msg: str) -> None:
@@ -44,7 +45,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_local() -> str | None:
+def start_local(state: Path = DEFAULT_STATE, *, appendonly: bool = False) -> str | None:
+    """Start a daemonized redis-server on a free port; returns its URL (None when impossible)."""
     binary = shutil.which("redis-server")
     if binary is None and os.geteuid() == 0 and shutil.which("apt-get"):
         say("redis-server not found; installing it with apt-get (running as root)")
@@ -54,15 +56,16 @@ def start_local() -> str | None:
         binary = shutil.which("redis-server")
     if binary is None:
         return None
-    STATE.mkdir(parents=True, exist_ok=True)
-    url_file = STATE / "url"
+    state = Path(state).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    url_file = state / "url"
     if url_file.exists() and answering(url_file.read_text().strip()):
         return url_file.read_text().strip()
     port = free_port()
     subprocess.run(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "yes", "--save", "",
-         "--appendonly", "no", "--dir", str(STATE), "--pidfile", str(STATE / "redis.pid"),
-         "--logfile", str(STATE / "redis.log")],
+         "--appendonly", "yes" if appendonly else "no", "--dir", str(state), "--pidfile", str(state / "redis.pid"),
+         "--logfile", str(state / "redis.log")],
         check=True,
         stdout=sys.stderr,
     )
@@ -70,29 +73,39 @@ def start_local() -> str | None:
     for _ in range(50):
         if answering(url):
             url_file.write_text(url)
-            say(f"started redis-server on port {port} (pid file {STATE / 'redis.pid'})")
+            say(f"started redis-server on port {port} (pid file {state / 'redis.pid'})")
             return url
         time.sleep(0.1)
     return None
 
 
-def main() -> int:
-    candidates = [os.environ["REDIS_URL"]] if os.environ.get("REDIS_URL") else []
-    candidates.append("redis://127.0.0.1:6379/0")
-    for url in candidates:
+class RedisUnavailable(RuntimeError):
+    """No Redis could be found or started; the message says how to get one."""
+
+
+def ensure_redis(preferred: str | None = None, *, state: Path = DEFAULT_STATE) -> str:
+    """The URL of a reachable Redis >= 7: `preferred`, $REDIS_URL, the default port, or a new one."""
+    candidates = [u for u in (preferred, os.environ.get("REDIS_URL"), DEFAULT_URL) if u]
+    for url in dict.fromkeys(candidates):
         if answering(url):
-            print(url)
-            return 0
-    url = start_local()
+            return url
+    url = start_local(state)
     if url:
-        print(url)
-        return 0
-    say(
+        return url
+    raise RedisUnavailable(
         "no Redis >= 7 reachable and none could be started. Install one "
         "(Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis) "
         "or set REDIS_URL=redis://host:port/0"
     )
-    return 1
+
+
+def main() -> int:
+    try:
+        print(ensure_redis())
+    except RedisUnavailable as exc:
+        say(str(exc))
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,14 @@
+"""Benchmark evaluation of a VL-Rethinker policy (its own process: ``rethinker eval`` / ``rethinker chat``).
+
+Layout:
+
+- ``evaluation.benchmarks``: one loader per benchmark (MathVista, MathVerse, MathVision, MMMU-Pro,
+  EMMA, ViRL39K-format sets) turning the public release's local files into ``EvalItem``s.
+- ``evaluation.prompts``: the spec's prompt (question, options, suffix) and the image placeholders.
+- ``evaluation.generation``: the decoding back-ends (a rollout engine in-process, or rollout servers).
+- ``evaluation.judging``: the training verifier applied to an item.
+- ``evaluation.runner``: the resumable runner (per-item jsonl, progress, forced rethinking).
+- ``evaluation.report``: per-benchmark / per-category accuracy as JSON and a markdown table.
+- ``evaluation.periodic``: the learner's every-k-steps eval hook.
+- ``evaluation.chat``: one-shot inference.
+"""
