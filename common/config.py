@@ -75,6 +75,8 @@ class DataConfig(Section):
     min_pass_rate: float | None = None  # keep rows with PassRate_7BBase > min (exclusive)
     max_pass_rate: float | None = None  # keep rows with PassRate_7BBase < max (exclusive)
     pass_rate_field: Literal["PassRate_7BBase", "PassRate_32BTrained"] = "PassRate_7BBase"
+    # rows whose pass rate is -1 (not annotated) when min/max_pass_rate is set: keep or drop them
+    unannotated_pass_rate: Literal["keep", "drop"] = "keep"
     prompt_suffix: str = PROMPT_SUFFIX
     min_pixels: int = 256 * 28 * 28
     max_pixels: int = 1280 * 28 * 28
@@ -172,6 +174,10 @@ class RewardConfig(Section):
     invalid_max_waits: int = 5  # more "wait"s than this makes a response invalid
     invalid_rule: bool = True  # no EOS / too many waits -> `invalid`
     shaping: bool = False  # the public code's wait-count shaping (1.1 for 1-2 waits, ...)
+    shaping_bonus: float = 0.1  # added to `correct` for a first-pass correct response with 1..bonus_max_waits waits
+    shaping_bonus_max_waits: int = Field(2, ge=0)
+    shaping_penalty_per_wait: float = 0.2  # correct with more waits: correct - penalty * n_wait ...
+    shaping_floor: float = -0.1  # ... but never below this
 
 
 class AlgorithmConfig(Section):
@@ -194,12 +200,15 @@ class VerifierConfig(Section):
     max_items: int = Field(1024, ge=1)  # per request
     max_item_chars: int = Field(500_000, ge=1)
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    worker_memory_mb: int | None = Field(2048, ge=64)  # address-space limit of each grading process
     # Ray Serve
     ray_min_replicas: int = 1
     ray_max_replicas: int = 4
     ray_target_ongoing_requests: int = 8
     ray_batch_size: int = 64
     ray_batch_wait_s: float = 0.01
+    ray_replica_cpus: float = Field(1.0, gt=0.0)  # CPUs reserved per replica; its pool has max(1, int(cpus)) workers
+    ray_num_cpus: int | None = None  # `rethinker serve verifier --ray` starts a local Ray with this many CPUs
 
     def base_url(self) -> str:
         return self.url or f"http://{self.host}:{self.port}"
@@ -213,7 +222,10 @@ class BufferConfig(Section):
     read_token: str | None = None  # when set, read endpoints require it too
     max_inflight_tasks: int = Field(64, ge=1)  # prompt queue backpressure
     reclaim_idle_s: float = Field(60.0, gt=0.0)  # tasks of dead consumers are reclaimed after this
-    stats_window: int = 512  # points kept for the time series of the stats endpoint
+    stats_window: int = Field(512, ge=2)  # points kept for the time series of the stats endpoint
+    series_interval_s: float = Field(1.0, ge=0.0)  # min seconds between two time-series points
+    request_ttl_s: int = Field(600, ge=0)  # a sample() batch is kept this long for idempotent retries
+    rate_window_s: float = Field(30.0, gt=0.0)  # insert/sample rates of the stats are over this window
     snapshot_dir: str = "runs/snapshots"
 
     def base_url(self) -> str:
@@ -232,6 +244,11 @@ class RolloutConfig(Section):
     verifier_timeout_s: float = 30.0
     verifier_retries: int = 5
     partial_rollouts: bool = False
+    device: str = "auto"  # hf engine: "auto" (cuda if available), "cpu", "cuda:0", ...
+    hf_max_batch_rows: int = Field(64, ge=1)  # hf engine: rows (prompt x sample) per generate call
+    claim_block_ms: int = Field(1000, ge=0)  # how long one claim waits for prompt tasks
+    shutdown_grace_s: float = Field(60.0, ge=0.0)  # SIGTERM: finish the current batch within this, else return its tasks
+    max_task_deliveries: int = Field(5, ge=1)  # a task whose batch failed this often is acked without a group
     # vLLM
     gpu_memory_utilization: float = 0.85
     tensor_parallel_size: int = 1
@@ -283,12 +300,25 @@ class LearnerConfig(Section):
 
 
 class EvalConfig(Section):
+    """Benchmark evaluation (``rethinker eval``, docs/evaluation.md) and the learner's periodic eval."""
+
     benchmarks: list[str] = ["mathvista", "mathverse", "mathvision", "mmmu_pro", "emma"]
     data_dir: str = "data/benchmarks"
-    out_dir: str = "runs/eval"
-    max_new_tokens: int = 2048
-    batch_size: int = 8
-    force_rethink: bool = False
+    out_dir: str = "runs/eval"  # results go to <out_dir>/<model name>[-rethink] unless --out is given
+    max_new_tokens: int = Field(2048, ge=1)
+    batch_size: int = Field(8, ge=1)  # prompts per decoding batch
+    force_rethink: bool = False  # continue each response after algorithm.rethink.eval_trigger
+    max_items: int | None = Field(None, ge=1)  # per benchmark (first N in file order)
+    servers: list[str] = []  # rollout server URLs to decode with; empty: a local engine
+    judge_workers: int = Field(1, ge=0)  # verifier worker processes; 0 grades in-process
+    judge_timeout_s: float = Field(5.0, gt=0.0)  # hard per-item grading limit (workers >= 1)
+    option_text_rule: bool = True  # MC: an answer equal to the gold option's text counts
+    precision_rule: bool = True  # MathVista floats: compare at the item's stated precision
+    # learner hook (every learner.eval_every steps); empty benchmarks: data.eval_path as "virl"
+    periodic_benchmarks: list[str] = []
+    periodic_max_items: int | None = Field(None, ge=1)  # None: data.eval_max_items
+    periodic_max_new_tokens: int | None = Field(None, ge=1)  # None: algorithm.sampling.max_new_tokens
+    periodic_force_rethink: bool = False
 
 
 class LauncherConfig(Section):

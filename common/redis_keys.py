@@ -42,6 +42,13 @@ class RedisKeys:
     def task_meta(self) -> str:
         return self._k("q", "meta")
 
+    def task_published_in(self, epoch: int) -> str:
+        """Hash prompt_id -> task_id of the tasks published in one epoch (duplicate detection)."""
+        return self._k("q", f"published:{int(epoch)}")
+
+    def queue_pattern(self) -> str:
+        return self._k("q", "*")
+
     # ---- trajectory store ({s} or {shard})
     def group(self, group_id: str) -> str:
         return self._k(self.shard, f"group:{group_id}")
@@ -78,6 +85,58 @@ class RedisKeys:
     def store_meta(self) -> str:
         return self._k(self.shard, "meta")
 
+    # Buffer-internal store keys (services/buffer; the Lua library documents their layout).
+    @property
+    def samples(self) -> str:
+        """Hash sample_id -> codec bytes of the Sample."""
+        return self._k(self.shard, "samples")
+
+    @property
+    def groups(self) -> str:
+        """Hash group_id -> codec bytes of the Group without samples (holds the task and images)."""
+        return self._k(self.shard, "groups")
+
+    @property
+    def group_meta(self) -> str:
+        return self._k(self.shard, "group_meta")
+
+    @property
+    def group_order(self) -> str:
+        """List of group ids, oldest first (capacity eviction)."""
+        return self._k(self.shard, "group_order")
+
+    def pool_counts(self, pool: str) -> str:
+        """Hash bucket -> count of a sampling pool (``f`` fresh, ``r`` replay, ``z`` zero-advantage)."""
+        return self._k(self.shard, f"pool:{pool}:cnt")
+
+    def pool_slots(self, pool: str) -> str:
+        """Hash ``bucket:pos`` -> sample_id of a sampling pool."""
+        return self._k(self.shard, f"pool:{pool}:slot")
+
+    @property
+    def replay_fifo(self) -> str:
+        return self._k(self.shard, "replay_fifo")
+
+    @property
+    def by_version(self) -> str:
+        """Zset sample_id -> policy version of every pooled sample (staleness eviction)."""
+        return self._k(self.shard, "by_version")
+
+    @property
+    def version_series(self) -> str:
+        return self._k(self.shard, "version_series")
+
+    @property
+    def version_index(self) -> str:
+        return self._k(self.shard, "version_index")
+
+    def sample_request(self, request_id: str) -> str:
+        """Cached result of one ``sample`` call (idempotent retries)."""
+        return self._k(self.shard, f"req:{request_id}")
+
+    def store_pattern(self) -> str:
+        return self._k(self.shard, "*")
+
     # ---- weights and membership ({w})
     @property
     def policy_version(self) -> str:
@@ -96,6 +155,11 @@ class RedisKeys:
 
     def server_heartbeat(self, server_id: str) -> str:
         return self._k("w", f"heartbeat:{server_id}")
+
+    @property
+    def server_alive(self) -> str:
+        """Zset server_id -> heartbeat expiry (Redis server time); maintained by the buffer client."""
+        return self._k("w", "server_alive")
 
     @property
     def sync_round(self) -> str:

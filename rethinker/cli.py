@@ -115,6 +115,13 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.add_argument("out", metavar="OUT")
     s.add_argument("--n", type=int, default=2000)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--eval-fraction", type=float, default=0.1, help="share of rows in eval.parquet")
+    s.add_argument("--image-size", type=int, default=56, help="image side in pixels (56 -> 4 vision tokens)")
+    s.add_argument(
+        "--kinds",
+        default=None,
+        help="comma-separated question kinds: largest_color,leftmost_color,largest_type,count (default: all)",
+    )
     s.set_defaults(func=_lazy("common.data.synth", "cmd_synth"))
 
 
@@ -133,6 +140,93 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_lazy("rethinker.demo", "cmd_demo"))
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a model on MathVista / MathVerse / MathVision / MMMU-Pro / EMMA (docs/evaluation.md)",
+        description="Greedy decoding with the training prompt, judged by the verifier; resumable.",
+    )
+    add_config_args(p)
+    p.add_argument("--model", metavar="PATH_OR_NAME", help="model folder or hub id (default: model.path)")
+    p.add_argument("--bench", action="append", metavar="NAME[:VARIANT][=PATH],...",
+                   help="benchmarks, comma-separated or repeated (default: eval.benchmarks); see --list")
+    p.add_argument("--data-dir", metavar="DIR", help="folder holding one sub-folder per benchmark (default: eval.data_dir)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: eval.out_dir/<model>[-rethink])")
+    p.add_argument("--server", action="append", metavar="URL", help="decode with running rollout servers (repeatable)")
+    p.add_argument("--force-rethink", action="store_true", help='append "\\n\\nWait" and report accuracy before/after')
+    p.add_argument("--max-new-tokens", type=int, metavar="N", help="default: eval.max_new_tokens (2048)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="prompts per decoding batch (default: eval.batch_size)")
+    p.add_argument("--max-items", type=int, metavar="N", help="first N items of each benchmark")
+    p.add_argument("--judge-workers", type=int, metavar="N", help="verifier processes; 0 grades in-process")
+    p.add_argument("--engine", choices=["hf", "vllm"], help="local engine (default: rollout.engine)")
+    p.add_argument("--device", metavar="DEV", help="hf engine device: auto, cpu, cuda:0 ...")
+    p.add_argument("--overwrite", action="store_true", help="discard earlier results in the output folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar / progress lines")
+    p.add_argument("--list", action="store_true", help="list the benchmarks, variants and expected folders")
+    p.set_defaults(func=_lazy("evaluation.main", "cmd_eval"))
+
+
+def _add_chat(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chat", help="one-shot inference with the training prompt suffix and pixel limits")
+    add_config_args(p)
+    p.add_argument("question", help="the question (images go first, or at <image> placeholders)")
+    p.add_argument("--model", metavar="PATH_OR_NAME", help="model folder or hub id (default: model.path)")
+    p.add_argument("--image", action="append", metavar="FILE", help="an image file (repeatable)")
+    p.add_argument("--max-new-tokens", type=int, metavar="N", help="default: eval.max_new_tokens (2048)")
+    p.add_argument("--force-rethink", action="store_true", help='continue after "\\n\\nWait" and show both answers')
+    p.add_argument("--gold", metavar="ANSWER", help="grade the response against this answer")
+    p.add_argument("--server", action="append", metavar="URL", help="use a running rollout server instead of a local engine")
+    p.add_argument("--engine", choices=["hf", "vllm"], help="local engine (default: rollout.engine)")
+    p.add_argument("--device", metavar="DEV", help="hf engine device: auto, cpu, cuda:0 ...")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_lazy("evaluation.chat", "cmd_chat"))
+
+
+_SERVE_GROUPS: dict[int, argparse._SubParsersAction] = {}
+
+
+def serve_parsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The shared ``rethinker serve SERVICE`` group: each service's registrar adds its parser here."""
+    if id(sub) not in _SERVE_GROUPS:
+        p = sub.add_parser("serve", help="run one service (verifier, buffer, rollout, ...)")
+        _SERVE_GROUPS[id(sub)] = p.add_subparsers(dest="service", required=True, metavar="SERVICE")
+    return _SERVE_GROUPS[id(sub)]
+
+
+def _add_serve_rollout(sub: argparse._SubParsersAction) -> None:
+    p = serve_parsers(sub).add_parser("rollout", help="a rollout server: engine + actor loop + weight receiver + HTTP")
+    add_config_args(p)
+    p.set_defaults(func=_lazy("services.rollout.main", "cmd_serve"))
+
+
+def _add_serve_verifier(sub: argparse._SubParsersAction) -> None:
+    p = serve_parsers(sub).add_parser("verifier", help="the rule-based verifier's HTTP service (uvicorn or --ray)")
+    add_config_args(p)
+    p.add_argument("--ray", action="store_true", help="deploy on Ray Serve (batching + autoscaling) instead of uvicorn")
+    p.set_defaults(func=_lazy("services.verifier.main", "cmd_serve"))
+
+
+def _add_serve_buffer(sub: argparse._SubParsersAction) -> None:
+    p = serve_parsers(sub).add_parser("buffer", help="the SSR buffer's HTTP service (stats, dashboard, admin)")
+    add_config_args(p)
+    p.add_argument("--host", help="listen address (default buffer.host)")
+    p.add_argument("--port", type=int, help="listen port (default buffer.port)")
+    p.set_defaults(func=_lazy("services.buffer.server", "cmd_serve"))
+
+
+def _add_learn(sub: argparse._SubParsersAction) -> None:
+    from learner.main import add_learn_args, add_sft_args  # argparse only; torch is imported on use
+
+    p = sub.add_parser("learn", help="run the learner (DeepSpeed GRPO + SSR, weight broadcast)")
+    add_config_args(p)
+    add_learn_args(p)
+    p.set_defaults(func=_lazy("learner.main", "cmd_learn"))
+    s = sub.add_parser("sft-warmup", help="supervised format warm-up; writes a model folder")
+    add_config_args(s)
+    add_sft_args(s)
+    s.set_defaults(func=_lazy("learner.main", "cmd_sft"))
+
+
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_version,
     _add_config,
@@ -140,6 +234,12 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_data,
     _add_up,
     _add_demo,
+    _add_eval,
+    _add_chat,
+    _add_serve_verifier,
+    _add_serve_rollout,
+    _add_serve_buffer,
+    _add_learn,
 ]
 
 
@@ -168,4 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module, not this `__main__` copy, so that `CLIError` raised by lazily
+    # imported commands (which import `rethinker.cli.CLIError`) is the class caught above.
+    from rethinker.cli import main as _main
+
+    sys.exit(_main())

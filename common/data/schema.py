@@ -18,7 +18,7 @@ A ViRL39K row (and a row of our synthetic set) has these columns:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 # The column names of ViRL39K (and of our synthetic set).
@@ -109,7 +109,6 @@ class DataRow:
     source: str = ""
     pass_rate_7b_base: float | None = None
     pass_rate_32b_trained: float | None = None
-    meta: dict = field(default_factory=dict, compare=False)
 
     def pass_rate(self, field_name: str) -> float | None:
         """The pass rate named by its column name (``PassRate_7BBase`` / ``PassRate_32BTrained``)."""

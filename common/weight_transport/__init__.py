@@ -1,0 +1,114 @@
+"""Learner -> rollout weight transport (one interface, one file per backend).
+
+``make_sender(cfg)`` (learner rank 0) and ``make_receiver(cfg, server_id=..., on_weights=...)``
+(rollout servers) build the backend named by ``cfg.learner.weight_sync.backend``: ``gloo`` (CPU/TCP),
+``nccl`` (GPU, multi-node), ``cuda_ipc`` (learner and rollout on the same GPU).  The API is documented
+in ``common/weight_transport/base.py`` and docs/weight-sync.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from common.config import RethinkerConfig
+from common.weight_transport.base import (
+    Bucket,
+    JoinRecord,
+    OnWeights,
+    RoundDescriptor,
+    SyncReport,
+    TensorSpec,
+    WeightReceiver,
+    WeightSender,
+    WeightSyncError,
+    plan_buckets,
+    specs_of,
+)
+
+__all__ = [
+    "Bucket",
+    "JoinRecord",
+    "OnWeights",
+    "RoundDescriptor",
+    "SyncReport",
+    "TensorSpec",
+    "WeightReceiver",
+    "WeightSender",
+    "WeightSyncError",
+    "make_receiver",
+    "make_sender",
+    "plan_buckets",
+    "specs_of",
+    "read_sync_state",
+]
+
+
+def make_sender(cfg: RethinkerConfig, *, redis: Any = None, backend: str | None = None) -> WeightSender:
+    """The learner's sender for ``cfg.learner.weight_sync.backend`` (or ``backend``)."""
+    name = backend or cfg.learner.weight_sync.backend
+    if name == "gloo":
+        from common.weight_transport.gloo import GlooSender
+
+        return GlooSender(cfg, redis=redis)
+    if name == "nccl":
+        from common.weight_transport.nccl import NcclSender
+
+        return NcclSender(cfg, redis=redis)
+    if name == "cuda_ipc":
+        from common.weight_transport.cuda_ipc import CudaIpcSender
+
+        return CudaIpcSender(cfg, redis=redis)
+    raise ValueError(f"learner.weight_sync.backend: unknown backend {name!r} (gloo, nccl, cuda_ipc)")
+
+
+def make_receiver(
+    cfg: RethinkerConfig,
+    *,
+    server_id: str,
+    on_weights: OnWeights,
+    initial_version: int = -1,
+    device: Any = None,
+    redis: Any = None,
+    backend: str | None = None,
+) -> WeightReceiver:
+    """A rollout server's receiver; call ``.start()`` then read ``.loaded_version``; ``.stop()`` at exit.
+
+    ``initial_version``: the version of the weights the engine already holds (0 for the base model;
+    -1 = unknown, so any published checkpoint is loaded first).  ``device``: where received tensors
+    live for nccl/cuda_ipc (default: the current CUDA device); ignored by gloo.
+    """
+    name = backend or cfg.learner.weight_sync.backend
+    if name == "gloo":
+        from common.weight_transport.gloo import GlooReceiver
+
+        return GlooReceiver(cfg, server_id=server_id, on_weights=on_weights, initial_version=initial_version, redis=redis)
+    if name == "nccl":
+        from common.weight_transport.nccl import NcclReceiver
+
+        return NcclReceiver(
+            cfg, server_id=server_id, on_weights=on_weights, initial_version=initial_version, device=device, redis=redis
+        )
+    if name == "cuda_ipc":
+        from common.weight_transport.cuda_ipc import CudaIpcReceiver
+
+        return CudaIpcReceiver(
+            cfg, server_id=server_id, on_weights=on_weights, initial_version=initial_version, device=device, redis=redis
+        )
+    raise ValueError(f"learner.weight_sync.backend: unknown backend {name!r} (gloo, nccl, cuda_ipc)")
+
+
+def read_sync_state(cfg: RethinkerConfig, redis: Any = None) -> dict[str, Any]:
+    """The ``sync_round`` hash decoded: latest ``version``, ``checkpoint`` {path, version, step},
+    current ``round`` descriptor and ``last_result`` (for dashboards and late joiners)."""
+    import json
+
+    from common.redis_conn import sync_client
+    from common.redis_keys import RedisKeys
+
+    r = redis if redis is not None else sync_client(cfg.redis)
+    raw = r.hgetall(RedisKeys(cfg.redis.namespace).sync_round)
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        key = k.decode() if isinstance(k, bytes) else k
+        out[key] = int(v) if key == "version" else json.loads(v)
+    return out

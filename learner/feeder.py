@@ -1,0 +1,122 @@
+"""Prompt feeding: the learner owns the dataset and publishes ``PromptTask``s at the pace it trains.
+
+Pacing (staleness bound ``k = algorithm.ssr.staleness_bound``): by the time the learner has finished
+step ``s`` it has published at most ``prompts_per_step * (s + 1 + k)`` tasks in total, so rollout
+servers never run more than ``k`` versions ahead of what the learner can train on; on top of that the
+buffer's own queue backpressure (``BufferClient.can_publish()``) is respected.
+
+Order: epoch ``e`` visits every row once in the permutation drawn from ``run.seed + e``; the task id
+is ``<qid>:e<epoch>`` (``common.data.loader.to_prompt_task``), so a republication after a restart is a
+duplicate that the buffer ignores.  ``state_dict()`` (epoch, cursor, published counts) goes into the
+learner checkpoint and ``load_state_dict`` resumes exactly there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from common.config import RethinkerConfig
+from common.data.schema import DataRow
+from common.logging import get_logger
+from common.schemas import PromptTask
+
+log = get_logger("learner.feeder")
+
+
+@dataclass
+class FeederState:
+    epoch: int = 0
+    cursor: int = 0  # position in the epoch's permutation
+    published: int = 0  # tasks handed to the buffer (duplicates included)
+    duplicates: int = 0
+    skipped: int = 0  # rows that could not be turned into tasks (unreadable image ...)
+
+
+class PromptFeeder:
+    def __init__(
+        self,
+        cfg: RethinkerConfig,
+        rows: Sequence[DataRow],
+        *,
+        publish: Callable[[list[PromptTask]], Any],
+        can_publish: Callable[[], int] | None = None,
+        batch: int = 64,
+    ) -> None:
+        if not rows:
+            raise ValueError(f"data.train_path: no training rows in {cfg.data.train_path!r} after selection")
+        self.cfg = cfg
+        self.rows = list(rows)
+        self._publish = publish
+        self._can_publish = can_publish
+        self.batch = batch
+        self.state = FeederState()
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng(self.cfg.run.seed + epoch).permutation(len(self.rows))
+
+    # ---- pacing
+    def quota(self, step: int) -> int:
+        """Tasks the learner may still publish before finishing ``step`` (0-based: the step in progress)."""
+        lc, k = self.cfg.learner, self.cfg.algorithm.ssr.staleness_bound
+        return max(0, lc.prompts_per_step * (step + 1 + k) - self.state.published)
+
+    def _next_rows(self, n: int) -> list[tuple[int, DataRow]]:
+        out = []
+        while len(out) < n:
+            if self.state.cursor >= len(self._order):
+                self.state.epoch += 1
+                self.state.cursor = 0
+                self._order = self._permutation(self.state.epoch)
+                log.info("epoch_start", epoch=self.state.epoch)
+            out.append((self.state.epoch, self.rows[int(self._order[self.state.cursor])]))
+            self.state.cursor += 1
+        return out
+
+    def top_up(self, step: int, version: int) -> int:
+        """Publish as many tasks as pacing and backpressure allow; returns how many were published."""
+        from common.data.loader import to_prompt_task
+
+        want = self.quota(step)
+        if self._can_publish is not None and want > 0:
+            want = min(want, max(0, int(self._can_publish())))
+        done = 0
+        while want > 0:
+            n = min(want, self.batch)
+            tasks: list[PromptTask] = []
+            for epoch, row in self._next_rows(n):
+                try:
+                    tasks.append(
+                        to_prompt_task(
+                            row,
+                            epoch=epoch,
+                            n=self.cfg.algorithm.sampling.n,
+                            prompt_suffix=self.cfg.data.prompt_suffix,
+                            policy_version=version,
+                        )
+                    )
+                except Exception as exc:  # noqa: BLE001 - a bad row is skipped, never fatal
+                    self.state.skipped += 1
+                    log.warning("task_skipped", qid=row.qid, error=str(exc))
+            if tasks:
+                result = self._publish(tasks)
+                dup = int(getattr(result, "duplicates", 0) or 0)
+                self.state.duplicates += dup
+            self.state.published += n
+            done += n
+            want -= n
+        return done
+
+    # ---- checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self.state) | {"num_rows": len(self.rows)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state.get("num_rows", len(self.rows))) != len(self.rows):
+            log.warning("dataset_size_changed", saved=state.get("num_rows"), now=len(self.rows))
+        self.state = FeederState(**{k: int(state[k]) for k in FeederState.__dataclass_fields__ if k in state})
+        self._order = self._permutation(self.state.epoch)
+        self.state.cursor = min(self.state.cursor, len(self._order))

@@ -1,0 +1,104 @@
+"""Entry points: ``rethinker learn`` (RL training), ``rethinker sft-warmup`` (format warm-up) and
+``python -m learner.main`` for torchrun / the deepspeed launcher (several ranks).
+
+    rethinker learn --config configs/tiny-cpu.yaml [--set learner.total_steps=50] [--max-steps N]
+    torchrun --nproc_per_node 2 -m learner.main --config ... --set learner.zero_stage=3
+    rethinker sft-warmup --config ... --steps 50 --out .cache/models/tiny-warm
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Sequence
+
+
+def _prepare_env() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    except ImportError:
+        pass
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(repo, ".cache", "torch_extensions"))
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    _prepare_env()
+    from common.config import load_config
+    from common.logging import configure_logging
+
+    cfg = load_config(args.config, args.overrides)
+    configure_logging(cfg.run.log_level)
+    from learner.trainer import Trainer, summary_json
+
+    rank = int(os.environ.get("RANK", "0"))
+    trainer = Trainer(cfg, progress=(not args.no_progress) and rank == 0 and sys.stderr.isatty())
+    try:
+        summary = trainer.run(max_steps=args.max_steps)
+    finally:
+        trainer.close()
+    if rank == 0:
+        print(summary_json(summary), flush=True)
+    return 0
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    _prepare_env()
+    from common.config import load_config
+    from common.logging import configure_logging
+
+    cfg = load_config(args.config, args.overrides)
+    configure_logging(cfg.run.log_level)
+    from learner.sft import warmup
+
+    out = warmup(cfg, steps=args.steps if args.steps is not None else cfg.launcher.warmup_sft_steps, out_dir=args.out)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(out, flush=True)
+    return 0
+
+
+def add_learn_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: learner.total_steps)")
+    p.add_argument("--no-progress", action="store_true", help="no rich progress bar")
+
+
+def add_sft_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: launcher.warmup_sft_steps)")
+    p.add_argument("--out", required=True, help="folder to write the warmed-up model to (transformers format)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from rethinker.cli import add_config_args
+
+    ap = argparse.ArgumentParser(prog="python -m learner.main", description="VL-Rethinker learner")
+    sub = ap.add_subparsers(dest="cmd")
+    learn = sub.add_parser("learn")
+    add_config_args(learn)
+    add_learn_args(learn)
+    sft = sub.add_parser("sft")
+    add_config_args(sft)
+    add_sft_args(sft)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("learn", "sft"):
+        argv = ["learn", *argv]
+    args = ap.parse_args(argv)
+    from common.config import ConfigError
+
+    try:
+        return cmd_learn(args) if args.cmd == "learn" else cmd_sft(args)
+    except ConfigError as exc:
+        print(f"rethinker: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run_cli(args: Any) -> int:  # rethinker.cli entry (``_lazy("learner.main", "run_cli")``)
+    return cmd_learn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Versioned weight broadcast from the learner: gather full weights (ZeRO-3 aware) and send them.
+
+Every rank calls ``WeightSync.sync(version, step)`` (the gather is collective under ZeRO-3); rank 0
+streams the tensors through the ``common.weight_transport`` sender to every live registered rollout
+server, then publishes the ``PolicyVersion`` through the buffer client (so rollout servers and the
+buffer's staleness accounting see it).  ``publish_checkpoint`` records an exported HF folder for late
+joiners.  A failed round (dead or hung receiver) is reported, never raised.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from common.logging import get_logger
+from common.schemas import PolicyVersion
+from common.weight_transport import SyncReport, make_sender
+
+log = get_logger("learner.sync")
+
+
+class WeightSync:
+    def __init__(self, cfg: Any, engine: Any, *, buffer: Any = None, sender: Any = None) -> None:
+        self.cfg = cfg
+        self.engine = engine
+        self.buffer = buffer
+        self.sender = sender if sender is not None or engine.rank != 0 else make_sender(cfg)
+        self.checkpoint_path: str | None = None
+        self.checkpoint_version: int | None = None
+        self.last: SyncReport | None = None
+        self.failures = 0
+
+    def sync(self, version: int, step: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        specs = self.engine.manifest()
+        chunk = int(self.cfg.learner.weight_sync.bucket_mb * 1024 * 1024)
+        tensors = self.engine.full_parameters(chunk_bytes=chunk)
+        if self.engine.rank != 0:
+            for _ in tensors:
+                pass
+            return {"sync_s": time.perf_counter() - t0}
+        rep = self.sender.sync(specs, tensors, version=version, step=step)
+        self.last = rep
+        if not rep.ok:
+            self.failures += 1
+            log.warning("weight_sync_failed", version=version, failed=rep.failed, error=rep.error)
+        if self.buffer is not None:
+            try:
+                self.buffer.publish_policy_version(
+                    PolicyVersion(version=version, step=step, checkpoint_path=self.checkpoint_path, num_bytes=rep.num_bytes)
+                )
+            except Exception as exc:  # noqa: BLE001 - Redis blip: the next sync publishes again
+                log.warning("policy_version_publish_failed", error=str(exc))
+        return {
+            "sync_s": time.perf_counter() - t0,
+            "sync_ok": 1.0 if rep.ok else 0.0,
+            "sync_members": float(len(rep.joined)),
+            "sync_failed": float(len(rep.failed)),
+            "sync_bytes": float(rep.num_bytes),
+            "sync_transfer_s": rep.transfer_s,
+        }
+
+    def publish_checkpoint(self, path: str, *, version: int, step: int) -> None:
+        if self.engine.rank != 0:
+            return
+        self.checkpoint_path = str(path)
+        self.checkpoint_version = version
+        self.sender.publish_checkpoint(str(path), version=version, step=step)
+
+    def close(self) -> None:
+        if self.sender is not None:
+            self.sender.close()

@@ -1,0 +1,343 @@
+"""The learner loop: feed prompts, wait for rollouts, sample an SSR batch, train, broadcast, checkpoint.
+
+One iteration (= one optimizer step = one policy version)::
+
+    feeder.top_up(step)                 publish prompts within the staleness bound (rank 0)
+    wait_for_data()                     until one rollout step's worth of new groups arrived (idle time)
+    buffer.sample(n, mode=ssr|filter|grpo, policy_version=version)   (rank 0, broadcast to all ranks)
+    train_step(...)                     micro-batches, GRPO loss, AdamW step
+    version = step                      the weights after step s are version s
+    every sync_every:       WeightSync.sync(version)  -> rollout servers, PolicyVersion published
+    every checkpoint_every: CheckpointManager.save    -> resume point + HF export for late joiners
+    every eval_every:       eval_fn(step) -> dict     (hook for the evaluation runner)
+    metrics                             TensorBoard / W&B / JSONL / rich bar; Redis learner_state hash
+
+On start the latest checkpoint (if any) is restored (step, version, optimizer, scheduler, data cursor,
+RNG) and the current weights are broadcast at once, so rollout servers that kept running through a
+learner restart continue with the restored version.  SIGTERM/SIGINT finish the current step, save a
+checkpoint and return.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from common.config import ConfigError, RethinkerConfig
+from common.logging import get_logger
+from common.redis_keys import RedisKeys
+from common.schemas import PromptTask, Sample
+from learner.batching import PromptCache, TrainItem, build_items
+from learner.checkpoint import CheckpointManager
+from learner.engine import PolicyEngine, samples_per_step
+from learner.loss import LossConfig
+from learner.metrics import MetricsSink
+from learner.step import train_step
+from learner.sync import WeightSync
+
+log = get_logger("learner")
+
+EvalFn = Callable[[int], dict]
+
+
+@dataclass
+class Batch:
+    samples: list[Sample]
+    tasks: dict[str, PromptTask]
+    replayed: list[bool]
+
+
+def _validate(cfg: RethinkerConfig) -> None:
+    if cfg.algorithm.grpo.entropy_coef != 0.0:
+        raise ConfigError("algorithm.grpo.entropy_coef: the learner implements the recipe's entropy bonus of 0 only")
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: RethinkerConfig,
+        *,
+        buffer: Any = None,
+        rows: Sequence[Any] | None = None,
+        eval_fn: EvalFn | None = None,
+        progress: bool = False,
+        engine: PolicyEngine | None = None,
+        poll_s: float = 0.05,
+    ) -> None:
+        _validate(cfg)
+        self.cfg = cfg
+        self.engine = engine or PolicyEngine(cfg)
+        self.rank, self.world = self.engine.rank, self.engine.world
+        self.n_samples = samples_per_step(cfg)
+        self.loss_cfg = LossConfig.from_grpo(cfg.algorithm.grpo)
+        self.eval_fn = eval_fn
+        self.poll_s = poll_s
+        from common.model_loading import load_processor
+
+        self.processor = load_processor(
+            self.engine.model_path, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
+        self.cache = PromptCache(self.processor, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
+        self.ckpt = CheckpointManager(cfg, self.engine)
+        self.step = 0
+        self.version = 0
+        self.buffer = None
+        self.feeder = None
+        self.redis = None
+        self._stop = False
+        self._groups_seen: int | None = None
+        self._totals_prev: dict[str, int] | None = None
+        if self.rank == 0:
+            if buffer is None:
+                from services.buffer.client import BufferClient
+
+                buffer = BufferClient(cfg)
+            self.buffer = buffer
+            from learner.feeder import PromptFeeder
+
+            if rows is None:
+                rows = load_training_rows(cfg, self.processor)
+            self.feeder = PromptFeeder(cfg, rows, publish=buffer.publish_tasks, can_publish=buffer.can_publish)
+            self.redis = getattr(buffer, "r", None)
+        self.sync = WeightSync(cfg, self.engine, buffer=self.buffer)
+        self.metrics = MetricsSink(cfg, enabled=self.rank == 0, progress=progress and self.rank == 0)
+
+    # ------------------------------------------------------------------ resume
+    def resume(self) -> bool:
+        state = self.ckpt.load()
+        if state is None:
+            return False
+        self.step = int(state["step"])
+        self.version = int(state["version"])
+        if self.feeder is not None and "feeder" in state:
+            self.feeder.load_state_dict(state["feeder"])
+        if self.rank == 0 and state.get("hf_dir"):
+            self.sync.publish_checkpoint(state["hf_dir"], version=self.version, step=self.step)
+        log.info("resumed", step=self.step, version=self.version, tag=state.get("tag"))
+        return True
+
+    def client_state(self) -> dict[str, Any]:
+        return {"feeder": self.feeder.state_dict() if self.feeder is not None else None}
+
+    # ------------------------------------------------------------------ data
+    def _drawable(self) -> int:
+        s = self.buffer.sizes()
+        mode = self.cfg.algorithm.ssr.mode
+        return s.fresh + (s.replay if mode == "ssr" else 0) + (s.zero if mode == "grpo" else 0)
+
+    def _groups_total(self) -> int:
+        return int(self.buffer.stats()["totals"]["groups"])
+
+    def wait_for_data(self) -> float:
+        """Rank 0: until ``prompts_per_step`` new groups arrived since the last step (and something is
+        drawable); keeps feeding while it waits.  Returns the seconds spent waiting."""
+        t0 = time.perf_counter()
+        need = self.cfg.learner.prompts_per_step
+        if self._groups_seen is None:
+            self._groups_seen = 0  # groups stored before the learner (re)started count as new
+        warned_at = t0
+        last_stats = 0.0
+        while not self._stop:
+            now = time.perf_counter()
+            if now - last_stats >= max(self.poll_s, 0.05):
+                last_stats = now
+                total = self._groups_total()
+                if total - self._groups_seen >= need and self._drawable() > 0:
+                    self._groups_seen = total
+                    break
+                if now - t0 > self.cfg.learner.sample_timeout_s:
+                    if self._drawable() > 0:
+                        log.warning("sample_timeout_partial", new_groups=total - self._groups_seen, need=need)
+                        self._groups_seen = total
+                        break
+                    if now - warned_at > self.cfg.learner.sample_timeout_s:
+                        warned_at = now
+                        log.warning("starved", waited_s=round(now - t0, 1), new_groups=total - self._groups_seen)
+            self.feeder.top_up(self.step, self.version)
+            time.sleep(self.poll_s)
+        return time.perf_counter() - t0
+
+    def next_batch(self) -> tuple[Batch, float]:
+        """Every rank: the step's batch (sampled on rank 0 and broadcast) and rank 0's idle seconds."""
+        import torch.distributed as dist
+
+        payload: list[Any] = [None]
+        idle = 0.0
+        if self.rank == 0:
+            idle = self.wait_for_data()
+            t0 = time.perf_counter()
+            sb = self.buffer.sample(
+                self.n_samples,
+                mode=self.cfg.algorithm.ssr.mode,
+                policy_version=self.version,
+                seed=self.cfg.run.seed * 1_000_003 + self.step,
+            )
+            idle += time.perf_counter() - t0
+            payload = [Batch(list(sb.samples), dict(sb.tasks), list(sb.replayed))]
+        if self.world > 1:
+            dist.broadcast_object_list(payload, src=0)
+        return payload[0], idle
+
+    def items_for(self, batch: Batch) -> tuple[list[TrainItem], list[str]]:
+        items, errors = build_items(batch.samples, batch.tasks, self.cache, replayed=batch.replayed)
+        if not items:
+            return [], errors
+        if len(items) < self.n_samples:  # the buffer could not fill the batch: repeat (keeps DeepSpeed's accumulation)
+            items = [items[i % len(items)] for i in range(self.n_samples)]
+        return items[: self.n_samples], errors
+
+    # ------------------------------------------------------------------ loop
+    def _install_signals(self) -> None:
+        def handler(signum: int, frame: Any) -> None:  # noqa: ARG001
+            log.info("stop_requested", signal=signum)
+            self._stop = True
+
+        try:
+            signal.signal(signal.SIGTERM, handler)
+            signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread
+            pass
+
+    def _batch_stats(self, batch: Batch) -> dict[str, float]:
+        if not batch.samples:
+            return {}
+        rewards = np.array([s.reward for s in batch.samples], dtype=np.float64)
+        lag = np.array([self.version - s.policy_version for s in batch.samples], dtype=np.float64)
+        adv = np.array([s.advantage for s in batch.samples], dtype=np.float64)
+        out = {
+            "reward_mean": float(rewards.mean()),
+            "staleness_mean": float(lag.mean()),
+            "staleness_max": float(lag.max()),
+            "replay_share": float(np.mean(batch.replayed)) if batch.replayed else 0.0,
+            "samples": float(len(batch.samples)),
+            "batch_effective_share": float(np.mean(adv != 0)),
+        }
+        if self.buffer is not None:
+            try:
+                totals = {k: int(v) for k, v in self.buffer.stats()["totals"].items()}
+                prev = self._totals_prev or {}
+                ds = totals.get("samples", 0) - prev.get("samples", 0)
+                de = totals.get("eff_samples", 0) - prev.get("eff_samples", 0)
+                if ds > 0:
+                    out["effective_share"] = de / ds
+                self._totals_prev = totals
+            except Exception:  # noqa: BLE001 - stats are diagnostics only
+                pass
+        out.setdefault("effective_share", out["batch_effective_share"])
+        return out
+
+    def _publish_state(self, status: str, extra: dict[str, Any] | None = None) -> None:
+        if self.redis is None:
+            return
+        try:
+            fields = {"step": self.step, "version": self.version, "status": status, "time": time.time()}
+            fields.update({k: v for k, v in (extra or {}).items() if isinstance(v, (int, float, str))})
+            self.redis.hset(RedisKeys(self.cfg.redis.namespace).learner_state, mapping={k: str(v) for k, v in fields.items()})
+        except Exception:  # noqa: BLE001
+            pass
+
+    def save_checkpoint(self) -> float:
+        t0 = time.perf_counter()
+        hf = self.ckpt.save(step=self.step, version=self.version, client_state=self.client_state())
+        self.sync.publish_checkpoint(str(hf), version=self.version, step=self.step)
+        return time.perf_counter() - t0
+
+    def run(self, max_steps: int | None = None) -> dict[str, Any]:
+        """Train until ``learner.total_steps`` (or ``max_steps`` more steps); returns a summary."""
+        import torch.distributed as dist
+
+        self._install_signals()
+        resumed = self.resume()
+        lc = self.cfg.learner
+        stop_at = lc.total_steps if max_steps is None else min(lc.total_steps, self.step + max_steps)
+        if self.rank == 0:
+            self.feeder.top_up(self.step, self.version)
+        first = self.sync.sync(self.version, self.step)
+        self._publish_state("running", {"resumed": int(resumed)})
+        log.info("learner_started", step=self.step, version=self.version, resumed=resumed, stop_at=stop_at,
+                 world=self.world, samples_per_step=self.n_samples, first_sync_s=round(first.get("sync_s", 0.0), 4))
+        last: dict[str, float] = {}
+        while self.step < stop_at and not self._stop_all():
+            t_step = time.perf_counter()
+            batch, idle = self.next_batch()
+            if self._stop_all():
+                break
+            items, errors = self.items_for(batch)
+            if errors and self.rank == 0:
+                log.warning("samples_skipped", count=len(errors), first=errors[0])
+            if not items:
+                continue
+            batch_stats = self._batch_stats(batch) if self.rank == 0 else {}  # lags vs the version it was drawn for
+            stats = train_step(self.engine, items, self.loss_cfg)
+            tokens = stats["tokens"]
+            self.step += 1
+            self.version = self.step
+            values = dict(stats)
+            values.update(batch_stats)
+            values["tokens"] = tokens
+            values["train_s"] = stats["seconds"]
+            values["tokens_per_s"] = tokens / max(stats["seconds"], 1e-9)
+            if self.step % lc.sync_every == 0 or self.step == stop_at:
+                values.update(self.sync.sync(self.version, self.step))
+            else:
+                values["sync_s"] = 0.0
+            if self.step % lc.checkpoint_every == 0 or self.step == stop_at or self._stop_all():
+                values["checkpoint_s"] = self.save_checkpoint()
+            if self.eval_fn is not None and lc.eval_every and self.step % lc.eval_every == 0 and self.rank == 0:
+                try:
+                    self.metrics.log(self.step, self.eval_fn(self.step), prefix="eval")
+                except Exception as exc:  # noqa: BLE001 - a broken eval never stops training
+                    log.warning("eval_failed", step=self.step, error=f"{type(exc).__name__}: {exc}")
+            wall = time.perf_counter() - t_step
+            values["idle_s"] = idle
+            values["idle_share"] = idle / max(wall, 1e-9)
+            values["step_s"] = wall
+            self.metrics.log(self.step, values)
+            self._publish_state("running", {k: values[k] for k in ("loss", "idle_share", "sync_s") if k in values})
+            last = values
+            if self.rank == 0:
+                log.info("step", step=self.step, **{k: round(v, 5) for k, v in values.items() if isinstance(v, float)})
+        if self._stop_all() and self.step % lc.checkpoint_every and self.step > 0:
+            self.save_checkpoint()
+        self._publish_state("stopped" if self._stop else "finished")
+        self.metrics.close()
+        return {"step": self.step, "version": self.version, "resumed": resumed, "last": last}
+
+    def _stop_all(self) -> bool:
+        """The stop flag, agreed by every rank (any rank's signal stops all)."""
+        if self.world == 1:
+            return self._stop
+        import torch.distributed as dist
+
+        t = torch.tensor([1 if self._stop else 0], dtype=torch.int32)
+        dist.all_reduce(t)
+        self._stop = bool(t.item())
+        return self._stop
+
+    def close(self) -> None:
+        self.sync.close()
+
+
+def load_training_rows(cfg: RethinkerConfig, processor: Any = None) -> list[Any]:
+    """The training split with the config's selection, minus prompts longer than max_prompt_tokens."""
+    from common.data.loader import drop_long_prompts, load_split
+
+    rows = load_split(cfg.data, "train")
+    if processor is not None:
+        rows, dropped = drop_long_prompts(rows, processor, cfg.data)
+        if dropped:
+            log.warning("long_prompts_dropped", count=len(dropped), first=dropped[:5])
+    if not rows:
+        raise ConfigError(f"data.train_path: no usable training rows in {cfg.data.train_path!r}")
+    return rows
+
+
+def summary_json(summary: dict[str, Any]) -> str:
+    return json.dumps(summary, default=str)

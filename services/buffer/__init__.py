@@ -1,0 +1,11 @@
+"""The SSR buffer: Redis data plane of the system (prompt queue + prioritized trajectory store).
+
+- ``client``   ``BufferClient`` / ``AsyncBufferClient``: the only module other parts import.
+- ``protocol`` argument/reply handling of the Redis Functions shared by both clients.
+- ``library``  the Redis Functions library (``lua/rethinker_buffer.lua``): load + version check.
+- ``stats``    the statistics dict of ``GET /v1/stats`` and the dashboard.
+- ``app``      FastAPI service (inspection, administration, dashboard, metrics).
+- ``server``   ``rethinker serve buffer`` entry point.
+
+See docs/buffer.md.
+"""

@@ -1,0 +1,239 @@
+"""HTTP face of a rollout server (FastAPI): ``create_app(server)``.
+
+- ``POST /v1/generate``: chat messages with images (base64 / data URLs), sampling parameters,
+  optional test-time forced rethinking ("\\n\\nWait"); used by evaluation.
+- ``GET /v1/status``: engine, loaded version, tokens/s, in-flight tasks, actor counters and
+  rethinking stats (triggered, kept, dropped by reason, accuracy before/after).
+- ``GET /healthz``: 200 only when weights are loaded and the server is serving, else 503.
+- ``GET /metrics``: Prometheus.
+
+Bad requests get a 4xx with a reason (422 for schema violations, 400 for unusable content such as
+an undecodable image or a remote image URL), never a 500.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+import uuid
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from common.data.schema import IMAGE_PLACEHOLDER
+from common.metrics import metrics_response
+from services.rollout import rethink
+from services.rollout.engines.base import EngineError, GenerationRequest, SamplingParams
+
+MAX_N = 64
+MAX_NEW_TOKENS = 32768
+
+
+class ImageURL(BaseModel):
+    url: str
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "image", "image_url"]
+    text: str | None = None
+    image: str | None = None  # base64 or data URL
+    image_url: ImageURL | str | None = None
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user"]
+    content: str | list[ContentPart]
+
+
+class SamplingBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(1, ge=1, le=MAX_N)
+    temperature: float = Field(0.0, ge=0.0, le=10.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = -1
+    max_new_tokens: int = Field(2048, ge=1, le=MAX_NEW_TOKENS)
+    seed: int | None = None
+
+
+class GenerateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[Message] = Field(min_length=1)
+    sampling: SamplingBody = SamplingBody()
+    prompt_suffix: str = ""  # appended to the last text part (e.g. data.prompt_suffix)
+    force_rethink: bool = False  # test-time forced rethinking with rethink.eval_trigger
+    return_token_ids: bool = False
+    return_logprobs: bool = False
+
+
+def _decode_image(ref: str, where: str) -> bytes:
+    data = ref
+    if ref.startswith("data:"):
+        head, _, data = ref.partition(",")
+        if ";base64" not in head:
+            raise HTTPException(400, f"{where}: only base64 data URLs are supported")
+    elif ref.startswith(("http://", "https://", "file:")):
+        raise HTTPException(400, f"{where}: remote/file image URLs are not fetched; send the image base64-encoded")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise HTTPException(400, f"{where}: image is not valid base64") from None
+    if not raw:
+        raise HTTPException(400, f"{where}: empty image")
+    return raw
+
+
+def messages_to_question(messages: list[Message]) -> tuple[str, list[bytes], str | None]:
+    """(question with <image> placeholders, image bytes, system prompt) of a single-turn chat."""
+    system = None
+    msgs = list(messages)
+    if msgs and msgs[0].role == "system":
+        sm = msgs.pop(0)
+        if not isinstance(sm.content, str):
+            raise HTTPException(400, "messages[0]: a system message must have string content")
+        system = sm.content
+    if len(msgs) != 1 or msgs[0].role != "user":
+        raise HTTPException(400, "messages: expected one user message (optionally after one system message)")
+    content = msgs[0].content
+    if isinstance(content, str):
+        parts = [ContentPart(type="text", text=content)]
+    else:
+        parts = content
+    pieces: list[str] = []
+    images: list[bytes] = []
+    for i, p in enumerate(parts):
+        where = f"messages[-1].content[{i}]"
+        if p.type == "text":
+            if p.text is None:
+                raise HTTPException(400, f"{where}: text part without text")
+            if IMAGE_PLACEHOLDER in p.text:
+                raise HTTPException(400, f"{where}: literal {IMAGE_PLACEHOLDER} in text; send images as image parts")
+            pieces.append(p.text)
+        else:
+            ref = p.image if p.type == "image" else (p.image_url.url if isinstance(p.image_url, ImageURL) else p.image_url)
+            if not ref:
+                raise HTTPException(400, f"{where}: image part without data")
+            images.append(_decode_image(ref, where))
+            pieces.append(IMAGE_PLACEHOLDER)
+    return "".join(pieces), images, system
+
+
+def create_app(server: Any) -> FastAPI:
+    """The FastAPI app of ``server`` (a ``services.rollout.server.RolloutServer``)."""
+    app = FastAPI(title="rethinker rollout server", version="1")
+    app.state.server = server
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        ok = server.ready
+        body = {"ready": ok, "loaded_version": server.engine.loaded_version, "server_id": server.server_id}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/v1/status")
+    async def status() -> dict[str, Any]:
+        return server.status()
+
+    @app.get("/metrics")
+    async def metrics():  # noqa: ANN202
+        return metrics_response(server.metrics)
+
+    @app.post("/v1/generate")
+    async def generate(body: GenerateBody) -> dict[str, Any]:
+        engine = server.engine
+        if not engine.ready:
+            raise HTTPException(503, "no weights loaded yet")
+        question, images, system = messages_to_question(body.messages)
+        try:
+            prompt = engine.encode_question(question, images, body.prompt_suffix, system=system)
+        except (EngineError, ValueError) as exc:
+            raise HTTPException(400, f"cannot build the prompt: {exc}") from None
+        s = body.sampling
+        params = SamplingParams(
+            n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_new_tokens=s.max_new_tokens, seed=s.seed
+        )
+        rid = f"gen-{uuid.uuid4().hex[:12]}"
+        t0 = time.perf_counter()
+        try:
+            [res] = await engine.generate([GenerationRequest(rid, prompt, params)])
+            choices: list[dict[str, Any]] = []
+            for i, c in enumerate(res.completions):
+                choices.append(
+                    {
+                        "index": i,
+                        "text": c.text,
+                        "finish_reason": c.finish_reason,
+                        "n_tokens": int(len(c.token_ids)),
+                        "policy_version": c.policy_version,
+                        "rethought": False,
+                        "_c": c,
+                    }
+                )
+            if body.force_rethink:
+                await _force_rethink(server, prompt, params, rid, choices)
+        except EngineError as exc:
+            raise HTTPException(503, f"generation failed: {exc}") from None
+        for ch in choices:
+            c = ch.pop("_c")
+            tokens, lps = ch.pop("_tokens", c.token_ids), ch.pop("_logprobs", c.logprobs)
+            if body.return_token_ids:
+                ch["token_ids"] = [int(t) for t in tokens]
+            if body.return_logprobs:
+                ch["logprobs"] = [float(x) for x in lps]
+        n_completion = sum(ch["n_tokens"] for ch in choices)
+        return {
+            "id": rid,
+            "server_id": server.server_id,
+            "engine": engine.name,
+            "policy_version": min([res.policy_version] + [ch["policy_version"] for ch in choices]),
+            "choices": choices,
+            "usage": {"prompt_tokens": int(len(res.prompt_token_ids)), "completion_tokens": n_completion},
+            "seconds": round(time.perf_counter() - t0, 4),
+        }
+
+    return app
+
+
+async def _force_rethink(server: Any, prompt: Any, params: SamplingParams, rid: str, choices: list[dict[str, Any]]) -> None:
+    """Test-time rethinking: every EOS-ended answer is continued after ``rethink.eval_trigger``."""
+    engine = server.engine
+    rcfg = server.cfg.algorithm.rethink
+    todo = [ch for ch in choices if ch["finish_reason"] == "stop"]
+    if not todo:
+        return
+    reqs = []
+    plans = []
+    for ch in todo:
+        c = ch["_c"]
+        view = rethink.FirstPassView(ch["index"], engine.strip_eos(c.token_ids), c.text, True, False)
+        plan = rethink.eval_plan(view, rcfg, engine.tokenizer)
+        plans.append(plan)
+        cont = SamplingParams(
+            n=1, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
+            max_new_tokens=params.max_new_tokens, seed=params.seed,
+        )
+        reqs.append(GenerationRequest(f"{rid}:{ch['index']}:r", prompt, cont, prefix_token_ids=plan.prefix_token_ids))
+    results = await engine.continue_from(reqs)
+    for ch, plan, res in zip(todo, plans, results):
+        c, y2 = ch["_c"], res.completions[0]
+        n_trig = len(plan.trigger_token_ids)
+        tokens = np.concatenate([plan.prefix_token_ids, y2.token_ids]).astype(np.int32)
+        trig_lps = res.prefix_logprobs[-n_trig:] if res.prefix_logprobs is not None else np.zeros(n_trig, np.float32)
+        ch.update(
+            first_text=c.text,
+            text=engine.decode(tokens),
+            finish_reason=y2.finish_reason,
+            n_tokens=int(len(tokens)),
+            policy_version=min(c.policy_version, y2.policy_version),
+            rethought=True,
+            _tokens=tokens,
+            _logprobs=np.concatenate([c.logprobs[: plan.kept_tokens], trig_lps, y2.logprobs]),
+        )

@@ -1,0 +1,94 @@
+"""Scoring responses through the verifier service (HTTP, batched, retried) for the actor loop.
+
+``HttpScorer(cfg)`` wraps ``services.verifier.client.VerifierClient`` (which owns batching by
+``verifier.max_items``, retries with backoff and per-request timeouts); results come back keyed by
+the item id (checked against the item order), so a response is always matched to its own verdict (the
+public code's running-counter matching is not reproduced).  Any scorer is an object with
+``async score(items) -> dict[id, result]``; item and result fields are the verifier's:
+
+    item   = {"id", "response", "gold", "question", "eos": bool, "rethought": bool}
+    result = {"id", "correct", "extracted", "reason", "reward", "n_wait", "timed_out"}
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol, Sequence
+
+from common.config import RethinkerConfig
+
+
+class ScoringError(RuntimeError):
+    """The verifier could not score a batch (down, timed out after retries, or a missing id)."""
+
+
+class Scorer(Protocol):
+    async def score(self, items: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]: ...
+
+
+class HttpScorer:
+    """The verifier service over HTTP (``services.verifier.client.VerifierClient.averify``)."""
+
+    def __init__(self, cfg: RethinkerConfig, base_url: str | None = None) -> None:
+        from services.verifier.client import VerifierClient
+
+        self.base_url = base_url or cfg.verifier.base_url()
+        self.client = VerifierClient(
+            self.base_url,
+            timeout_s=cfg.rollout.verifier_timeout_s,
+            retries=cfg.rollout.verifier_retries,
+            batch_size=cfg.verifier.max_items,
+        )
+
+    async def score(self, items: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        items = list(items)
+        if not items:
+            return {}
+        try:
+            results = await self.client.averify(items)
+        except Exception as exc:  # noqa: BLE001 - any client failure ends this batch
+            raise ScoringError(f"verifier at {self.base_url} failed: {type(exc).__name__}: {exc}") from exc
+        out: dict[str, dict[str, Any]] = {}
+        for it, r in zip(items, results):
+            d = r.model_dump() if hasattr(r, "model_dump") else dict(r)
+            if d.get("id") != it["id"]:  # results come back in item order, each carrying its id
+                raise ScoringError(f"verifier result id {d.get('id')!r} does not match item {it['id']!r}")
+            out[str(it["id"])] = d
+        if len(out) != len(items):
+            raise ScoringError(f"verifier returned {len(results)} results for {len(items)} items")
+        return out
+
+    async def close(self) -> None:
+        self.client.close()
+
+
+class LocalScorer:
+    """In-process scoring with the verifier library (benchmarks and offline tools; the actor loop
+    of a server always uses ``HttpScorer``).  Same item/result fields as the service."""
+
+    def __init__(self, cfg: RethinkerConfig) -> None:
+        self.reward_cfg = cfg.algorithm.reward
+
+    def _score_sync(self, items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from services.verifier import count_waits, grade, reward
+
+        out = {}
+        for it in items:
+            v = grade(it["response"], it["gold"], question=it.get("question"))
+            n_wait = count_waits(it["response"])
+            out[str(it["id"])] = {
+                "id": it["id"],
+                "correct": v.correct,
+                "extracted": v.extracted,
+                "reason": v.reason,
+                "reward": reward(v, eos=bool(it.get("eos", True)), n_wait=n_wait, rethought=bool(it.get("rethought")), cfg=self.reward_cfg),
+                "n_wait": n_wait,
+                "timed_out": v.timed_out,
+            }
+        return out
+
+    async def score(self, items: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return await asyncio.to_thread(self._score_sync, list(items))
+
+    async def close(self) -> None:
+        return None

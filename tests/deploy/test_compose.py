@@ -1,0 +1,417 @@
+"""docker-compose.yml, validated offline (there is no Docker engine here).
+
+1. The file, after compose's variable interpolation, validates against the Compose Specification
+   JSON schema (vendored in schemas/compose_spec.json, see schemas/README.md).
+2. Every rethinker container's command parses with the real CLI parser, its config (the mounted
+   YAML + its environment) loads with the real config schema, and the ports, health checks,
+   service URLs, weight-sync rendezvous and start order agree with that config.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from deploy_checks import (
+    REPO,
+    SERVICE_PATHS,
+    WORKDIR,
+    Command,
+    dockerfile_instructions,
+    effective_config,
+    host_port,
+    parse_command,
+)
+
+COMPOSE = REPO / "docker-compose.yml"
+SCHEMA = Path(__file__).parent / "schemas" / "compose_spec.json"
+
+# --------------------------------------------------------------------------- interpolation
+
+_VAR = re.compile(
+    r"\$(?:(?P<escaped>\$)|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}|(?P<named>[A-Za-z_][A-Za-z0-9_]*)|(?P<invalid>))"
+)
+
+
+class InterpolationError(ValueError):
+    pass
+
+
+def interpolate(value: Any, env: dict[str, str], used: set[str]) -> Any:
+    """Compose's variable substitution (``$$``, ``$VAR``, ``${VAR}``, ``${VAR:-d}``, ``${VAR-d}``,
+    ``${VAR:?e}``, ``${VAR?e}``) applied to every string of the loaded file."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env, used) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env, used) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match) -> str:
+        if m.group("escaped"):
+            return "$"
+        if m.group("invalid") is not None and not m.group("braced") and not m.group("named"):
+            raise InterpolationError(f"invalid interpolation in {value!r}")
+        name = m.group("braced") or m.group("named")
+        used.add(name)
+        op, arg = m.group("op"), m.group("arg")
+        present = name in env and (env[name] != "" or op not in (":-", ":?"))
+        if op in (":-", "-"):
+            return env[name] if present else arg
+        if op in (":?", "?"):
+            if not present:
+                raise InterpolationError(f"required variable {name} is missing: {arg}")
+            return env[name]
+        return env.get(name, "")
+
+    return _VAR.sub(sub, value)
+
+
+def load_compose(env: dict[str, str] | None = None) -> tuple[dict[str, Any], set[str]]:
+    used: set[str] = set()
+    data = interpolate(yaml.safe_load(COMPOSE.read_text()), env or {}, used)
+    return data, used
+
+
+# --------------------------------------------------------------------------- schema
+
+_DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|ms|s|m|h))+$")
+_PORTS = re.compile(r"^((\[?[0-9a-fA-F.:]+\]?):)?((\d+(-\d+)?):)?\d+(-\d+)?(/(tcp|udp|sctp))?$")
+_EXPOSE = re.compile(r"^\d+(-\d+)?(/(tcp|udp|sctp))?$")
+
+
+def format_checker() -> jsonschema.FormatChecker:
+    fc = jsonschema.FormatChecker(formats=())
+
+    @fc.checks("duration")
+    def _duration(v: object) -> bool:
+        return not isinstance(v, str) or bool(_DURATION.match(v))
+
+    @fc.checks("ports")
+    def _ports(v: object) -> bool:
+        return isinstance(v, int) or not isinstance(v, str) or bool(_PORTS.match(v))
+
+    @fc.checks("expose")
+    def _expose(v: object) -> bool:
+        return isinstance(v, int) or not isinstance(v, str) or bool(_EXPOSE.match(v))
+
+    return fc
+
+
+def schema_errors(doc: dict[str, Any]) -> list[str]:
+    import json
+
+    schema = json.loads(SCHEMA.read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    validator = cls(schema, format_checker=format_checker())
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
+
+
+# --------------------------------------------------------------------------- model of the file
+
+
+def env_of(svc: dict[str, Any]) -> dict[str, str]:
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+def argv_of(svc: dict[str, Any]) -> list[str]:
+    def as_list(v: Any) -> list[str]:
+        return [] if v is None else v if isinstance(v, list) else v.split()
+
+    entry = as_list(svc.get("entrypoint")) if "entrypoint" in svc else image_entrypoint(svc)
+    return entry + as_list(svc.get("command"))
+
+
+def dockerfile_of(svc: dict[str, Any]) -> Path | None:
+    build = svc.get("build")
+    if build is None:
+        return None
+    if isinstance(build, str):
+        return REPO / build / "Dockerfile"
+    return REPO / build.get("context", ".") / build.get("dockerfile", "Dockerfile")
+
+
+def image_entrypoint(svc: dict[str, Any]) -> list[str]:
+    import json
+
+    df = dockerfile_of(svc)
+    if df is None:
+        return []
+    entries = [json.loads(a) for i, a in dockerfile_instructions(df) if i == "ENTRYPOINT"]
+    return entries[-1] if entries else []
+
+
+def is_rethinker(svc: dict[str, Any]) -> bool:
+    df = dockerfile_of(svc)
+    return df is not None and df.parent == REPO / "deploy" / "docker"
+
+
+class Service:
+    def __init__(self, name: str, svc: dict[str, Any], doc: dict[str, Any]) -> None:
+        self.name, self.svc, self.doc = name, svc, doc
+        self.env = env_of(svc)
+        self.cmd: Command | None = parse_command(argv_of(svc)) if is_rethinker(svc) else None
+        self.cfg = None
+        if self.cmd is not None and self.cmd.config is not None:
+            self.source = self.config_source(self.cmd.config)
+            self.cfg = effective_config(self.source.read_text(), self.cmd.overrides, self.env, f"service {name}")
+
+    @property
+    def profiles(self) -> list[str]:
+        return list(self.svc.get("profiles") or [])
+
+    def config_source(self, target: str) -> Path:
+        for c in self.svc.get("configs") or []:
+            if isinstance(c, dict) and c.get("target") == target:
+                return (REPO / self.doc["configs"][c["source"]]["file"]).resolve()
+        raise AssertionError(f"service {self.name}: --config {target} is not mounted (no configs: entry with that target)")
+
+    source: Path | None = None
+
+    def healthcheck_url(self) -> str | None:
+        test = (self.svc.get("healthcheck") or {}).get("test")
+        if not test or test[0] != "CMD" or test[1] != "rethinker-healthcheck":
+            return None
+        return test[2] if len(test) > 2 else None
+
+    def deps(self) -> dict[str, str]:
+        d = self.svc.get("depends_on") or {}
+        return {k: "service_started" for k in d} if isinstance(d, list) else {k: v["condition"] for k, v in d.items()}
+
+    def container_ports(self) -> set[int]:
+        out = {int(str(p).split("/")[0]) for p in self.svc.get("expose") or []}
+        for p in self.svc.get("ports") or []:
+            out.add(int(str(p["target"] if isinstance(p, dict) else p).split(":")[-1].split("/")[0]))
+        return out
+
+    def volume_targets(self) -> dict[str, str]:
+        out = {}
+        for v in self.svc.get("volumes") or []:
+            src, target = (v["source"], v["target"]) if isinstance(v, dict) else v.split(":")[:2]
+            out[target] = src
+        return out
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    doc, _ = load_compose()
+    return doc
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Service]:
+    return {name: Service(name, svc, compose) for name, svc in compose["services"].items()}
+
+
+def group(services: dict[str, "Service"], profile: str | None) -> dict[str, "Service"]:
+    """The services one deployment runs: `docker compose up` (no profile), or
+    `docker compose --profile P up <learner of P>` (that learner and what it depends on)."""
+    if profile is None:
+        return {n: s for n, s in services.items() if not s.profiles}
+    learners = [n for n, s in services.items() if profile in s.profiles and s.cmd and s.cmd.role == "learn"]
+    assert len(learners) == 1, f"profile {profile} needs exactly one learner"
+    names = {learners[0]} | closure(services, learners[0])
+    return {n: services[n] for n in names}
+
+
+def closure(services: dict[str, Service], name: str) -> set[str]:
+    seen, todo = set(), [name]
+    while todo:
+        n = todo.pop()
+        for d in services[n].deps():
+            if d not in seen:
+                seen.add(d)
+                todo.append(d)
+    return seen
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_schema_valid() -> None:
+    doc, used = load_compose()
+    assert schema_errors(doc) == []
+    # every variable has a default, so `docker compose up` runs without a .env file ...
+    assert used, "expected ${VAR:-default} interpolation for the secrets"
+    # ... and is documented
+    guide = (REPO / "docs" / "deployment.md").read_text()
+    assert [v for v in sorted(used) if v not in guide] == []
+
+
+def test_schema_rejects_mistakes() -> None:
+    """The validation really bites: a misspelt key, a bad condition and a bad duration fail."""
+    doc, _ = load_compose()
+    bad = yaml.safe_load(yaml.safe_dump(doc))
+    bad["services"]["verifier"]["helthcheck"] = bad["services"]["verifier"].pop("healthcheck")
+    bad["services"]["learner"]["depends_on"]["rollout-1"]["condition"] = "service_ready"
+    bad["services"]["redis"]["healthcheck"]["interval"] = "5 seconds"
+    errors = " | ".join(schema_errors(bad))
+    assert "helthcheck" in errors and "services/learner/depends_on" in errors and "5 seconds" in errors
+
+
+def test_interpolation_rules() -> None:
+    used: set[str] = set()
+    env = {"A": "a", "EMPTY": ""}
+    assert interpolate("${A:-x}/${B:-y}/${EMPTY:-z}/${EMPTY-w}/$A/$$A", env, used) == "a/y/z//a/$A"
+    assert used == {"A", "B", "EMPTY"}
+    with pytest.raises(InterpolationError):
+        interpolate("${NOPE:?set it}", env, used)
+    doc, _ = load_compose({"REDIS_PASSWORD": "s3cret", "BUFFER_DASHBOARD_PORT": "9200"})
+    assert doc["services"]["verifier"]["environment"]["RETHINKER__REDIS__PASSWORD"] == "s3cret"
+    assert doc["services"]["buffer"]["ports"] == ["9200:8200"]
+
+
+def test_commands_parse_and_configs_load(services: dict[str, Service]) -> None:
+    roles = {n: s.cmd.role for n, s in services.items() if s.cmd}
+    assert roles == {
+        "verifier": "verifier",
+        "buffer": "buffer",
+        "tiny-model": "tiny-model",
+        "synth-data": "data",
+        "rollout-1": "rollout",
+        "rollout-2": "rollout",
+        "learner": "learn",
+        "verifier-gpu": "verifier",
+        "buffer-gpu": "buffer",
+        "rollout-gpu-1": "rollout",
+        "rollout-gpu-2": "rollout",
+        "learner-gpu": "learn",
+    }
+    for name, s in services.items():
+        if s.cmd and s.cmd.role in ("verifier", "buffer", "rollout", "learn"):
+            assert s.cfg is not None, f"{name} runs without --config"
+
+
+@pytest.mark.parametrize("profile", [None, "gpu"])
+def test_services_agree_with_config(services: dict[str, Service], profile: str | None) -> None:
+    g = group(services, profile)
+    by_role: dict[str, list[Service]] = {}
+    for s in g.values():
+        if s.cmd:
+            by_role.setdefault(s.cmd.role, []).append(s)
+    assert {r: len(v) for r, v in by_role.items() if r in SERVICE_PATHS or r == "learn"} == {
+        "verifier": 1, "buffer": 1, "rollout": 2, "learn": 1}
+    sources = {s.source for s in g.values() if s.cfg is not None}
+    assert len(sources) == 1, f"all services of one deployment must read the same config file, got {sources}"
+    assert sources == {REPO / "configs" / ("qwen2.5-vl-7b-8gpu.yaml" if profile == "gpu" else "tiny-cpu.yaml")}
+    redis = [s for s in g.values() if str(s.svc.get("image", "")).startswith("redis:")]
+    assert len(redis) == 1
+    redis = redis[0]
+    learner = by_role["learn"][0]
+
+    for s in g.values():
+        if s.cfg is None:
+            continue
+        cfg, where = s.cfg, f"service {s.name}"
+        # clients reach the services by their compose DNS names and configured ports
+        for target in ("verifier", "buffer"):
+            host, port = host_port(getattr(cfg, target).base_url())
+            assert host in g and g[host].cmd.role == target, f"{where}: {target}.url host {host!r} runs no {target}"
+            assert port == g[host].cfg.__getattribute__(target).port, f"{where}: {target}.url port {port}"
+        host, port = host_port(cfg.redis.url)
+        assert (host, port) == (redis.name, 6379), f"{where}: redis.url {cfg.redis.url}"
+        assert cfg.redis.password == redis.svc["command"][redis.svc["command"].index("--requirepass") + 1]
+        assert cfg.learner.weight_sync.token and cfg.learner.weight_sync.token == learner.cfg.learner.weight_sync.token
+        assert cfg.buffer.admin_token and cfg.buffer.admin_token == learner.cfg.buffer.admin_token
+        if s.cmd.role in ("rollout", "learn"):  # the weight-sync rendezvous is the learner's compose name
+            assert cfg.learner.weight_sync.master_addr == learner.name, f"{where}: weight_sync.master_addr"
+            assert cfg.learner.weight_sync.master_port in learner.container_ports()
+
+        if s.cmd.role in SERVICE_PATHS:
+            svc_cfg = getattr(cfg, s.cmd.role)
+            assert svc_cfg.host == "0.0.0.0", f"{where}: must bind 0.0.0.0 to be reachable"
+            assert svc_cfg.port in s.container_ports(), f"{where}: port {svc_cfg.port} not exposed"
+            url = s.healthcheck_url()
+            assert url, f"{where}: needs a rethinker-healthcheck URL"
+            assert host_port(url) == ("127.0.0.1", svc_cfg.port), f"{where}: health check {url}"
+            assert url.split(str(svc_cfg.port), 1)[1] in SERVICE_PATHS[s.cmd.role]
+        if s.cmd.role == "rollout":
+            assert host_port(cfg.rollout.advertise_url) == (s.name, cfg.rollout.port), f"{where}: advertise_url"
+            assert cfg.rollout.server_id == s.name
+            assert "/workspace/runs" in s.volume_targets(), f"{where}: needs the run dir for published checkpoints"
+            assert s.volume_targets()["/workspace/runs"] == learner.volume_targets()["/workspace/runs"]
+
+    # the two rollout servers and the learner run the same config file, with the engine of the profile
+    rollouts = by_role["rollout"]
+    assert len({s.cfg.rollout.server_id for s in rollouts}) == 2
+    engine = "vllm" if profile == "gpu" else "hf"
+    assert {s.cfg.rollout.engine for s in rollouts} == {engine}
+    assert learner.cfg.learner.weight_sync.backend == ("nccl" if profile == "gpu" else "gloo")
+
+
+def test_start_order(services: dict[str, Service]) -> None:
+    for name, s in services.items():
+        for dep, cond in s.deps().items():
+            assert dep in services, f"{name} depends on unknown {dep}"
+            d = services[dep]
+            if cond == "service_healthy":
+                assert d.svc.get("healthcheck"), f"{name} waits for {dep} to be healthy, which has no healthcheck"
+            if cond == "service_completed_successfully":
+                assert d.svc.get("restart", "no") == "no", f"{dep} is a one-shot job: restart must be 'no'"
+            assert not d.profiles or set(d.profiles) & set(s.profiles), f"{name} depends on {dep} of another profile"
+        if s.cmd and s.cmd.role in ("rollout", "learn"):
+            deps = closure(services, name)
+            roles = {services[d].cmd.role for d in deps if services[d].cmd} | {"redis" for d in deps if d == "redis"}
+            assert {"redis", "verifier", "buffer"} <= roles, f"{name} must start after redis, verifier and buffer"
+        if s.cmd and s.cmd.role == "learn":
+            rollouts = {n for n, o in services.items() if o.cmd and o.cmd.role == "rollout" and o.profiles == s.profiles}
+            assert rollouts <= set(s.deps()), f"{name} must wait for its rollout servers to be healthy"
+
+
+def test_cpu_demo_prepares_model_and_data(services: dict[str, Service]) -> None:
+    cfg = services["learner"].cfg
+    build = services["tiny-model"].cmd.args
+    assert Path(build.dir) == Path(WORKDIR) / cfg.model.path
+    synth = services["synth-data"].cmd.args
+    assert Path(WORKDIR) / cfg.data.train_path == Path(synth.out) / "train.parquet"
+    assert Path(WORKDIR) / cfg.data.eval_path == Path(synth.out) / "eval.parquet"
+    cache = services["tiny-model"].volume_targets()[f"{WORKDIR}/.cache"]
+    for name in ("synth-data", "rollout-1", "rollout-2", "learner"):
+        assert services[name].volume_targets().get(f"{WORKDIR}/.cache") == cache, f"{name} must share the cache volume"
+    assert services["rollout-1"].deps()["tiny-model"] == "service_completed_successfully"
+    assert services["learner"].deps()["synth-data"] == "service_completed_successfully"
+
+
+def test_gpu_profile(services: dict[str, Service]) -> None:
+    gpu = {n: s for n, s in services.items() if "gpu" in s.profiles}
+    assert set(gpu) == {"verifier-gpu", "buffer-gpu", "rollout-gpu-1", "rollout-gpu-2", "learner-gpu"}
+    assert set(group(services, "gpu")) == set(gpu) | {"redis"}
+    seen: set[str] = set()
+    for name, s in gpu.items():
+        if s.cmd.role in ("verifier", "buffer"):
+            assert dockerfile_of(s.svc).name == "Dockerfile.cpu" and "deploy" not in s.svc
+            continue
+        assert dockerfile_of(s.svc).name == "Dockerfile.cuda"
+        devices = s.svc["deploy"]["resources"]["reservations"]["devices"]
+        ids = {i for d in devices for i in d["device_ids"]}
+        assert all(d["capabilities"] == ["gpu"] for d in devices)
+        assert not ids & seen, f"{name} shares GPUs with another service"
+        seen |= ids
+    assert services["learner-gpu"].cmd.launcher == "torchrun"
+    for name, s in services.items():
+        if not s.profiles and s.cmd:
+            assert dockerfile_of(s.svc).name == "Dockerfile.cpu", f"default service {name} must use the CPU image"
+
+
+def test_redis_and_volumes(compose: dict[str, Any], services: dict[str, Service]) -> None:
+    redis = compose["services"]["redis"]
+    cmd = redis["command"]
+    assert cmd[cmd.index("--appendonly") + 1] == "yes"
+    assert Service("redis", redis, compose).volume_targets()["/data"] in compose["volumes"]
+    assert services["buffer"].svc["ports"], "the buffer dashboard port must be published"
+    for name, s in services.items():
+        for target, src in s.volume_targets().items():
+            if not src.startswith((".", "/")):
+                assert src in compose["volumes"], f"{name}: volume {src} not declared"
+        for c in s.svc.get("configs") or []:
+            assert (REPO / compose["configs"][c["source"]]["file"]).is_file()
+        df = dockerfile_of(s.svc)
+        assert df is None or df.is_file(), f"{name}: {df} missing"

@@ -1,0 +1,190 @@
+"""The actor loop against real Redis (buffer client) and a real verifier process: it fills the
+buffer, never stores a group twice, pauses on stale weights, gives tasks back when stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from common.config import PROMPT_SUFFIX
+from common.model_loading import load_model
+from common.schemas import PolicyVersion, PromptTask, group_id_for
+from rollout_helpers import png
+from services.buffer.client import AsyncBufferClient, BufferClient
+from services.rollout.actor import GroupBuilder
+from services.rollout.engines import make_engine
+from services.rollout.scoring import HttpScorer
+from services.rollout.server import RolloutServer
+
+pytestmark = pytest.mark.timeout(240)
+
+BASE = ("algorithm.sampling.n=4", "algorithm.sampling.max_new_tokens=16", "rollout.batch_prompts=2")
+
+
+def tasks(n: int, prefix: str = "t", answer: str = "3") -> list[PromptTask]:
+    colors = [(255, 0, 0), (0, 0, 255), (0, 160, 0), (200, 200, 0)]
+    return [
+        PromptTask(
+            task_id=f"{prefix}{i}",
+            prompt_id=f"{prefix}{i}",
+            question="<image>How many shapes are there?",
+            answer=answer,
+            images=[png(colors[i % 4])],
+            prompt_suffix=PROMPT_SUFFIX,
+        )
+        for i in range(n)
+    ]
+
+
+async def wait_for(cond, timeout_s: float = 60.0, poll_s: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await cond():
+            return
+        await asyncio.sleep(poll_s)
+    raise TimeoutError("condition not met")
+
+
+def server_for(cfg, verifier_url: str, **kw) -> RolloutServer:
+    return RolloutServer(cfg, scorer=HttpScorer(cfg, base_url=verifier_url), server_id=kw.pop("server_id", "rs-test"), **kw)
+
+
+def test_actor_fills_the_buffer(cfg_factory, verifier_url):
+    cfg = cfg_factory(*BASE)
+    ts = tasks(6)
+
+    async def run():
+        buf = AsyncBufferClient(cfg)
+        await buf.publish_tasks(ts)
+        server = server_for(cfg, verifier_url, receive_weights=False)
+        await server.start()
+        try:
+            assert (await buf.live_servers())["rs-test"]["engine"] == "hf"
+
+            async def all_stored():
+                return server.stats.tasks_acked == 6
+
+            await wait_for(all_stored)
+            groups = [await buf.get_group(group_id_for(t)) for t in ts]
+            qs = await buf.queue_stats()
+            return server.status(), groups, qs
+        finally:
+            await server.stop()
+            live = await buf.live_servers()
+            await buf.close()
+            assert "rs-test" not in live  # unregistered on stop
+
+    status, groups, qs = asyncio.run(run())
+    assert qs.inflight == 0
+    for t, g in zip(ts, groups):
+        assert g is not None and g.group_id == group_id_for(t) and g.server_id == "rs-test"
+        assert len(g.samples) == 4 and g.policy_version == 0
+        assert {s.sample_id for s in g.samples} == {f"{g.group_id}:{i}" for i in range(4)}
+        for s in g.samples:
+            assert len(s.prompt_token_ids) > 0 and len(s.response_token_ids) == len(s.sampler_logprobs) > 0
+            assert s.reward in (0.0, -0.1) and s.verdict_reason  # random model: wrong or invalid
+    a = status["actor"]
+    assert a["groups_stored"] == 6 and a["tasks_acked"] == 6 and a["groups_duplicate"] == 0 and a["batch_errors"] == 0
+    assert status["loaded_version"] == 0 and status["tokens_generated"] > 0 and status["tokens_per_s"] > 0
+
+
+def test_a_group_stored_before_a_crash_is_not_stored_twice(cfg_factory, verifier_url):
+    """A consumer stores a group then dies before acking: the reclaimed task is acked, not duplicated."""
+    cfg = cfg_factory(*BASE, "buffer.reclaim_idle_s=0.5")
+    [t] = tasks(1, prefix="dup")
+    sync = BufferClient(cfg)
+    sync.publish_tasks([t])
+    [claimed] = sync.claim_tasks("dead-consumer", 1, 100)
+
+    async def run():
+        dead_engine = make_engine(cfg)
+        await dead_engine.start()
+        scorer = HttpScorer(cfg, base_url=verifier_url)
+        [out] = await GroupBuilder(cfg, dead_engine, scorer, "dead-consumer").build([claimed.task])
+        await scorer.close()
+        buf = AsyncBufferClient(cfg)
+        first = await buf.add_group(out.group)  # stored, never acked ("crash")
+        await buf.close()
+        assert first.stored
+        await asyncio.sleep(0.6)
+        server = server_for(cfg, verifier_url, receive_weights=False)
+        await server.start()
+        try:
+
+            async def acked():
+                return server.stats.tasks_acked == 1
+
+            await wait_for(acked)
+        finally:
+            await server.stop()
+        return server.stats
+
+    stats = asyncio.run(run())
+    assert stats.groups_duplicate == 1 and stats.groups_stored == 0
+    g = sync.get_group(group_id_for(t))
+    assert g.server_id == "dead-consumer"  # the first stored copy stays
+    assert sync.queue_stats().inflight == 0
+    sync.close()
+
+
+def test_backpressure_on_stale_weights(cfg_factory, verifier_url, sft_model_dir):
+    cfg = cfg_factory(*BASE, "algorithm.ssr.staleness_bound=2")
+    ts = tasks(2, prefix="bp")
+
+    async def run():
+        buf = AsyncBufferClient(cfg)
+        await buf.publish_policy_version(PolicyVersion(version=5, step=5))
+        await buf.publish_tasks(ts)
+        server = server_for(cfg, verifier_url, receive_weights=False)
+        await server.start()
+        try:
+            await asyncio.sleep(1.5)
+            paused = server.status()
+            depth = await buf.queue_depth()
+            # the learner's weights arrive: version 5, lag 0
+            await server.swap_weights(dict(load_model(sft_model_dir).state_dict()), 5)
+
+            async def done():
+                return server.stats.tasks_acked == 2
+
+            await wait_for(done)
+            groups = [await buf.get_group(group_id_for(t)) for t in ts]
+            return paused, depth, groups, server.status()
+        finally:
+            await server.stop()
+            await buf.close()
+
+    paused, depth, groups, status = asyncio.run(run())
+    assert paused["actor"]["paused"].startswith("stale_weights") and paused["actor"]["tasks_claimed"] == 0
+    assert depth == 2
+    assert status["actor"]["paused"] is None and status["loaded_version"] == 5
+    for g in groups:
+        assert g.policy_version == 5 and all(s.policy_version == 5 for s in g.samples)
+        assert all(s.correct for s in g.samples)  # the fine-tuned weights answer 3
+
+
+def test_stop_returns_the_batch_in_flight(cfg_factory, verifier_url):
+    cfg = cfg_factory("algorithm.sampling.n=8", "algorithm.sampling.max_new_tokens=400", "rollout.batch_prompts=2")
+    ts = tasks(2, prefix="st")
+
+    async def run():
+        buf = AsyncBufferClient(cfg)
+        await buf.publish_tasks(ts)
+        server = server_for(cfg, verifier_url, receive_weights=False)
+        await server.start()
+
+        async def busy():
+            return server.stats.in_flight_tasks == 2
+
+        await wait_for(busy, poll_s=0.02)
+        await server.stop(grace_s=0.0)  # SIGTERM with no grace: give the tasks back
+        claimed = await buf.claim_tasks("other", 10, 100)
+        await buf.close()
+        return server.stats, claimed
+
+    stats, claimed = asyncio.run(run())
+    assert stats.tasks_released == 2 and stats.tasks_acked == 0 and stats.groups_stored == 0
+    assert sorted(c.task.task_id for c in claimed) == ["st0", "st1"]
+    assert all(c.deliveries >= 2 for c in claimed)
