@@ -87,14 +87,20 @@ class RedisKeys:
 
     # Buffer-internal store keys (services/buffer; the Lua library documents their layout).
     @property
-    def samples(self) -> str:
-        """Hash sample_id -> codec bytes of the Sample."""
-        return self._k(self.shard, "samples")
+    def sample_data_prefix(self) -> str:
+        return self._k(self.shard, "sd:")
+
+    def sample_data(self, sample_id: str) -> str:
+        """String: codec bytes of one stored Sample."""
+        return self.sample_data_prefix + sample_id
 
     @property
-    def groups(self) -> str:
-        """Hash group_id -> codec bytes of the Group without samples (holds the task and images)."""
-        return self._k(self.shard, "groups")
+    def group_data_prefix(self) -> str:
+        return self._k(self.shard, "gd:")
+
+    def group_data(self, group_id: str) -> str:
+        """String: codec bytes of a stored Group without its samples (holds the task and images)."""
+        return self.group_data_prefix + group_id
 
     @property
     def group_meta(self) -> str:

@@ -43,12 +43,20 @@ def model_slug(model: str) -> str:
 
 
 def config_for(args: argparse.Namespace) -> RethinkerConfig:
-    cfg = load_config(getattr(args, "config", None), getattr(args, "overrides", []) or [])
+    """The config file + env + ``--set``, then the command's own flags (validated like the rest)."""
+    overrides = list(getattr(args, "overrides", []) or [])
+    for flag, field in (("max_new_tokens", "eval.max_new_tokens"), ("batch_size", "eval.batch_size"),
+                        ("max_items", "eval.max_items"), ("judge_workers", "eval.judge_workers")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{field}={int(value)}")
+    if getattr(args, "force_rethink", False):
+        overrides.append("eval.force_rethink=true")
+    cfg = load_config(getattr(args, "config", None), overrides)
+    # strings are assigned as given (not parsed as YAML: a path may contain ':' or '#')
     if getattr(args, "model", None):
         cfg.model.path = args.model
         cfg.model.build_tiny_if_missing = False  # an explicit model is used as given
-    if getattr(args, "max_new_tokens", None) is not None:
-        cfg.eval.max_new_tokens = args.max_new_tokens
     if getattr(args, "device", None):
         cfg.rollout.device = args.device
     if getattr(args, "engine", None):
@@ -145,14 +153,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     cfg = config_for(args)
     configure_logging(cfg.run.log_level)
-    if args.force_rethink:
-        cfg.eval.force_rethink = True
-    if args.batch_size is not None:
-        cfg.eval.batch_size = args.batch_size
-    if args.max_items is not None:
-        cfg.eval.max_items = args.max_items
-    if args.judge_workers is not None:
-        cfg.eval.judge_workers = args.judge_workers
     servers = list(args.server or []) or list(cfg.eval.servers)
     refs = bench_args(args.bench, cfg.eval.benchmarks)
     data_dir = args.data_dir or cfg.eval.data_dir

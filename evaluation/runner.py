@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from common.config import PROMPT_SUFFIX
 from common.logging import get_logger
@@ -223,9 +223,9 @@ class EvalRunner:
                     f"{self.out_dir} holds a run with other settings ({shown}); "
                     "use another --out to keep it, or --overwrite to start over"
                 )
-        if self.overwrite and (self.out_dir / "results").exists():
-            for f in (self.out_dir / "results").glob("*.jsonl"):
-                f.unlink()
+        if self.overwrite:
+            for f in [*(self.out_dir / "results").glob("*.jsonl"), self.out_dir / "summary.json", self.out_dir / "summary.md"]:
+                f.unlink(missing_ok=True)
         tmp = run_file.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({"fingerprint": mine, "settings": self.settings.to_dict()}, indent=2))
         tmp.replace(run_file)
@@ -425,7 +425,3 @@ def _is_transport_error(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(exc, (httpx.TransportError,))
-
-
-def run_sync(coro_factory: Callable[[], Any]) -> Any:
-    return asyncio.run(coro_factory())

@@ -24,7 +24,8 @@ class ResultStore:
         self.path = Path(path)
 
     def load(self) -> dict[str, dict[str, Any]]:
-        """Finished records by id (first occurrence wins); repairs a torn last line."""
+        """Records by id (the last record of an id wins: a retried failure replaces its error
+        record); repairs a torn last line."""
         if not self.path.exists():
             return {}
         done: dict[str, dict[str, Any]] = {}
@@ -49,9 +50,9 @@ class ResultStore:
                     raise ResultsFileError(f"{self.path}:{lineno}: corrupt record ({exc}); fix or delete the file") from None
                 if nl < 0:  # a complete record without its newline: keep it, add the newline
                     good_end = end
-                    done.setdefault(str(rec["id"]), rec)
+                    done[str(rec["id"])] = rec
                     break
-                done.setdefault(str(rec["id"]), rec)
+                done[str(rec["id"])] = rec
             good_end = end
             pos = end
         if good_end < len(data) or (data and not data.endswith(b"\n")):

@@ -13,7 +13,7 @@ learner checkpoint and ``load_state_dict`` resumes exactly there.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -30,9 +30,10 @@ log = get_logger("learner.feeder")
 class FeederState:
     epoch: int = 0
     cursor: int = 0  # position in the epoch's permutation
-    published: int = 0  # tasks handed to the buffer (duplicates included)
+    published: int = 0  # tasks handed to the buffer and accepted (duplicates included)
     duplicates: int = 0
     skipped: int = 0  # rows that could not be turned into tasks (unreadable image ...)
+    pending: list = field(default_factory=list)  # [epoch, row index] refused by backpressure: sent first next time
 
 
 class PromptFeeder:
@@ -64,20 +65,23 @@ class PromptFeeder:
         lc, k = self.cfg.learner, self.cfg.algorithm.ssr.staleness_bound
         return max(0, lc.prompts_per_step * (step + 1 + k) - self.state.published)
 
-    def _next_rows(self, n: int) -> list[tuple[int, DataRow]]:
-        out = []
+    def _next_rows(self, n: int) -> list[tuple[int, int]]:
+        out: list[tuple[int, int]] = []
+        while self.state.pending and len(out) < n:
+            e, i = self.state.pending.pop(0)
+            out.append((int(e), int(i)))
         while len(out) < n:
             if self.state.cursor >= len(self._order):
                 self.state.epoch += 1
                 self.state.cursor = 0
                 self._order = self._permutation(self.state.epoch)
                 log.info("epoch_start", epoch=self.state.epoch)
-            out.append((self.state.epoch, self.rows[int(self._order[self.state.cursor])]))
+            out.append((self.state.epoch, int(self._order[self.state.cursor])))
             self.state.cursor += 1
         return out
 
     def top_up(self, step: int, version: int) -> int:
-        """Publish as many tasks as pacing and backpressure allow; returns how many were published."""
+        """Publish as many tasks as pacing and backpressure allow; returns how many were accepted."""
         from common.data.loader import to_prompt_task
 
         want = self.quota(step)
@@ -87,26 +91,35 @@ class PromptFeeder:
         while want > 0:
             n = min(want, self.batch)
             tasks: list[PromptTask] = []
-            for epoch, row in self._next_rows(n):
+            where: dict[str, tuple[int, int]] = {}
+            for epoch, idx in self._next_rows(n):
+                row = self.rows[idx]
                 try:
-                    tasks.append(
-                        to_prompt_task(
-                            row,
-                            epoch=epoch,
-                            n=self.cfg.algorithm.sampling.n,
-                            prompt_suffix=self.cfg.data.prompt_suffix,
-                            policy_version=version,
-                        )
+                    task = to_prompt_task(
+                        row,
+                        epoch=epoch,
+                        n=self.cfg.algorithm.sampling.n,
+                        prompt_suffix=self.cfg.data.prompt_suffix,
+                        policy_version=version,
                     )
                 except Exception as exc:  # noqa: BLE001 - a bad row is skipped, never fatal
                     self.state.skipped += 1
                     log.warning("task_skipped", qid=row.qid, error=str(exc))
+                    continue
+                tasks.append(task)
+                where[task.task_id] = (epoch, idx)
+            deferred: list[str] = []
             if tasks:
                 result = self._publish(tasks)
-                dup = int(getattr(result, "duplicates", 0) or 0)
-                self.state.duplicates += dup
-            self.state.published += n
-            done += n
+                dups = getattr(result, "duplicates", None) or []
+                deferred = list(getattr(result, "deferred", None) or [])
+                self.state.duplicates += len(dups) if isinstance(dups, (list, tuple)) else int(dups)
+            accepted = len(tasks) - len(deferred)
+            self.state.published += accepted
+            done += accepted
+            if deferred:  # the queue is full: keep them for the next call, in order
+                self.state.pending = [list(where[t]) for t in deferred if t in where] + self.state.pending
+                break
             want -= n
         return done
 
@@ -117,6 +130,9 @@ class PromptFeeder:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state.get("num_rows", len(self.rows))) != len(self.rows):
             log.warning("dataset_size_changed", saved=state.get("num_rows"), now=len(self.rows))
-        self.state = FeederState(**{k: int(state[k]) for k in FeederState.__dataclass_fields__ if k in state})
+        self.state = FeederState(
+            **{k: int(state[k]) for k in FeederState.__dataclass_fields__ if k in state and k != "pending"},
+            pending=[list(p) for p in state.get("pending") or []],
+        )
         self._order = self._permutation(self.state.epoch)
         self.state.cursor = min(self.state.cursor, len(self._order))

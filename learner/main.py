@@ -3,6 +3,7 @@
 
     rethinker learn --config configs/tiny-cpu.yaml [--set learner.total_steps=50] [--max-steps N]
     torchrun --nproc_per_node 2 -m learner.main --config ... --set learner.zero_stage=3
+    deepspeed --num_gpus 8 learner/main.py --config configs/qwen2.5-vl-7b-8gpu.yaml
     rethinker sft-warmup --config ... --steps 50 --out .cache/models/tiny-warm
 """
 
@@ -84,6 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_config_args(sft)
     add_sft_args(sft)
     argv = list(sys.argv[1:] if argv is None else argv)
+    # the deepspeed launcher appends --local_rank=N; torchrun sets LOCAL_RANK instead
+    local = [a for a in argv if a.startswith(("--local_rank", "--local-rank"))]
+    for a in local:
+        if "=" in a:
+            os.environ.setdefault("LOCAL_RANK", a.split("=", 1)[1])
+        argv.remove(a)
     if not argv or argv[0] not in ("learn", "sft"):
         argv = ["learn", *argv]
     args = ap.parse_args(argv)
@@ -101,4 +108,5 @@ def run_cli(args: Any) -> int:  # rethinker.cli entry (``_lazy("learner.main", "
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a file by launchers
     sys.exit(main())

@@ -120,7 +120,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--kinds",
         default=None,
-        help="comma-separated question kinds: largest_color,leftmost_color,largest_type,count (default: all)",
+        help="comma-separated question kinds: largest_color,leftmost_color,largest_type,count,dominant_color (default: the first four)",
     )
     s.set_defaults(func=_lazy("common.data.synth", "cmd_synth"))
 

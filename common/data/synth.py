@@ -10,7 +10,13 @@ kind                question                                         category
 ``leftmost_color``  What is the color of the leftmost shape?         Spatial Reasoning
 ``largest_type``    What type of shape is the largest one?           (GradeSchool) Geometric
 ``count``           How many shapes are there in the image?          (GradeSchool) Non-Geo Math
+``dominant_color``  Which color has the largest shape?               Spatial Reasoning
 ==================  ===============================================  ============================
+
+``dominant_color`` is the CPU demo's task: its options are always ``A. red B. green C. blue
+D. yellow`` in that order and the largest shape has the answer's color (the small ones have other
+colors), so the text still says nothing (25 % without the image) but the image-to-letter mapping is
+direct enough for the tiny model to learn within minutes by RL.
 
 The four options A-D are listed in the question.  For the color kinds they are the colors of the four
 shapes in the image, for ``largest_type`` the four shape types and for ``count`` the numbers 2-5, in
@@ -71,8 +77,10 @@ KINDS: dict[str, tuple[str, str]] = {
     "leftmost_color": ("What is the color of the leftmost shape?", "Spatial Reasoning"),
     "largest_type": ("What type of shape is the largest one?", "(GradeSchool) Geometric"),
     "count": ("How many shapes are there in the image?", "(GradeSchool) Non-Geo Math"),
+    "dominant_color": ("Which color has the largest shape?", "Spatial Reasoning"),
 }
-DEFAULT_KINDS = tuple(KINDS)
+DEFAULT_KINDS = ("largest_color", "leftmost_color", "largest_type", "count")
+FIXED_COLORS = ("red", "green", "blue", "yellow")  # the fixed option order of ``dominant_color``
 _BOXED = re.compile(r"^\\boxed\{(.*)\}$")
 NOT_ANNOTATED_SHARE = 0.15  # share of rows whose pass rates are -1 (not annotated), like ViRL39K
 
@@ -159,7 +167,7 @@ def _scene(rng: random.Random, kind: str, size: int, target: str) -> tuple[list[
     mid_lo, mid_hi = max(5, round(0.16 * size)), max(6, round(0.24 * size))
     n = int(target) if kind == "count" else 4
     while True:
-        if kind in ("largest_color", "largest_type"):
+        if kind in ("largest_color", "largest_type", "dominant_color"):
             sides = [rng.randint(big_lo, big_hi)] + [rng.randint(small_lo, small_hi) for _ in range(n - 1)]
         else:
             sides = [rng.randint(mid_lo, mid_hi) for _ in range(n)]
@@ -168,7 +176,9 @@ def _scene(rng: random.Random, kind: str, size: int, target: str) -> tuple[list[
             break
     colors = rng.sample(list(COLORS), n)
     kinds = [rng.choice(SHAPES) for _ in range(n)]
-    if kind in ("largest_color", "leftmost_color"):
+    if kind == "dominant_color":
+        colors = [target] + rng.sample([c for c in COLORS if c != target], n - 1)
+    elif kind in ("largest_color", "leftmost_color"):
         # the shape that answers the question gets the target color (swap if another shape has it)
         at = 0 if kind == "largest_color" else min(range(n), key=lambda i: boxes[i][0] + boxes[i][2])
         if target in colors:
@@ -179,7 +189,9 @@ def _scene(rng: random.Random, kind: str, size: int, target: str) -> tuple[list[
     elif kind == "largest_type":
         kinds[0] = target
     shapes = [Shape(k, c, b) for k, c, b in zip(kinds, colors, boxes)]
-    if kind in ("largest_color", "leftmost_color"):
+    if kind == "dominant_color":
+        options = list(FIXED_COLORS)
+    elif kind in ("largest_color", "leftmost_color"):
         options = [s.color for s in shapes]
     elif kind == "largest_type":
         options = list(SHAPES)
@@ -202,7 +214,7 @@ def answer_of(kind: str, shapes: Sequence[Shape]) -> str:
     if kind == "leftmost_color":
         return min(shapes, key=lambda s: s.cx).color
     largest = max(shapes, key=lambda s: s.side)
-    return largest.color if kind == "largest_color" else largest.kind
+    return largest.kind if kind == "largest_type" else largest.color
 
 
 def _pass_rate(rng: random.Random) -> float:
@@ -228,13 +240,16 @@ def make_rows(n: int, *, seed: int = 0, size: int = 56, kinds: Sequence[str] = D
         kind, letter = row_kinds[i], letters[i]
         text, category = KINDS[kind]
         pool = list(COLORS) if kind.endswith("color") else list(SHAPES) if kind == "largest_type" else list(COUNTS)
-        target = rng.choice(pool)
+        k = LETTERS.index(letter)
+        target = FIXED_COLORS[k] if kind == "dominant_color" else rng.choice(pool)
         shapes, options = _scene(rng, kind, size, target)
         assert answer_of(kind, shapes) == target, (kind, target, shapes)
-        others = [o for o in options if o != target]
-        rng.shuffle(others)
-        k = LETTERS.index(letter)
-        ordered = others[:k] + [target] + others[k:]
+        if kind == "dominant_color":
+            ordered = list(FIXED_COLORS)
+        else:
+            others = [o for o in options if o != target]
+            rng.shuffle(others)
+            ordered = others[:k] + [target] + others[k:]
         qid = f"{qid_prefix}-{seed}-{i:06d}"
         question = IMAGE_PLACEHOLDER + text + "\nChoices:\n" + "\n".join(f"{l}. {o}" for l, o in zip(LETTERS, ordered))
         rows.append(

@@ -28,7 +28,9 @@ Receiver side (a rollout server)::
     (no full staging copy; if the round breaks mid-way the iterator raises ``WeightSyncError`` and the
     engine holds a partial update until the next round).  ``dict(weights)`` handles both.
   - tensors have the learner's dtypes and shapes; they live on CPU (gloo), or on the receiver's
-    ``device`` (nccl, cuda_ipc).  They are owned by the callback (no one else writes to them).
+    ``device`` (nccl, cuda_ipc).  They are valid until ``on_weights`` returns: the receiver reuses its
+    CPU staging buffers for the next round, so copy what you keep (``param.copy_(t)`` as every
+    engine's weight loading does; weights loaded from a checkpoint are fresh tensors).
   - names are the Hugging Face names of ``model.state_dict()`` / ``save_pretrained`` (tied weights
     appear once, under the name ``named_parameters()`` gives).
   - it runs in the receiver thread: make it thread-safe against generation (e.g. take the engine's

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections import deque
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -50,6 +51,7 @@ ROUND_FIELD = "round"
 VERSION_FIELD = "version"
 CHECKPOINT_FIELD = "checkpoint"
 RESULT_FIELD = "last_result"
+PIPELINE_DEPTH = 2  # bucket sends in flight while the next bucket fills
 
 
 def redis_now(r: Any) -> float:
@@ -73,8 +75,22 @@ class Channel(ABC):
     def confirm(self, status: int) -> int:
         """Collective end-of-round check: returns the sum of every participant's status (0 = all ok)."""
 
+    def isend(self, flat: torch.Tensor, index: int) -> Any:
+        """Start sending; returns a handle with ``wait()`` (default: synchronous)."""
+        self.send(flat, index)
+        return _Done()
+
+    def irecv(self, flat: torch.Tensor, index: int) -> Any:
+        self.recv(flat, index)
+        return _Done()
+
     def close(self) -> None:  # noqa: B027 - optional
         pass
+
+
+class _Done:
+    def wait(self) -> bool:
+        return True
 
 
 class Backend(ABC):
@@ -110,6 +126,12 @@ class ProcessGroupChannel(Channel):
 
     def recv(self, flat: torch.Tensor, index: int) -> None:
         self.pg.broadcast(flat, 0).wait()
+
+    def isend(self, flat: torch.Tensor, index: int) -> Any:
+        return self.pg.broadcast(flat, 0)  # gloo runs it on its worker threads; in order by tag
+
+    def irecv(self, flat: torch.Tensor, index: int) -> Any:
+        return self.pg.broadcast(flat, 0)
 
     def confirm(self, status: int) -> int:
         t = torch.tensor([int(status)], dtype=torch.int32, device=self.device)
@@ -185,6 +207,7 @@ class RoundSender(WeightSender):
         self._failures: dict[str, int] = {}
         self._sit_out: dict[str, int] = {}  # server_id -> round number until which it is skipped
         self._warned: set[str] = set()
+        self._pool: dict[tuple[str, int], list[torch.Tensor]] = {}  # CPU bucket buffers kept between rounds
         self._closed = False
 
     # ---- membership
@@ -360,9 +383,16 @@ class RoundSender(WeightSender):
         return sorted(left)
 
     def _stream(self, channel: Channel, specs: list[TensorSpec], plan: list[Bucket], it: Iterator[torch.Tensor]) -> None:
-        """Fill buckets from the manifest-ordered iterator; send each one as soon as it is complete."""
+        """Fill buckets from the manifest-ordered iterator; send each one as soon as it is complete,
+        while the next ones fill (up to ``PIPELINE_DEPTH`` sends in flight).  On CPU the bucket
+        buffers are kept for the next round (no page faults on the hot path)."""
         device = self._backend.device()
-        # Where each spec goes: (bucket number, offset within the bucket)
+        cap: dict[str, int] = {}
+        for bucket in plan:
+            cap[bucket.dtype] = max(cap.get(bucket.dtype, 0), bucket.numel)
+        free: dict[str, list[torch.Tensor]] = {}
+        for dt, n in cap.items():
+            free[dt] = [t for t in self._pool.get((dt, n), [])]
         where: dict[int, tuple[int, int]] = {}
         for b, bucket in enumerate(plan):
             off = 0
@@ -371,8 +401,20 @@ class RoundSender(WeightSender):
                 off += specs[i].numel
         filled: dict[int, int] = {}
         buffers: dict[int, torch.Tensor] = {}
+        owners: dict[int, torch.Tensor] = {}
+        inflight: deque[tuple[Any, str, torch.Tensor]] = deque()
         next_to_send = 0
         done: set[int] = set()
+
+        def take(dt: str) -> torch.Tensor:
+            if free[dt]:
+                return free[dt].pop()
+            while inflight and not free[dt]:
+                work, wdt, buf = inflight.popleft()
+                work.wait()
+                free[wdt].append(buf)
+            return free[dt].pop() if free[dt] else torch.empty(cap[dt], dtype=dtype_of(dt), device=device)
+
         for i, spec in enumerate(specs):
             try:
                 t = next(it)
@@ -385,16 +427,28 @@ class RoundSender(WeightSender):
             b, off = where[i]
             bucket = plan[b]
             if b not in buffers:
-                buffers[b] = torch.empty(bucket.numel, dtype=dtype_of(bucket.dtype), device=device)
+                owners[b] = take(bucket.dtype)
+                buffers[b] = owners[b][: bucket.numel]
             buffers[b][off : off + spec.numel].copy_(t.reshape(-1))
             filled[b] = filled.get(b, 0) + 1
             if filled[b] == len(bucket.indices):
                 done.add(b)
             while next_to_send in done:
-                channel.send(buffers.pop(next_to_send), next_to_send)
+                work = channel.isend(buffers.pop(next_to_send), next_to_send)
+                inflight.append((work, plan[next_to_send].dtype, owners.pop(next_to_send)))
                 next_to_send += 1
+                while len(inflight) > PIPELINE_DEPTH:
+                    w, wdt, buf = inflight.popleft()
+                    w.wait()
+                    free[wdt].append(buf)
+        while inflight:
+            w, wdt, buf = inflight.popleft()
+            w.wait()
+            free[wdt].append(buf)
         if next_to_send != len(plan):
             raise WeightSyncError(f"only {next_to_send} of {len(plan)} buckets were complete")
+        if device.type == "cpu":
+            self._pool = {(dt, cap[dt]): bufs for dt, bufs in free.items()}
 
     def _finish(self, report: SyncReport, version: int, step: int, t0: float) -> None:
         report.total_s = time.perf_counter() - t0
@@ -455,6 +509,8 @@ class RoundReceiver(WeightReceiver):
         self._lock = threading.Lock()
         self.rounds_ok = 0
         self.rounds_failed = 0
+        self._rx_buffers: list[torch.Tensor] = []
+        self._rx_signature: tuple | None = None
 
     # ---- public
     @property
@@ -612,13 +668,21 @@ class RoundReceiver(WeightReceiver):
             if self.wcfg.staging == "stream":
                 self._join_stream(channel, specs, plan, device, desc)
             else:
-                weights: dict[str, torch.Tensor] = {}
-                for b, bucket in enumerate(plan):
-                    flat = torch.empty(bucket.numel, dtype=dtype_of(bucket.dtype), device=device)
-                    channel.recv(flat, b)
-                    weights.update(_bucket_views(flat, specs, bucket))
+                signature = tuple((b.dtype, b.numel) for b in plan)
+                flats = self._rx_buffers if self._rx_signature == signature else None
+                if flats is None:
+                    self._rx_buffers, self._rx_signature = [], None  # free the old set first
+                    flats = [torch.empty(b.numel, dtype=dtype_of(b.dtype), device=device) for b in plan]
+                works = [channel.irecv(flat, b) for b, flat in enumerate(flats)]  # all posted: gloo pipelines them
+                for w in works:
+                    w.wait()
                 if channel.confirm(0) != 0:
                     raise WeightSyncError("round reported bad by a participant")
+                weights: dict[str, torch.Tensor] = {}
+                for flat, bucket in zip(flats, plan):
+                    weights.update(_bucket_views(flat, specs, bucket))
+                if device.type == "cpu":  # kept for the next round: tensors are valid during on_weights only
+                    self._rx_buffers, self._rx_signature = flats, signature
                 self._deliver(weights, desc)
             self.rounds_ok += 1
             log.info(

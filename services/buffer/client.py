@@ -20,14 +20,13 @@ server-side for ``buffer.request_ttl_s``, ``ack_task``/``release_task`` by entry
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import random
 import struct
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import msgpack
 import redis
@@ -107,6 +106,28 @@ def _is_nogroup(exc: Exception) -> bool:
     return "NOGROUP" in str(exc)
 
 
+def _raise(value: Any) -> Any:
+    if isinstance(value, Exception):
+        raise P.translate_error(value)
+    return value
+
+
+def _queue_adds(p: Any, calls: list[P.AddGroupCall]) -> None:
+    for c in calls:
+        p.msetnx(c.payloads)
+        p.fcall("rtk_add_group", len(c.keys), *c.keys, *c.args)
+
+
+def _add_results(calls: list[P.AddGroupCall], replies: list[Any]) -> list[AddGroupResult]:
+    out = []
+    for k, c in enumerate(calls):
+        rep = replies[2 * k + 1]
+        if isinstance(rep, Exception):
+            raise P.translate_error(rep, group=True)
+        out.append(P.parse_add_group(c.group_id, rep))
+    return out
+
+
 def _snapshot_record(group: Group, pools: dict[str, str]) -> bytes:
     return msgpack.packb({"group": encode(group), "pools": pools}, use_bin_type=True)
 
@@ -142,6 +163,21 @@ class BufferClient(_Common):
             return call(fn, len(keys), *keys, *args)
         except redis.ResponseError as exc:
             raise P.translate_error(exc, group=group) from None
+
+    def _pipeline(self, fill: Callable[[Any], None], *, transaction: bool = False) -> list[Any]:
+        """Run the commands ``fill(pipe)`` queues in one round trip (reloading the library once
+        if the server lost it); errors come back in the list, not raised."""
+        if not self._loaded:
+            self.ensure_library()
+        for attempt in range(2):
+            with self.r.pipeline(transaction=transaction) as p:
+                fill(p)
+                replies = p.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(x, redis.ResponseError) and is_missing_function(x) for x in replies):
+                self.ensure_library(force=True)
+                continue
+            return replies
+        return replies
 
     def ping(self) -> bool:
         return bool(self.r.ping())
@@ -252,31 +288,18 @@ class BufferClient(_Common):
     # ------------------------------------------------------------------ store
 
     def add_group(self, group: Group) -> AddGroupResult:
-        """Store a scored group atomically (advantages, pools, counters); idempotent by group id."""
-        args = P.add_group_args(group, self.cfg)
-        return P.parse_add_group(group.group_id, self._fcall("rtk_add_group", self.store_keys, args, group=True))
+        """Store a scored group atomically (advantages, pools, counters); idempotent by group id.
+        Raises MalformedGroupError (nothing written) for a group that cannot be stored."""
+        return self.add_groups([group])[0]
 
     def add_groups(self, groups: Sequence[Group]) -> list[AddGroupResult]:
-        """Many ``add_group`` calls in one round trip (each group stays atomic on its own)."""
-        all_args = [P.add_group_args(g, self.cfg) for g in groups]
-        if not self._loaded:
-            self.ensure_library()
-        for attempt in range(2):
-            with self.r.pipeline(transaction=False) as p:
-                for args in all_args:
-                    p.fcall("rtk_add_group", len(self.store_keys), *self.store_keys, *args)
-                replies = p.execute(raise_on_error=False)
-            errors = [r for r in replies if isinstance(r, Exception)]
-            if attempt == 0 and any(is_missing_function(e) for e in errors):
-                self.ensure_library(force=True)
-                continue
-            break
-        out = []
-        for g, rep in zip(groups, replies):
-            if isinstance(rep, Exception):
-                raise P.translate_error(rep, group=True)
-            out.append(P.parse_add_group(g.group_id, rep))
-        return out
+        """Several ``add_group`` in one round trip (one MULTI/EXEC; each group is checked, stored
+        or refused on its own).  All groups are validated before anything is sent."""
+        calls = [P.add_group_call(g, self.cfg, self.keys, self.store_keys) for g in groups]
+        if not calls:
+            return []
+        replies = self._pipeline(lambda p: _queue_adds(p, calls), transaction=True)
+        return _add_results(calls, replies)
 
     def sample(
         self,
@@ -296,7 +319,10 @@ class BufferClient(_Common):
         rid = request_id or uuid.uuid4().hex
         args = P.sample_args(n, mode, policy_version, _new_seed() if seed is None else int(seed), self.cfg)
         reply = self._fcall("rtk_sample", self._sample_keys(rid), args)
-        return P.parse_batch(reply, mode=mode, policy_version=policy_version, request_id=rid)
+        _, skeys, gkeys = P.batch_fetch_keys(self.keys, reply)
+        datas, heads = self._pipeline(lambda p: (p.mget(skeys or ["-"]), p.mget(gkeys or ["-"])))
+        return P.parse_batch(reply, datas if skeys else [], heads if gkeys else [], mode=mode,
+                             policy_version=policy_version, request_id=rid)
 
     def sizes(self) -> StoreSizes:
         return P.parse_sizes(self._fcall("rtk_sizes", self.store_keys, [], ro=True))
@@ -316,7 +342,10 @@ class BufferClient(_Common):
     def get_sample_record(self, sample_id: str) -> SampleRecord | None:
         if not isinstance(sample_id, str) or not sample_id:
             return None
-        return P.parse_sample_record(self._fcall("rtk_get", self.store_keys, ["sample", sample_id], ro=True))
+        meta, data = self._pipeline(lambda p: (
+            p.fcall_ro("rtk_get", len(self.store_keys), *self.store_keys, "sample", sample_id),
+            p.get(self.keys.sample_data(sample_id))))
+        return P.parse_sample_record(_raise(meta), _raise(data))
 
     def get_sample(self, sample_id: str) -> Sample | None:
         rec = self.get_sample_record(sample_id)
@@ -325,7 +354,14 @@ class BufferClient(_Common):
     def get_group_record(self, group_id: str) -> tuple[Group, dict[str, str]] | None:
         if not isinstance(group_id, str) or not group_id:
             return None
-        return P.parse_group(self._fcall("rtk_get", self.store_keys, ["group", group_id], ro=True))
+        meta, head = self._pipeline(lambda p: (
+            p.fcall_ro("rtk_get", len(self.store_keys), *self.store_keys, "group", group_id),
+            p.get(self.keys.group_data(group_id))))
+        meta, head = _raise(meta), _raise(head)
+        if not meta or head is None:
+            return None
+        skeys = [self.keys.sample_data(x) for x in P.group_sample_ids(meta)]
+        return P.parse_group(meta, head, self.r.mget(skeys) if skeys else [])
 
     def get_group(self, group_id: str) -> Group | None:
         rec = self.get_group_record(group_id)
@@ -428,7 +464,6 @@ class AsyncBufferClient(_Common):
     def __init__(self, cfg: RethinkerConfig, *, client: aioredis.Redis | None = None) -> None:
         super().__init__(cfg)
         self.r = client if client is not None else async_client(cfg.redis)
-        self._lock = asyncio.Lock()
 
     async def ensure_library(self, *, force: bool = False) -> str:
         version = await ensure_library_async(self.r, force=force)
@@ -449,6 +484,19 @@ class AsyncBufferClient(_Common):
             return await call(fn, len(keys), *keys, *args)
         except redis.ResponseError as exc:
             raise P.translate_error(exc, group=group) from None
+
+    async def _pipeline(self, fill: Callable[[Any], None], *, transaction: bool = False) -> list[Any]:
+        if not self._loaded:
+            await self.ensure_library()
+        for attempt in range(2):
+            async with self.r.pipeline(transaction=transaction) as p:
+                fill(p)
+                replies = await p.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(x, redis.ResponseError) and is_missing_function(x) for x in replies):
+                await self.ensure_library(force=True)
+                continue
+            return replies
+        return replies
 
     async def ping(self) -> bool:
         return bool(await self.r.ping())
@@ -547,29 +595,14 @@ class AsyncBufferClient(_Common):
     # ------------------------------------------------------------------ store
 
     async def add_group(self, group: Group) -> AddGroupResult:
-        args = P.add_group_args(group, self.cfg)
-        return P.parse_add_group(group.group_id, await self._fcall("rtk_add_group", self.store_keys, args, group=True))
+        return (await self.add_groups([group]))[0]
 
     async def add_groups(self, groups: Sequence[Group]) -> list[AddGroupResult]:
-        all_args = [P.add_group_args(g, self.cfg) for g in groups]
-        if not self._loaded:
-            await self.ensure_library()
-        for attempt in range(2):
-            async with self.r.pipeline(transaction=False) as p:
-                for args in all_args:
-                    p.fcall("rtk_add_group", len(self.store_keys), *self.store_keys, *args)
-                replies = await p.execute(raise_on_error=False)
-            errors = [r for r in replies if isinstance(r, Exception)]
-            if attempt == 0 and any(is_missing_function(e) for e in errors):
-                await self.ensure_library(force=True)
-                continue
-            break
-        out = []
-        for g, rep in zip(groups, replies):
-            if isinstance(rep, Exception):
-                raise P.translate_error(rep, group=True)
-            out.append(P.parse_add_group(g.group_id, rep))
-        return out
+        calls = [P.add_group_call(g, self.cfg, self.keys, self.store_keys) for g in groups]
+        if not calls:
+            return []
+        replies = await self._pipeline(lambda p: _queue_adds(p, calls), transaction=True)
+        return _add_results(calls, replies)
 
     async def sample(
         self,
@@ -584,7 +617,10 @@ class AsyncBufferClient(_Common):
         rid = request_id or uuid.uuid4().hex
         args = P.sample_args(n, mode, policy_version, _new_seed() if seed is None else int(seed), self.cfg)
         reply = await self._fcall("rtk_sample", self._sample_keys(rid), args)
-        return P.parse_batch(reply, mode=mode, policy_version=policy_version, request_id=rid)
+        _, skeys, gkeys = P.batch_fetch_keys(self.keys, reply)
+        datas, heads = await self._pipeline(lambda p: (p.mget(skeys or ["-"]), p.mget(gkeys or ["-"])))
+        return P.parse_batch(reply, datas if skeys else [], heads if gkeys else [], mode=mode,
+                             policy_version=policy_version, request_id=rid)
 
     async def sizes(self) -> StoreSizes:
         return P.parse_sizes(await self._fcall("rtk_sizes", self.store_keys, [], ro=True))
@@ -602,7 +638,10 @@ class AsyncBufferClient(_Common):
     async def get_sample_record(self, sample_id: str) -> SampleRecord | None:
         if not isinstance(sample_id, str) or not sample_id:
             return None
-        return P.parse_sample_record(await self._fcall("rtk_get", self.store_keys, ["sample", sample_id], ro=True))
+        meta, data = await self._pipeline(lambda p: (
+            p.fcall_ro("rtk_get", len(self.store_keys), *self.store_keys, "sample", sample_id),
+            p.get(self.keys.sample_data(sample_id))))
+        return P.parse_sample_record(_raise(meta), _raise(data))
 
     async def get_sample(self, sample_id: str) -> Sample | None:
         rec = await self.get_sample_record(sample_id)
@@ -611,7 +650,14 @@ class AsyncBufferClient(_Common):
     async def get_group_record(self, group_id: str) -> tuple[Group, dict[str, str]] | None:
         if not isinstance(group_id, str) or not group_id:
             return None
-        return P.parse_group(await self._fcall("rtk_get", self.store_keys, ["group", group_id], ro=True))
+        meta, head = await self._pipeline(lambda p: (
+            p.fcall_ro("rtk_get", len(self.store_keys), *self.store_keys, "group", group_id),
+            p.get(self.keys.group_data(group_id))))
+        meta, head = _raise(meta), _raise(head)
+        if not meta or head is None:
+            return None
+        skeys = [self.keys.sample_data(x) for x in P.group_sample_ids(meta)]
+        return P.parse_group(meta, head, await self.r.mget(skeys) if skeys else [])
 
     async def get_group(self, group_id: str) -> Group | None:
         rec = await self.get_group_record(group_id)

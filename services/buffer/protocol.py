@@ -21,6 +21,7 @@ from common.codec import CodecError, decode, encode
 from common.config import RethinkerConfig
 from common.redis_keys import RedisKeys
 from common.schemas import Group, PolicyVersion, PromptTask, Sample
+from services.buffer.fastcodec import check_sample_fields, encode_sample, sample_kwargs
 
 MODES = ("ssr", "filter", "grpo")
 MAX_GROUP_SIZE = 4096
@@ -144,9 +145,9 @@ POOL_NAMES = {"f": "fresh", "r": "replay", "z": "zero", "t": "retired", "x": "st
 def store_keys(keys: RedisKeys) -> list[str]:
     """KEYS 1..18 of every store function (order fixed by the Lua library)."""
     return [
-        keys.samples,
+        keys.sample_data_prefix,
         keys.sample_meta,
-        keys.groups,
+        keys.group_data_prefix,
         keys.group_meta,
         keys.group_order,
         keys.counters,
@@ -215,28 +216,49 @@ def validate_group(group: Any) -> None:
             raise MalformedGroupError(
                 f"{where}: {s.sampler_logprobs.shape[0]} sampler_logprobs for {s.response_token_ids.shape[0]} response tokens"
             )
+        bad_field = check_sample_fields(s)
+        if bad_field is not None:
+            raise MalformedGroupError(f"{where}: field {bad_field} has the wrong type ({type(getattr(s, bad_field)).__name__})")
 
 
-def add_group_args(group: Group, cfg: RethinkerConfig) -> list[Any]:
-    """Validate and encode a group into the ARGV of ``rtk_add_group``."""
+@dataclass(slots=True)
+class AddGroupCall:
+    """One ``add_group``: MSETNX of the payload keys, then FCALL, in one MULTI/EXEC."""
+
+    group_id: str
+    payloads: dict[str, bytes]
+    keys: list[str]
+    args: list[Any]
+
+
+def add_group_call(group: Group, cfg: RethinkerConfig, keys: RedisKeys, fixed_keys: list[str]) -> AddGroupCall:
+    """Validate and encode a group (raises MalformedGroupError before anything is sent)."""
     validate_group(group)
     try:
         header = encode(dataclasses.replace(group, samples=[]))
-        datas = [encode(s) for s in group.samples]
+        datas = [encode_sample(s) for s in group.samples]
     except CodecError as exc:
         raise MalformedGroupError(f"group {group.group_id}: {exc}") from None
     grpo, ssr, buf = cfg.algorithm.grpo, cfg.algorithm.ssr, cfg.buffer
     category = group.task.category or group.samples[0].category
     source = group.task.source or group.samples[0].source
+    if not isinstance(category, str) or not isinstance(source, str):
+        raise MalformedGroupError(f"group {group.group_id}: category and source must be strings")
     gver = min(s.policy_version for s in group.samples)
+    gkey = keys.group_data(group.group_id)
+    payloads = {gkey: header}
+    klist = fixed_keys + [gkey]
     args: list[Any] = [
-        group.group_id, header, len(group.samples), int(grpo.std_normalize), repr(float(grpo.adv_eps)),
+        group.group_id, len(group.samples), int(grpo.std_normalize), repr(float(grpo.adv_eps)),
         repr(float(ssr.alpha)), ssr.capacity, repr(float(buf.series_interval_s)), buf.stats_window,
         category, source, gver,
     ]
     for s, data in zip(group.samples, datas):
-        args += [s.sample_id, data, repr(float(s.reward)), s.policy_version, int(bool(s.correct))]
-    return args
+        skey = keys.sample_data(s.sample_id)
+        payloads[skey] = data
+        klist.append(skey)
+        args += [s.sample_id, repr(float(s.reward)), s.policy_version, int(bool(s.correct))]
+    return AddGroupCall(group.group_id, payloads, klist, args)
 
 
 def parse_add_group(group_id: str, reply: Sequence[Any]) -> AddGroupResult:
@@ -270,30 +292,40 @@ def sample_args(
     ]
 
 
-def _task_cache_decode(raw: bytes) -> PromptTask:
-    return decode(raw, Group).task
+def batch_fetch_keys(keys: RedisKeys, reply: Sequence[Any]) -> tuple[list[str], list[str], list[str]]:
+    """(sample ids, their payload keys, payload keys of their groups) of a ``rtk_sample`` reply."""
+    items = reply[2]
+    sids = [_s(x) for x in items[0::4]]
+    gids = list(dict.fromkeys(_s(x) for x in items[3::4]))
+    return sids, [keys.sample_data(x) for x in sids], [keys.group_data(g) for g in gids]
 
 
-def parse_batch(reply: Sequence[Any], *, mode: str, policy_version: int, request_id: str) -> SampledBatch:
-    header, draws, items, groups = reply
+def parse_batch(
+    reply: Sequence[Any], datas: Sequence[bytes | None], heads: Sequence[bytes | None], *,
+    mode: str, policy_version: int, request_id: str,
+) -> SampledBatch:
+    header, draws, items = reply[0], reply[1], reply[2]
     tasks_by_gid: dict[str, PromptTask] = {}
-    for i in range(0, len(groups), 2):
-        tasks_by_gid[_s(groups[i])] = _task_cache_decode(groups[i + 1])
-    base: dict[str, tuple[Sample, float, int]] = {}
-    for i in range(0, len(items), 5):
-        sid = _s(items[i])
-        s = decode(items[i + 1], Sample)
-        base[sid] = (s, float(_s(items[i + 2])), int(items[i + 3]))
+    for head in heads:
+        if head is not None:
+            g = decode(head, Group)
+            tasks_by_gid[g.group_id] = g.task
+    base: dict[str, tuple[dict[str, Any], float, int]] = {}
+    for k, data in enumerate(datas):
+        if data is None:  # evicted between the draw and the fetch
+            continue
+        i = 4 * k
+        base[_s(items[i])] = (sample_kwargs(data), float(_s(items[i + 1])), int(items[i + 2]))
     samples: list[Sample] = []
     replayed: list[bool] = []
     tasks: dict[str, PromptTask] = {}
     for i in range(0, len(draws), 3):
-        sid = _s(draws[i])
-        got = base.get(sid)
-        if got is None:  # evicted between a call and its retry
+        got = base.get(_s(draws[i]))
+        if got is None:
             continue
-        s, adv, ver = got
-        samples.append(dataclasses.replace(s, advantage=adv, policy_version=ver, times_sampled=int(draws[i + 2])))
+        kw, adv, ver = got
+        s = Sample(**{**kw, "advantage": adv, "policy_version": ver, "times_sampled": int(draws[i + 2])})
+        samples.append(s)
         replayed.append(_s(draws[i + 1]) == "r")
         task = tasks_by_gid.get(s.group_id)
         if task is not None:
@@ -308,28 +340,35 @@ def parse_batch(reply: Sequence[Any], *, mode: str, policy_version: int, request
 # --------------------------------------------------------------------------- reads
 
 
-def _sample_from(values: Sequence[Any]) -> tuple[Sample, str, str]:
-    data, adv, ver, ts, pool, gid = values
-    s = decode(data, Sample)
-    s = dataclasses.replace(s, advantage=float(_s(adv)), policy_version=int(ver), times_sampled=int(ts))
-    return s, _s(pool), _s(gid)
+def _sample_from(data: bytes, meta: Sequence[Any]) -> tuple[Sample, str, str]:
+    adv, ver, ts, pool, gid = meta
+    kw = sample_kwargs(data)
+    kw.update(advantage=float(_s(adv)), policy_version=int(ver), times_sampled=int(ts))
+    return Sample(**kw), _s(pool), _s(gid)
 
 
-def parse_sample_record(reply: Sequence[Any]) -> SampleRecord | None:
-    if not reply:
+def parse_sample_record(meta: Sequence[Any], data: bytes | None) -> SampleRecord | None:
+    if not meta or data is None:
         return None
-    s, pool, gid = _sample_from(reply)
+    s, pool, gid = _sample_from(data, meta)
     return SampleRecord(sample=s, pool=POOL_NAMES.get(pool, pool), group_id=gid)
 
 
-def parse_group(reply: Sequence[Any]) -> tuple[Group, dict[str, str]] | None:
+def group_sample_ids(meta: Sequence[Any]) -> list[str]:
+    return [_s(meta[i]) for i in range(2, len(meta), 6)]
+
+
+def parse_group(meta: Sequence[Any], head: bytes | None, datas: Sequence[bytes | None]) -> tuple[Group, dict[str, str]] | None:
     """(group with its samples, sample_id -> pool name) or None."""
-    if not reply:
+    if not meta or head is None:
         return None
-    group = decode(reply[0], Group)
+    group = decode(head, Group)
     samples, pools = [], {}
-    for i in range(3, len(reply), 7):
-        s, pool, _ = _sample_from(reply[i + 1 : i + 7])
+    for k, data in enumerate(datas):
+        if data is None:
+            continue
+        i = 2 + 6 * k
+        s, pool, _ = _sample_from(data, meta[i + 1 : i + 6])
         samples.append(s)
         pools[s.sample_id] = POOL_NAMES.get(pool, pool)
     return dataclasses.replace(group, samples=samples), pools

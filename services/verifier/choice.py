@@ -12,13 +12,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .normalize import TEXT_COMMANDS, clean_answer, fold_text, unwrap_command
+from .normalize import _SPACING, TEXT_COMMANDS, clean_answer, fold_text, unwrap_command
 
 LETTERS = "ABCDEFGHIJK"
 
 _GOLD = re.compile(r"\(?\s*([A-K])\s*\)?\s*[.:]?")
 _LEAD = re.compile(
-    r"^(?:(?:so|thus|therefore|hence)[, ]{1,3})?(?:the[ \t]{1,3})?(?:(?:final|correct|right|best)[ \t]{1,3})?(?:answer|option|choice)s?[ \t]{0,3}(?:is|:|=)?[ \t]{0,3}:?[ \t]{0,3}",
+    r"^(?:(?:so|thus|therefore|hence)\b[, ]{0,3})?(?:(?:the[ \t]{1,3})?(?:(?:final|correct|right|best)[ \t]{1,3})?(?:answer|option|choice)s?\b[ \t]{0,3}(?:is|:|=)?[ \t]{0,3}:?[ \t]{0,3})?",
     re.I,
 )
 _SINGLE = re.compile(r"\(?\s*([A-Ka-k])\s*\)?\s*[.:]?")
@@ -50,7 +50,8 @@ class ChoiceRead:
 def _strip_answer(answer: str) -> str:
     a = clean_answer(answer)
     a = unwrap_command(a, TEXT_COMMANDS)
-    a = a.replace("**", "").replace("__", "").replace("$", "").strip()
+    a = a.replace("**", "").replace("__", "").replace("$", "")
+    a = _SPACING.sub(" ", a).strip()
     for _ in range(3):
         b = _LEAD.sub("", a, count=1).strip()
         if b == a:
@@ -96,11 +97,11 @@ def parse_options(question: str | None) -> dict[str, str]:
 def _same_option_text(a: str, b: str) -> bool:
     from .numeric import numbers_match, parse_number  # local: numeric imports nothing from here
 
-    fa, fb = fold_text(a), fold_text(b)
-    if fa and fa == fb:
-        return True
     na, nb = parse_number(a), parse_number(b)
-    return na is not None and nb is not None and numbers_match(nb, na)
+    if na is not None and nb is not None:
+        return numbers_match(nb, na)
+    fa, fb = fold_text(a), fold_text(b)
+    return bool(fa) and fa == fb
 
 
 def option_for_text(text: str, options: dict[str, str]) -> str | None:

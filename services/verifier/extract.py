@@ -27,6 +27,7 @@ from .normalize import match_brace
 MAX_SIBLINGS = 8  # more disagreeing boxes than this in one paragraph: not credited
 MAX_ANSWER_CHARS = 20_000  # a "final answer" longer than this is not an answer
 WHOLE_RESPONSE_MAX_CHARS = 80
+WHOLE_RESPONSE_MAX_WORDS = 6  # longer sentences are reasoning, not an answer by themselves
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,17 +50,17 @@ _STANCE = re.compile(
     r"(?P<pos>correct|right|confirm\w*|indeed|consistent|checks out|verified|holds|valid|accurate))\b",
     re.I,
 )
-_NEGATOR = re.compile(r"(?:\bno|\bnot|\bnothing|\bwithout|\bnever|n't|\bany|\bmight|\bmay|\bcould|\bif|\bwhether|\bfor|\bpossible|\bpossibly|\bcheck)\W{1,3}(?:\w+\W{1,3}){0,2}$", re.I)
+_NEGATOR = re.compile(r"(?:\bno|\bnot|\bnothing|\bwithout|\bnever|n't|\bany|\bmight|\bmay|\bcould|\bif|\bwhether|\bfor|\bpossible|\bpossibly|\bcheck)[ \t]{1,3}(?:\w+[ \t]{1,3}){0,2}$", re.I)
 
 _ANSWER_LINE = re.compile(
     r"(?im)^[ \t>#*_\-]{0,12}(?:\*\*|__)?[ \t]{0,3}(?:the[ \t]{1,3})?(?:final|correct|short)?[ \t]{0,3}answer[ \t]{0,3}(?:\*\*|__)?[ \t]{0,3}[:：][ \t]{0,3}(?:\*\*|__)?[ \t]{0,8}"
 )
 _ANSWER_SENTENCE = re.compile(
-    r"(?i)\b(?:the[ \t]{1,3})?(?:(?:final|correct|right|best)[ \t]{1,3})?(?:answer|option|choice)[ \t]{1,3}"
-    r"(?:is|should[ \t]{1,3}be|must[ \t]{1,3}be|remains|would[ \t]{1,3}be|=)[ \t]{0,3}[:：]?[ \t]{0,3}"
+    r"(?i)\b(?:the[ \t]{1,3})?(?:(?:final|correct|right|best)[ \t]{1,3})?(?:answer|option|choice)"
+    r"(?:[ \t]{1,3}(?:is|should[ \t]{1,3}be|must[ \t]{1,3}be|remains|would[ \t]{1,3}be|=)[ \t]{0,3}[:：]?|[ \t]{0,3}[:：])[ \t]{0,3}"
 )
 _ANSWER_SENTENCE_AFTER = re.compile(
-    r"(?i)(?:^|[\s(*$])(\(?[A-Ka-k]\)?|\*\*\(?[A-K]\)?\*\*|\$[^$\n]{1,80}\$)[ \t]{1,3}is[ \t]{1,3}the[ \t]{1,3}(?:correct|right|final|best)[ \t]{1,3}(?:answer|option|choice)\b"
+    r"(?i)(?:^|[\s(*$])(\(?[A-Ka-k]\)?|\*\*\(?[A-K]\)?\*\*|\$[^$\n]{1,80}\$|[-+]?\d[\d,]{0,30}(?:\.\d{1,30})?)[ \t]{1,3}is[ \t]{1,3}the[ \t]{1,3}(?:correct|right|final|best)[ \t]{1,3}(?:answer|option|choice)\b"
 )
 _CONDITIONAL = re.compile(r"(?i)\b(?:if|suppose|assuming|assume|whether|unless|when|check|verify|see)\b[^.\n]{0,60}$")
 _NEGATED_START = re.compile(r"(?i)^(?:not|never|unknown|unclear|undetermined|wrong)\b")
@@ -164,15 +165,24 @@ def _statements(text: str, offset: int = 0) -> list[tuple[int, str, str]]:
 
 
 def _stance_negative(tail: str) -> bool:
-    """Does the text after an answer end by rejecting it ("that's wrong") rather than confirming it?"""
-    for m in reversed(list(_STANCE.finditer(tail))):
-        kind = "neg" if m.group("neg") else "pos"
-        before = tail[max(0, m.start() - 40) : m.start()]
-        if _NEGATOR.search(before):
-            # "no mistake", "might be a mistake" are neutral; "not correct" is negative
-            kind = "neutral" if kind == "neg" else "neg"
-        if kind != "neutral":
-            return kind == "neg"
+    """Does the text after an answer end by rejecting it ("that's wrong") rather than confirming it?
+
+    The last non-neutral stance word decides; it is looked for near the end first (growing windows),
+    so a long tail full of stance words costs little.
+    """
+    n = len(tail)
+    for window in (4_000, 64_000, n):
+        start = max(0, n - window)
+        for m in reversed(list(_STANCE.finditer(tail, start))):
+            kind = "neg" if m.group("neg") else "pos"
+            before = tail[max(0, m.start() - 40) : m.start()]
+            if _NEGATOR.search(before):
+                # "no mistake", "might be a mistake" are neutral; "not correct" is negative
+                kind = "neutral" if kind == "neg" else "neg"
+            if kind != "neutral":
+                return kind == "neg"
+        if start == 0:
+            break
     return False
 
 
@@ -248,6 +258,6 @@ def extract_answer(text: str) -> Extraction:
     whole = text.strip()
     if not whole:
         return Extraction(None, "none", problem="empty response")
-    if len(whole) <= WHOLE_RESPONSE_MAX_CHARS and "\n" not in whole:
+    if len(whole) <= WHOLE_RESPONSE_MAX_CHARS and "\n" not in whole and len(whole.split()) <= WHOLE_RESPONSE_MAX_WORDS:
         return Extraction(whole, "whole")
     return Extraction(None, "none", problem="no final answer found")

@@ -201,6 +201,9 @@ def grade_tuple(response: str, gold: str, question: str | None = None) -> tuple[
 
 def warmup() -> None:
     """Import and exercise every path once (pool workers call it before saying they are ready)."""
+    from ._preload import warm
+
+    warm()
     grade("\\boxed{C}", "C")
     grade("\\boxed{1,200}", "1200")
     grade("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\frac{1}{\\sqrt{2}}")

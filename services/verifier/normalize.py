@@ -125,7 +125,7 @@ def compact(s: str) -> str:
     return s
 
 
-_PUNCT = re.compile(r"[\s\.,!?;:'\"`*_()\[\]{}]+")
+_PUNCT = re.compile(r"[\s\.,!?;:'\"`*_()\[\]{}\-/]+")
 _ARTICLE = re.compile(r"^(?:the|a|an)\s+")
 
 

@@ -79,6 +79,8 @@ _SMALL = {
     "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50,
     "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90,
 }
+_SCALE_WORD = re.compile(r"[ \t]{1,3}(thousand|million|billion|trillion)\b", re.I)
+_SCALE_EXP = {"thousand": 3, "million": 6, "billion": 9, "trillion": 12}
 _SCALES = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9}
 
 
@@ -211,12 +213,17 @@ def parse_number(s: str) -> Num | None:
     if m is None:
         return None
     rest = t[m.end() :]
+    scale = 0
+    sm = _SCALE_WORD.match(rest)
+    if sm:  # "1.5 million"
+        scale = _SCALE_EXP[sm.group(1).lower()]
+        rest = rest[sm.end() :]
     if not _unit_ok(rest, rest[:1] not in (" ", "\t", "")):
         return None
     e = m.group("e1") or m.group("e2")
     mant = m.group("mant")
     exact = e is None and "." not in mant
-    return _make(m.group("sign"), mant, int(e) if e else 0, exact=exact, percent=percent)
+    return _make(m.group("sign"), mant, (int(e) if e else 0) + scale, exact=exact, percent=percent)
 
 
 def _fraction(sign: str, whole: str | None, n: str, d: str, percent: bool) -> Num | None:

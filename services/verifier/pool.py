@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 DEFAULT_TARGET = "services.verifier.grader:grade_tuple"
 DEFAULT_WARMUP = "services.verifier.grader:warmup"
-PRELOAD = ["services.verifier.grader", "math_verify", "sympy"]
+PRELOAD = ["services.verifier._preload"]
 STARTUP_TIMEOUT_S = 120.0
 MAX_START_FAILURES = 5
 

@@ -19,6 +19,7 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
+from .fastlatex import fast_parse
 from .normalize import brace_depth
 
 MAX_SYMBOLIC_CHARS = 600
@@ -91,15 +92,23 @@ def _parse(latex: str) -> tuple[Any, ...]:
         return ()
 
 
+def _read(latex: str) -> tuple[Any, ...]:
+    """(sympy object, text): the fast reader for simple expressions, else math-verify on ``\\boxed{..}``."""
+    expr = fast_parse(latex)
+    if expr is not None:
+        return (expr, latex)
+    return _parse("\\boxed{" + latex + "}")
+
+
 @lru_cache(maxsize=8192)
 def parse_gold(gold: str) -> tuple[Any, ...]:
-    """math-verify's reading of ``\\boxed{gold}`` (cached: golds repeat n times per group)."""
-    return _parse("\\boxed{" + gold + "}")
+    """The gold's reading (cached: golds repeat n times per group)."""
+    return _read(gold)
 
 
 @lru_cache(maxsize=8192)
 def parse_answer(answer: str) -> tuple[Any, ...]:
-    return _parse("\\boxed{" + answer + "}")
+    return _read(answer)
 
 
 def symbolic_equal(gold: str, answer: str) -> tuple[bool, str]:
@@ -113,11 +122,160 @@ def symbolic_equal(gold: str, answer: str) -> tuple[bool, str]:
     a = parse_answer(answer)
     if not a:
         return False, "answer not parseable"
+    fast = fast_compare(g[0], a[0])
+    if fast is not None:
+        return fast, "symbolic match (numeric identity)" if fast else "symbolic mismatch (numeric identity)"
     try:
-        ok = bool(_mv().verify(list(g), list(a), timeout_seconds=None))
+        ok = bool(_mv().verify(list(g), list(a), allow_set_relation_comp=True, timeout_seconds=None))
     except Exception:  # noqa: BLE001
         return False, "symbolic comparison failed"
+    if not ok and _symbol_vs_expr_equal(g[0], a[0]):
+        return True, "symbolic match (difference simplifies to 0)"
     return ok, "symbolic match" if ok else "symbolic mismatch"
+
+
+# Points for the numeric identity test: two with positive values, one with negative values (branches).
+_POINTS = (
+    (0.7182818284590452, 1.3247179572447460, 0.5772156649015329, 1.6180339887498949, 0.9159655941772190),
+    (1.2020569031595943, 0.8346268416740731, 1.4142135623730951, 0.6931471805599453, 1.7320508075688772),
+    (-0.6180339887498949, -1.1447298858494002, -0.7390851332151607, -1.3063778838630806, -0.5671432904097838),
+)
+_SAME = 1e-25
+_DIFFERENT = 1e-9
+_FANCY = ("Abs", "floor", "ceiling", "Piecewise", "sign", "Mod", "frac", "factorial", "Max", "Min", "re", "im", "arg", "Integral", "Derivative", "Sum", "Product", "Limit")
+
+
+def _value_at(expr: Any, point: dict[Any, float]) -> complex | None:
+    import sympy
+
+    v = expr.evalf(40, subs=point) if point else expr.evalf(40)
+    if not isinstance(v, sympy.Expr) or v.free_symbols or not v.is_number:
+        return None
+    try:
+        c = complex(v)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if c != c or abs(c) == float("inf"):
+        return None
+    return c
+
+
+def _close(x: complex, y: complex) -> tuple[bool, bool]:
+    """(same, clearly different) at double precision relative to the values' size."""
+    scale = max(1.0, abs(x), abs(y))
+    d = abs(x - y) / scale
+    return d <= _SAME or d == 0.0, d > _DIFFERENT
+
+
+def _numeric_identity(g: Any, a: Any) -> bool | None:
+    """Equal / not equal by evaluating both at fixed points; None when it cannot tell."""
+    names = {type(n).__name__ for n in g.atoms(__import__("sympy").Function)} | {
+        type(n).__name__ for n in a.atoms(__import__("sympy").Function)
+    }
+    if any(f in names for f in _FANCY):
+        return None
+    syms = sorted(g.free_symbols | a.free_symbols, key=lambda s: s.name)
+    if len(syms) > len(_POINTS[0]):
+        return None
+    if not syms:
+        x, y = _value_at(g, {}), _value_at(a, {})
+        if x is None or y is None:
+            return None
+        same, different = _close(x, y)
+        return True if same else (False if different else None)
+    if g.free_symbols != a.free_symbols:
+        # a variable the other side lacks: equal only if it cancels; let math-verify decide then
+        pass
+    agree = 0
+    for k, values in enumerate(_POINTS):
+        point = dict(zip(syms, values))
+        x, y = _value_at(g, point), _value_at(a, point)
+        if x is None or y is None:
+            return None
+        same, different = _close(x, y)
+        if different and k < 2:
+            return False
+        agree += same
+    return True if agree == len(_POINTS) else None
+
+
+def fast_compare(g: Any, a: Any) -> bool | None:
+    """Decide plain expressions, number tuples/sets/intervals and matrices without ``simplify``.
+
+    A plain expression pair is equal when it agrees at three fixed points (two positive, one
+    negative) to 1e-25, and unequal when it differs at a positive point by more than 1e-9 (relative);
+    functions whose identities fail numerically (Abs, floor, Piecewise, ...) and anything undecided
+    go to math-verify.  Containers are compared element by element when both sides have the same type.
+    """
+    import sympy
+
+    try:
+        if isinstance(g, sympy.Equality) and isinstance(a, sympy.Equality):
+            # two assignments to the same variable (y = f(x) vs y = g(x)): compare the right sides
+            if isinstance(g.lhs, sympy.Symbol) and g.lhs == a.lhs and g.lhs not in (g.rhs.free_symbols | a.rhs.free_symbols):
+                return fast_compare(g.rhs, a.rhs)
+            return None
+        if isinstance(g, sympy.MatrixBase) or isinstance(a, sympy.MatrixBase):
+            if not (isinstance(g, sympy.MatrixBase) and isinstance(a, sympy.MatrixBase)):
+                return None
+            if g.shape != a.shape:
+                return False
+            return _all_equal(list(g), list(a))
+        if isinstance(g, sympy.Tuple) and isinstance(a, sympy.Tuple):
+            if len(g) != len(a):
+                return False
+            return _all_equal(list(g), list(a))
+        if isinstance(g, sympy.Interval) and isinstance(a, sympy.Interval):
+            if (g.left_open, g.right_open) != (a.left_open, a.right_open):
+                return False if _numbers(g.args[:2] + a.args[:2]) else None
+            return _all_equal([g.start, g.end], [a.start, a.end])
+        if isinstance(g, sympy.FiniteSet) and isinstance(a, sympy.FiniteSet):
+            if not _numbers(list(g) + list(a)):
+                return None
+            gv = sorted((_value_at(x, {}) or 0j for x in g), key=lambda c: (c.real, c.imag))
+            av = sorted((_value_at(x, {}) or 0j for x in a), key=lambda c: (c.real, c.imag))
+            if len(gv) != len(av):
+                return False
+            return all(_close(x, y)[0] for x, y in zip(gv, av)) or None
+        if isinstance(g, sympy.Expr) and isinstance(a, sympy.Expr):
+            if isinstance(g, (sympy.Tuple, sympy.MatrixBase)) or isinstance(a, (sympy.Tuple, sympy.MatrixBase)):
+                return None
+            return _numeric_identity(g, a)
+    except Exception:  # noqa: BLE001 - undecided; math-verify gets its turn
+        return None
+    return None
+
+
+def _numbers(xs: list[Any]) -> bool:
+    import sympy
+
+    return all(isinstance(x, sympy.Expr) and not x.free_symbols and x.is_number for x in xs)
+
+
+def _all_equal(gs: list[Any], as_: list[Any]) -> bool | None:
+    verdicts = [fast_compare(x, y) for x, y in zip(gs, as_)]
+    if any(v is False for v in verdicts):
+        return False
+    if all(v is True for v in verdicts):
+        return True
+    return None
+
+
+def _symbol_vs_expr_equal(g: Any, a: Any) -> bool:
+    """math-verify compares a lone symbol only as text (``x`` vs ``x + x - x`` fails): check g - a == 0."""
+    import sympy
+
+    if not (isinstance(g, sympy.Expr) and isinstance(a, sympy.Expr)):
+        return False
+    if not (isinstance(g, sympy.Symbol) or isinstance(a, sympy.Symbol)):
+        return False
+    try:
+        d = sympy.Add(g, sympy.Mul(-1, a))
+        if d == 0:
+            return True
+        return bool(d.count_ops() <= 200 and sympy.simplify(d) == 0)
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def numeric_value(s: str, *, gold: bool = False) -> Fraction | None:
@@ -141,7 +299,14 @@ def numeric_value(s: str, *, gold: bool = False) -> Fraction | None:
         return None
 
 
-def mathverify_baseline(response: str, gold: str) -> bool:
+def mathverify_warmup() -> None:
+    from ._preload import warm  # the same parser warm-up as our workers get: a fair baseline
+
+    warm()
+    mathverify_baseline("\\boxed{\\frac{1}{2}}", "0.5")
+
+
+def mathverify_baseline(response: str, gold: str, question: str | None = None) -> bool:
     """The public code's check: math-verify on the whole response against ``\\boxed{gold}``."""
     mv = _mv()
     try:

@@ -15,7 +15,7 @@ import io
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 from urllib.parse import urlsplit
 
 from common.config import ENV_PREFIX, ConfigError, RethinkerConfig, load_config
@@ -39,7 +39,6 @@ SERVICE_PATHS = {
     "buffer": {"/healthz", "/v1/stats"},
     "rollout": {"/healthz"},
 }
-SERVICES = tuple(SERVICE_PATHS)
 
 
 class CommandError(AssertionError):
@@ -133,10 +132,6 @@ def host_port(url: str, default_port: int | None = None) -> tuple[str, int]:
     return parts.hostname, parts.port or default_port or {"http": 80, "https": 443, "redis": 6379}[parts.scheme]
 
 
-def service_port(cfg: RethinkerConfig, service: str) -> int:
-    return getattr(cfg, service).port
-
-
 def config_sources() -> dict[str, Path]:
     return {p.name: p for p in sorted((REPO / "configs").glob("*.yaml"))}
 
@@ -161,13 +156,3 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
     if buf:
         raise AssertionError(f"{path}: dangling line continuation")
     return out
-
-
-def fastapi_paths(app: Any) -> set[str]:
-    return {getattr(r, "path", None) for r in app.routes} - {None}
-
-
-def read(path: Path) -> Any:
-    import yaml
-
-    return yaml.safe_load(path.read_text())

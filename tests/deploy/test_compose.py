@@ -159,6 +159,8 @@ class Service:
         self.name, self.svc, self.doc = name, svc, doc
         self.env = env_of(svc)
         self.cmd: Command | None = parse_command(argv_of(svc)) if is_rethinker(svc) else None
+        if self.cmd is not None:
+            assert svc.get("working_dir", WORKDIR) == WORKDIR, f"{name}: the configs' relative paths need {WORKDIR}"
         self.cfg = None
         if self.cmd is not None and self.cmd.config is not None:
             self.source = self.config_source(self.cmd.config)
@@ -169,10 +171,10 @@ class Service:
         return list(self.svc.get("profiles") or [])
 
     def config_source(self, target: str) -> Path:
-        for c in self.svc.get("configs") or []:
-            if isinstance(c, dict) and c.get("target") == target:
-                return (REPO / self.doc["configs"][c["source"]]["file"]).resolve()
-        raise AssertionError(f"service {self.name}: --config {target} is not mounted (no configs: entry with that target)")
+        src = self.volume_targets().get(target)
+        if src is None or not src.startswith("./"):
+            raise AssertionError(f"service {self.name}: --config {target} is not a bind mount of a repository file")
+        return (REPO / src).resolve()
 
     source: Path | None = None
 
@@ -276,6 +278,7 @@ def test_commands_parse_and_configs_load(services: dict[str, Service]) -> None:
         "buffer": "buffer",
         "tiny-model": "tiny-model",
         "synth-data": "data",
+        "sft-warmup": "sft-warmup",
         "rollout-1": "rollout",
         "rollout-2": "rollout",
         "learner": "learn",
@@ -286,7 +289,7 @@ def test_commands_parse_and_configs_load(services: dict[str, Service]) -> None:
         "learner-gpu": "learn",
     }
     for name, s in services.items():
-        if s.cmd and s.cmd.role in ("verifier", "buffer", "rollout", "learn"):
+        if s.cmd and s.cmd.role in ("verifier", "buffer", "rollout", "learn", "sft-warmup"):
             assert s.cfg is not None, f"{name} runs without --config"
 
 
@@ -308,8 +311,8 @@ def test_services_agree_with_config(services: dict[str, Service], profile: str |
     learner = by_role["learn"][0]
 
     for s in g.values():
-        if s.cfg is None:
-            continue
+        if s.cfg is None or s.cmd.role not in ("verifier", "buffer", "rollout", "learn"):
+            continue  # one-shot jobs (sft-warmup) talk to no service
         cfg, where = s.cfg, f"service {s.name}"
         # clients reach the services by their compose DNS names and configured ports
         for target in ("verifier", "buffer"):
@@ -367,17 +370,34 @@ def test_start_order(services: dict[str, Service]) -> None:
 
 
 def test_cpu_demo_prepares_model_and_data(services: dict[str, Service]) -> None:
-    cfg = services["learner"].cfg
-    build = services["tiny-model"].cmd.args
-    assert Path(build.dir) == Path(WORKDIR) / cfg.model.path
-    synth = services["synth-data"].cmd.args
-    assert Path(WORKDIR) / cfg.data.train_path == Path(synth.out) / "train.parquet"
-    assert Path(WORKDIR) / cfg.data.eval_path == Path(synth.out) / "eval.parquet"
+    """Every model and data path a CPU-demo process loads is written first, on the volume it reads,
+    by a one-shot job it waits for: tiny-model -> (with synth-data) sft-warmup -> rollouts, learner."""
+    produced: dict[Path, str] = {}
+    for name, s in services.items():
+        if s.profiles or s.cmd is None:
+            continue
+        if s.cmd.role == "tiny-model":
+            produced[Path(s.cmd.args.dir)] = name
+        elif s.cmd.role == "data":
+            produced[Path(s.cmd.args.out)] = name
+        elif s.cmd.role == "sft-warmup":
+            produced[Path(s.cmd.args.out)] = name
+    assert sorted(produced.values()) == ["sft-warmup", "synth-data", "tiny-model"]
     cache = services["tiny-model"].volume_targets()[f"{WORKDIR}/.cache"]
-    for name in ("synth-data", "rollout-1", "rollout-2", "learner"):
-        assert services[name].volume_targets().get(f"{WORKDIR}/.cache") == cache, f"{name} must share the cache volume"
-    assert services["rollout-1"].deps()["tiny-model"] == "service_completed_successfully"
-    assert services["learner"].deps()["synth-data"] == "service_completed_successfully"
+    for name in ("sft-warmup", "rollout-1", "rollout-2", "learner"):
+        s = services[name]
+        assert s.volume_targets().get(f"{WORKDIR}/.cache") == cache, f"{name} must share the cache volume"
+        model = Path(WORKDIR) / s.cfg.model.path
+        maker = produced.get(model)
+        assert maker is not None, f"{name} loads {model}, which no job writes"
+        assert maker in closure(services, name) and services[maker].svc.get("restart") == "no"
+        if s.cmd.role in ("rollout", "learn"):
+            assert maker == "sft-warmup", f"{name} must start from the warmed-up model"
+        if s.cmd.role in ("learn", "sft-warmup"):
+            for path in (s.cfg.data.train_path, s.cfg.data.eval_path):
+                assert produced.get((Path(WORKDIR) / path).parent) == "synth-data", f"{name}: {path}"
+            assert "synth-data" in closure(services, name)
+    assert services["rollout-1"].deps()["sft-warmup"] == "service_completed_successfully"
 
 
 def test_gpu_profile(services: dict[str, Service]) -> None:
@@ -411,7 +431,8 @@ def test_redis_and_volumes(compose: dict[str, Any], services: dict[str, Service]
         for target, src in s.volume_targets().items():
             if not src.startswith((".", "/")):
                 assert src in compose["volumes"], f"{name}: volume {src} not declared"
-        for c in s.svc.get("configs") or []:
-            assert (REPO / compose["configs"][c["source"]]["file"]).is_file()
+            elif src.endswith(".yaml"):
+                assert (REPO / src).is_file(), f"{name}: {src} does not exist"
+        assert "configs" not in s.svc, f"{name}: docker-compose v1 ignores `configs:`; bind-mount the file"
         df = dockerfile_of(s.svc)
         assert df is None or df.is_file(), f"{name}: {df} missing"

@@ -194,6 +194,7 @@ class Proc:
     def __init__(self, overlay: str, objs: list[dict[str, Any]], pod: Pod, c: dict[str, Any]) -> None:
         self.pod, self.c = pod, c
         self.where = f"{overlay}: {pod.where}/{c['name']}"
+        assert c.get("workingDir", WORKDIR) == WORKDIR, f"{self.where}: the configs' relative paths need {WORKDIR}"
         self.env = container_env(overlay, objs, pod, c)
         argv = [expand(a, self.env) for a in (c.get("command") or IMAGE_ENTRYPOINT) + c.get("args", [])]
         self.cmd: Command = parse_command(argv)
@@ -343,7 +344,7 @@ def test_commands_parse(overlay: str) -> None:
     roles = sorted(p.cmd.role for p in procs(overlay))
     expected = ["buffer", "learn", "rollout"] + (["verifier"] if overlay == "cpu-demo" else [])
     if overlay == "cpu-demo":
-        expected += ["data", "tiny-model", "tiny-model"]
+        expected += ["data", "data", "sft-warmup", "sft-warmup", "tiny-model", "tiny-model"]
     assert roles == sorted(expected)
 
 
@@ -368,8 +369,8 @@ def test_containers_agree_with_config(overlay: str) -> None:
 
     for p in ps:
         cfg = p.cfg
-        if cfg is None:
-            continue
+        if cfg is None or p.cmd.role not in ("verifier", "buffer", "rollout", "learn"):
+            continue  # init jobs (sft-warmup) talk to no service
         # clients reach the services through Service DNS names and the configured ports
         if ray:
             rs = ray[0]
@@ -425,22 +426,26 @@ def test_containers_agree_with_config(overlay: str) -> None:
 
 
 def test_cpu_demo_builds_model_and_data() -> None:
+    """Each rollout/learner pod writes the model and data it loads with init containers, in order,
+    on the volume its main container reads: tiny-model -> synth-data -> sft-warmup -> main."""
     ps = procs("cpu-demo")
-    learner = next(p for p in ps if p.cmd.role == "learn")
-    cfg = learner.cfg
-    assert cfg.model.build_tiny_if_missing and cfg.rollout.engine == "hf"
-    for main in (p for p in ps if p.cmd.role in ("learn", "rollout")):
+    mains = [p for p in ps if p.cmd.role in ("learn", "rollout") and p.c in p.pod.spec["containers"]]
+    assert sorted(p.cmd.role for p in mains) == ["learn", "rollout"]
+    for main in mains:
         inits = [p for p in ps if p.pod is main.pod and p.c in main.pod.spec.get("initContainers", [])]
-        build = [p for p in inits if p.cmd.role == "tiny-model"]
-        assert build, f"{main.where}: needs the tiny-model init container"
-        assert PurePosixPath(build[0].cmd.args.dir) == PurePosixPath(WORKDIR) / main.cfg.model.path
+        assert [p.cmd.role for p in inits] == ["tiny-model", "data", "sft-warmup"], main.where
+        build, synth, warm = inits
         cache = {m["mountPath"]: m["name"] for m in main.c["volumeMounts"]}[f"{WORKDIR}/.cache"]
-        assert {m["mountPath"]: m["name"] for m in build[0].c["volumeMounts"]}[f"{WORKDIR}/.cache"] == cache
-        if main.cmd.role == "learn":
-            synth = next(p for p in inits if p.cmd.role == "data")
-            out = PurePosixPath(synth.cmd.args.out)
+        for p in inits:
+            assert {m["mountPath"]: m["name"] for m in p.c["volumeMounts"]}[f"{WORKDIR}/.cache"] == cache
+        assert PurePosixPath(build.cmd.args.dir) == PurePosixPath(WORKDIR) / warm.cfg.model.path
+        out = PurePosixPath(synth.cmd.args.out)
+        for cfg in (warm.cfg, main.cfg):
             assert PurePosixPath(WORKDIR) / cfg.data.train_path == out / "train.parquet"
             assert PurePosixPath(WORKDIR) / cfg.data.eval_path == out / "eval.parquet"
+        assert PurePosixPath(warm.cmd.args.out) == PurePosixPath(WORKDIR) / main.cfg.model.path, (
+            f"{main.where} must start from the warmed-up model")
+        assert main.cfg.rollout.engine == "hf"
 
 
 def test_gpu_overlay_resources() -> None:

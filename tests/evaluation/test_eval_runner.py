@@ -255,6 +255,9 @@ def test_a_failing_item_is_recorded_and_retried_on_resume(bench_root, tmp_path):
     assert len(engine.calls) == 1 and "[mathvision-4]" in engine.calls[0].prompt_text
     assert s2["benchmarks"]["mathvision"]["errors"] == 0
     assert s2["benchmarks"]["mathvision"]["correct"] == sum(is_correct_by_plan(i) for i in range(len(ts)))
+    engine3 = ScriptedEngine(make_script({"mathvision": ts}, planned))
+    s3 = run(engine3, root, out, benches=["mathvision"])  # the retried record replaced the error record
+    assert engine3.calls == [] and s3["benchmarks"] == s2["benchmarks"]
 
 
 def test_judging_in_verifier_worker_processes(bench_root, tmp_path):

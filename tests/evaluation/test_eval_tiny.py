@@ -108,7 +108,6 @@ def _eos_after(model, trigger_token: int, eos: int):
     return model.register_forward_hook(hook, with_kwargs=True)
 
 
-@pytest.mark.slow
 def test_model_decoder_matches_hf_engine_incl_rethinking(tiny_model_dir, synth_data_dir):
     """The learner-hook decoder (model object) and the rollout hf engine give the same greedy text."""
     from common.config import load_config
@@ -158,7 +157,6 @@ def test_model_decoder_matches_hf_engine_incl_rethinking(tiny_model_dir, synth_d
             assert "Wait" in x.rethink.text and x.rethink.text.startswith(x.first.text)
 
 
-@pytest.mark.slow
 def test_periodic_eval_fn_on_the_learner_model(tiny_model_dir, synth_data_dir, tmp_path):
     from common.config import load_config
     from common.model_loading import load_model

@@ -72,3 +72,29 @@ def test_zero2_steps_reduce_the_loss_and_respect_a_frozen_vision_tower(make_cfg,
     for n, p in loaded.named_parameters():
         assert torch.equal(p, after[n].detach()), n
     assert (out / "tokenizer.json").exists() and (out / "policy_version.json").exists()
+
+
+def test_bf16_engine_with_a_reference_model_reports_the_kl_term(make_cfg, synth_rows):
+    from common.model_loading import load_processor
+    from learner.batching import PromptCache, build_items
+    from learner.engine import PolicyEngine
+    from learner.loss import LossConfig
+    from learner.step import train_step
+    from learner.synthetic import synthetic_batch
+
+    cfg = make_cfg("learner.precision=bf16", "algorithm.grpo.kl_coef=0.1", "learner.zero_stage=1")
+    eng = PolicyEngine(cfg)
+    assert eng.reference is not None and next(eng.module.parameters()).dtype == torch.bfloat16
+    proc = load_processor(eng.model_path, min_pixels=3136, max_pixels=12544)
+    samples, tasks = synthetic_batch(eng.reference, proc, synth_rows, n_prompts=1, n=8, seed=4, min_pixels=3136, max_pixels=12544)
+    items, _ = build_items(samples, tasks, PromptCache(proc, min_pixels=3136, max_pixels=12544))
+    lcfg = LossConfig.from_grpo(cfg.algorithm.grpo)
+    s1 = train_step(eng, items, lcfg)
+    s2 = train_step(eng, items, lcfg)
+    s3 = train_step(eng, items, lcfg)
+    assert s1["kl_ref"] < 1e-2  # policy == reference up to bf16 rounding
+    assert s3["kl_ref"] > s1["kl_ref"] and math.isfinite(s3["loss"])
+    assert s2["loss"] != s1["loss"]
+    # the manifest reports the trained (bf16) dtype and full shapes: what rollout servers receive
+    specs = eng.manifest()
+    assert {s.dtype for s in specs} == {"bfloat16"} and len(specs) == len(list(eng.module.parameters()))

@@ -57,8 +57,6 @@ def test_kill_9_and_restart_resumes_step_version_and_receivers_continue(make_cfg
         assert first.wait(timeout=30) == -9
         tag = latest.read_text()
         assert tag == "step-00000003"
-        killed_at = max([e["step"] for e in _events(tmp_path / "first.log", "step")], default=0)
-        assert killed_at >= 3
         n_before = len(versions)
 
         second = _start(cfg_path, tmp_path / "second.log")

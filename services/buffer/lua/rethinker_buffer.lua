@@ -10,11 +10,12 @@ Three groups of functions, each touching only keys of one hash tag (Cluster-read
   {q} prompt queue     : rtk_q_publish, rtk_q_ack, rtk_q_release, rtk_q_stats
   {w} registry         : rtk_w_heartbeat, rtk_w_unregister, rtk_w_live
 
-Store layout (KEYS of every store function, in this order; see STORE_KEYS in library.py):
-  1 samples   hash sid -> codec bytes of the Sample as the rollout server sent it
+Store layout (KEYS of every store function, in this order; see protocol.store_keys):
+  1 sd:       prefix of the per-sample payload keys `sd:<sid>` (codec bytes of the Sample)
   2 smeta     hash sid -> cmsgpack {adv, w, ver, ts, pool, bucket, pos, gid, base}
-  3 groups    hash gid -> codec bytes of the Group without its samples (holds the task + images)
-  4 gmeta     hash gid -> cmsgpack {seq, sids, advs, created}
+  3 gd:       prefix of the per-group payload keys `gd:<gid>` (codec bytes of the Group without
+              its samples: holds the task and its images)
+  4 gmeta     hash gid -> cmsgpack {seq, sids, advs, created, category, source}
   5 gorder    list of gids, oldest first (capacity eviction)
   6 counters  hash of monotonic counters and histograms
   7..12       pools: fresh effective (f), replay (r), fresh zero-advantage (z); each pool is
@@ -27,20 +28,31 @@ Store layout (KEYS of every store function, in this order; see STORE_KEYS in lib
   18 meta     hash: learner_version, last_point_t
   19 request  (rtk_sample only) string key caching a batch for idempotent retries
 
+Payload bytes never pass through Lua (copying megabytes into Lua strings costs more than the
+whole sampling logic): add_group's payload keys are written by MSETNX in the same MULTI/EXEC as
+the FCALL, which only checks, commits or deletes them; sample and get return ids and metadata
+and the client fetches the payloads itself.
+
 Sampling: a pool is split in power-of-two buckets by weight w = m * 2^e (frexp, m in [0.5,1)):
-bucket e holds weights in [2^(e-1), 2^e).  A weighted draw picks bucket e with probability
-count_e * 2^e / sum, a uniform slot in it, and accepts with probability w / 2^e (>= 1/2); the
-result is exactly P(j) proportional to w_j, in expected O(1) Redis calls per draw (the bucket scan
-is over the handful of non-empty buckets, independent of the store size).
+bucket e holds weights in [2^(e-1), 2^e).  A weighted proposal picks bucket e with probability
+count_e * 2^e / sum, then a uniform slot in it, and is accepted with probability w / 2^e (>= 1/2):
+accepted draws have P(j) proportional to w_j exactly, for an expected O(1) work per draw (the
+bucket scan covers the few non-empty buckets, independent of the store size).  Proposals are made
+in rounds and their slots and metadata fetched with one HMGET each; a response that leaves the pool
+during the call (reuse cap) stays in its slot until the end of the call and is rejected when
+proposed, which keeps the draws exact (rejection from a superset).  Slots are dense: removals fill
+holes with the bucket's tail entries, in batches per bucket.
 ]]
 
 local VERSION = '__LIB_VERSION__'
-local MAX_TRIALS = 64
+local MAX_ROUNDS = 64
+local CHUNK = 1000
 local ZERO_TOL = 1e-12
 local W_MIN, W_MAX = 1e-300, 1e300
 local ADV_BINS, ADV_LO, ADV_HI = 20, -2.5, 2.5
 
-local K_SAMPLES, K_SMETA, K_GROUPS, K_GMETA, K_GORDER, K_COUNTERS = 1, 2, 3, 4, 5, 6
+local K_SDATA, K_SMETA, K_GDATA, K_GMETA, K_GORDER, K_COUNTERS = 1, 2, 3, 4, 5, 6
+local N_FIXED = 18
 local K_FCNT, K_FSLOT, K_RCNT, K_RSLOT, K_ZCNT, K_ZSLOT = 7, 8, 9, 10, 11, 12
 local K_FIFO, K_BYVER, K_SERIES, K_VSER, K_VIDX, K_META, K_REQ = 13, 14, 15, 16, 17, 18, 19
 
@@ -80,9 +92,73 @@ local function pools_of(KEYS)
   }
 end
 
+-- Commands over long argument lists, in chunks (Lua's unpack has a stack limit).
+local function call_chunked(cmd, key, list, step)
+  step = step or CHUNK
+  local out = nil
+  for i = 1, #list, step do
+    local part = {}
+    for j = i, math.min(i + step - 1, #list) do part[#part + 1] = list[j] end
+    local r = redis.call(cmd, key, unpack(part))
+    if type(r) == 'table' then
+      out = out or {}
+      for _, v in ipairs(r) do out[#out + 1] = v end
+    end
+  end
+  return out or {}
+end
+
+local function hmget(key, fields)
+  if #fields == 0 then return {} end
+  local out = {}
+  for i = 1, #fields, CHUNK do
+    local part = {}
+    for j = i, math.min(i + CHUNK - 1, #fields) do part[#part + 1] = fields[j] end
+    local r = redis.call('HMGET', key, unpack(part))
+    for j = 1, #part do out[#out + 1] = r[j] end  -- keeps `false` for missing fields
+  end
+  return out
+end
+
+local function hset_pairs(key, pairs_list)
+  if #pairs_list > 0 then call_chunked('HSET', key, pairs_list, 2 * CHUNK) end
+end
+
+local function del_fields(cmd, key, list)
+  if #list > 0 then call_chunked(cmd, key, list) end
+end
+
+-- Counters are summed in the script and written once per field at the end.
+local function counter_set()
+  local c = {v = {}}
+  function c.inc(field, by)
+    if by ~= 0 then c.v[field] = (c.v[field] or 0) + (by or 1) end
+  end
+  function c.flush(key)
+    for field, by in pairs(c.v) do
+      if by ~= 0 then redis.call('HINCRBY', key, field, by) end
+    end
+    c.v = {}
+  end
+  return c
+end
+
 -- A per-call cache of sample metadata; dirty entries are written once at the end.
 local function meta_cache(smeta_key)
   local c = {data = {}, dirty = {}, order = {}}
+  function c.prefetch(sids)
+    local want, seen = {}, {}
+    for _, sid in ipairs(sids) do
+      if sid and c.data[sid] == nil and not seen[sid] then
+        seen[sid] = true
+        want[#want + 1] = sid
+      end
+    end
+    local raws = hmget(smeta_key, want)
+    for i, sid in ipairs(want) do
+      if raws[i] then c.data[sid] = cmsgpack.unpack(raws[i]) end
+    end
+  end
   function c.get(sid)
     local m = c.data[sid]
     if m == nil then
@@ -110,44 +186,90 @@ local function meta_cache(smeta_key)
       if c.dirty[sid] then
         args[#args + 1] = sid
         args[#args + 1] = cmsgpack.pack(c.data[sid])
-        if #args >= 512 then
-          redis.call('HSET', smeta_key, unpack(args))
-          args = {}
-        end
       end
     end
-    if #args > 0 then redis.call('HSET', smeta_key, unpack(args)) end
+    hset_pairs(smeta_key, args)
     c.dirty, c.order = {}, {}
   end
   return c
 end
 
-local function pool_add(P, M, sid, m, w)
-  w = clampw(w)
-  local _, e = math.frexp(w)
-  local c = redis.call('HINCRBY', P.cnt, e, 1)
-  redis.call('HSET', P.slot, e .. ':' .. c, sid)
-  m[M_W], m[M_POOL], m[M_E], m[M_POS] = w, P.code, e, c
-  M.put(sid, m)
+-- Add items {sid, meta, weight} to pool P: one HINCRBY and one HSET per bucket.
+local function batch_add(P, M, items)
+  local by_bucket, order = {}, {}
+  for _, it in ipairs(items) do
+    local w = clampw(it[3])
+    local _, e = math.frexp(w)
+    it[3] = w
+    if not by_bucket[e] then
+      by_bucket[e] = {}
+      order[#order + 1] = e
+    end
+    local b = by_bucket[e]
+    b[#b + 1] = it
+  end
+  for _, e in ipairs(order) do
+    local list = by_bucket[e]
+    local c = redis.call('HINCRBY', P.cnt, e, #list)
+    local base = c - #list
+    local hs = {}
+    for i, it in ipairs(list) do
+      local m = it[2]
+      m[M_W], m[M_POOL], m[M_E], m[M_POS] = it[3], P.code, e, base + i
+      M.put(it[1], m)
+      hs[#hs + 1] = e .. ':' .. (base + i)
+      hs[#hs + 1] = it[1]
+    end
+    hset_pairs(P.slot, hs)
+  end
 end
 
--- Remove m (of sample sid) from its pool P: the bucket's last slot moves into the hole.
-local function pool_del(P, M, sid, m)
-  local e, pos = m[M_E], m[M_POS]
-  local c = tonumber(redis.call('HGET', P.cnt, e))
-  if c == nil then return e end  -- defensive: never happens on a consistent store
-  if pos ~= c then
-    local last = redis.call('HGET', P.slot, e .. ':' .. c)
-    redis.call('HSET', P.slot, e .. ':' .. pos, last)
-    local lm = M.get(last)
-    lm[M_POS] = pos
-    M.put(last, lm)
+-- Remove distinct sids (all in pool P, metadata cached) from P; each bucket stays dense: its tail
+-- entries move into the holes.  A handful of calls per bucket, whatever the number removed.
+local function batch_remove(P, M, sids)
+  local by_bucket, order = {}, {}
+  for _, sid in ipairs(sids) do
+    local m = M.get(sid)
+    local e = m[M_E]
+    if not by_bucket[e] then
+      by_bucket[e] = {}
+      order[#order + 1] = e
+    end
+    local b = by_bucket[e]
+    b[#b + 1] = m[M_POS]
+    m[M_POOL], m[M_E], m[M_POS] = '-', 0, 0
+    M.put(sid, m)
   end
-  redis.call('HDEL', P.slot, e .. ':' .. c)
-  if c <= 1 then redis.call('HDEL', P.cnt, e) else redis.call('HINCRBY', P.cnt, e, -1) end
-  m[M_POOL], m[M_E], m[M_POS] = '-', 0, 0
-  M.put(sid, m)
-  return e
+  for _, e in ipairs(order) do
+    local positions = by_bucket[e]
+    local c = tonumber(redis.call('HGET', P.cnt, e) or '0')
+    local c2 = c - #positions
+    local gone, holes, tail = {}, {}, {}
+    for _, p in ipairs(positions) do gone[p] = true end
+    for _, p in ipairs(positions) do
+      if p <= c2 then holes[#holes + 1] = p end
+    end
+    for p = c2 + 1, c do
+      if not gone[p] then tail[#tail + 1] = e .. ':' .. p end
+    end
+    if #holes > 0 then
+      local movers = hmget(P.slot, tail)
+      M.prefetch(movers)
+      local hs = {}
+      for i, sid in ipairs(movers) do
+        hs[#hs + 1] = e .. ':' .. holes[i]
+        hs[#hs + 1] = sid
+        local mm = M.get(sid)
+        mm[M_POS] = holes[i]
+        M.put(sid, mm)
+      end
+      hset_pairs(P.slot, hs)
+    end
+    local dels = {}
+    for p = c2 + 1, c do dels[#dels + 1] = e .. ':' .. p end
+    del_fields('HDEL', P.slot, dels)
+    if c2 <= 0 then redis.call('HDEL', P.cnt, e) else redis.call('HSET', P.cnt, e, c2) end
+  end
 end
 
 local function pool_size(P)
@@ -157,7 +279,8 @@ local function pool_size(P)
   return n
 end
 
--- In-script view of a pool's buckets: arrays es (exponent), cs (count), with totals.
+-- Frozen view of a pool's buckets for one call: es (exponent), cs (count), totals; `present`
+-- tracks how many are still drawable while physical removals wait until the end of the call.
 local function load_state(P)
   local flat = redis.call('HGETALL', P.cnt)
   local st = {P = P, es = {}, cs = {}, n = 0, wt = 0}
@@ -168,18 +291,8 @@ local function load_state(P)
     st.n = st.n + c
     st.wt = st.wt + math.ldexp(c, e)
   end
+  st.present = st.n
   return st
-end
-
-local function state_dec(st, e)
-  for i, be in ipairs(st.es) do
-    if be == e then
-      st.cs[i] = st.cs[i] - 1
-      st.n = st.n - 1
-      st.wt = st.wt - math.ldexp(1, e)
-      return
-    end
-  end
 end
 
 local function pick_bucket(st, weighted)
@@ -196,27 +309,92 @@ local function pick_bucket(st, weighted)
   return last
 end
 
--- One draw from a pool: weighted (P ~ w) or uniform.  Returns sid, meta or nil.
-local function pick(st, M, weighted)
-  if st.n <= 0 then return nil end
-  for _ = 1, MAX_TRIALS do
-    local i = pick_bucket(st, weighted)
-    if i == nil then return nil end
-    local e = st.es[i]
-    local pos = math.random(1, st.cs[i])
-    local sid = redis.call('HGET', st.P.slot, e .. ':' .. pos)
-    local m = sid and M.get(sid)
-    if m then
-      if not weighted or math.random() < m[M_W] / math.ldexp(1, e) then
-        return sid, m
+-- Up to `need` weighted draws with replacement from st; `usable(sid)` says whether a proposed
+-- response may still be drawn, `accept(sid, m)` records a draw.  Returns the number drawn.
+local function draw_weighted(st, M, need, usable, accept)
+  local got, rounds = 0, 0
+  while got < need and st.present > 0 and rounds < MAX_ROUNDS do
+    rounds = rounds + 1
+    local np = math.ceil((need - got) * 1.5) + 4
+    local fields, es = {}, {}
+    for i = 1, np do
+      local bi = pick_bucket(st, true)
+      es[i] = st.es[bi]
+      fields[i] = es[i] .. ':' .. math.random(1, st.cs[bi])
+    end
+    local sids = hmget(st.P.slot, fields)
+    M.prefetch(sids)
+    for i = 1, np do
+      if got >= need or st.present <= 0 then break end
+      local sid = sids[i]
+      if sid and usable(sid) then
+        local m = M.get(sid)
+        if m and math.random() * math.ldexp(1, es[i]) < m[M_W] then
+          got = got + 1
+          accept(sid, m)
+        end
       end
     end
   end
-  return nil
+  return got
 end
 
-local function hincr(key, field, by)
-  if by ~= 0 then redis.call('HINCRBY', key, field, by) end
+-- Up to `need` distinct responses drawn uniformly from the union of the pools' states (without
+-- replacement).  Returns a list of {sid, state}.
+local function take_uniform(states, M, need)
+  local total = 0
+  for _, st in ipairs(states) do total = total + st.n end
+  local out = {}
+  if total == 0 or need <= 0 then return out end
+  if need * 2 >= total then
+    -- at least half of everything is wanted: read it all (O(need)) and shuffle
+    local all = {}
+    for _, st in ipairs(states) do
+      if st.n > 0 then
+        for _, sid in ipairs(redis.call('HVALS', st.P.slot)) do all[#all + 1] = {sid, st} end
+      end
+    end
+    local take = math.min(need, #all)
+    for i = 1, take do
+      local j = math.random(i, #all)
+      all[i], all[j] = all[j], all[i]
+      out[i] = all[i]
+    end
+    return out
+  end
+  local taken, rounds = {}, 0
+  while #out < need and rounds < MAX_ROUNDS do
+    rounds = rounds + 1
+    local np = math.ceil((need - #out) * 1.5) + 4
+    local per, props = {}, {}
+    for i = 1, np do
+      local u = math.random() * total
+      local st = states[#states]
+      local acc = 0
+      for _, s in ipairs(states) do
+        acc = acc + s.n
+        if u < acc then st = s break end
+      end
+      local bi = pick_bucket(st, false)
+      local field = st.es[bi] .. ':' .. math.random(1, st.cs[bi])
+      per[st] = per[st] or {}
+      local list = per[st]
+      list[#list + 1] = field
+      props[i] = {st, #list}
+    end
+    local got = {}
+    for st, list in pairs(per) do got[st] = hmget(st.P.slot, list) end
+    for i = 1, np do
+      if #out >= need then break end
+      local st, j = props[i][1], props[i][2]
+      local sid = got[st][j]
+      if sid and not taken[sid] then
+        taken[sid] = true
+        out[#out + 1] = {sid, st}
+      end
+    end
+  end
+  return out
 end
 
 local function adv_bin(a)
@@ -246,41 +424,117 @@ local function maybe_point(KEYS, interval, window, t)
   redis.call('LTRIM', KEYS[K_SERIES], -window, -1)
 end
 
--- Remove a stored sample from whatever pool holds it (for eviction).
-local function unpool(KEYS, P, M, sid, m)
-  local code = m[M_POOL]
-  if code == 'f' or code == 'r' or code == 'z' then
-    pool_del(P[code], M, sid, m)
-    redis.call('ZREM', KEYS[K_BYVER], sid)
-    if code == 'r' then redis.call('ZREM', KEYS[K_FIFO], sid) end
-    return code
+-- Take sids (metadata cached) out of whatever pool holds them and out of the version index and
+-- replay FIFO; marks them `code`.  Returns the number taken per pool code.
+local function unpool_all(KEYS, P, M, sids, code)
+  local per = {f = {}, r = {}, z = {}}
+  local ver, fifo = {}, {}
+  for _, sid in ipairs(sids) do
+    local m = M.get(sid)
+    if m then
+      local pc = m[M_POOL]
+      if per[pc] then
+        local list = per[pc]
+        list[#list + 1] = sid
+        ver[#ver + 1] = sid
+        if pc == 'r' then fifo[#fifo + 1] = sid end
+      end
+    end
   end
-  return nil
+  for pc, list in pairs(per) do
+    if #list > 0 then batch_remove(P[pc], M, list) end
+  end
+  for _, sid in ipairs(ver) do
+    local m = M.get(sid)
+    m[M_POOL] = code
+    M.put(sid, m)
+  end
+  del_fields('ZREM', KEYS[K_BYVER], ver)
+  del_fields('ZREM', KEYS[K_FIFO], fifo)
+  return {f = #per.f, r = #per.r, z = #per.z}
+end
+
+-- Evict whole groups (oldest first) while more than `capacity` responses are stored.
+local function evict_capacity(KEYS, P, M, C, capacity, keep_gid)
+  local stored = tonumber(redis.call('HGET', KEYS[K_COUNTERS], 'stored') or '0') + (C.v['stored'] or 0)
+  while stored > capacity do
+    local old = redis.call('LINDEX', KEYS[K_GORDER], 0)
+    if (not old) or old == keep_gid then break end
+    redis.call('LPOP', KEYS[K_GORDER])
+    local raw = redis.call('HGET', KEYS[K_GMETA], old)
+    if raw then
+      local osids = cmsgpack.unpack(raw)[2]
+      M.prefetch(osids)
+      local taken = unpool_all(KEYS, P, M, osids, 'e')
+      for _, sid in ipairs(osids) do M.drop(sid) end
+      del_fields('HDEL', KEYS[K_SMETA], osids)
+      local dkeys = {KEYS[K_GDATA] .. old}
+      for _, sid in ipairs(osids) do dkeys[#dkeys + 1] = KEYS[K_SDATA] .. sid end
+      for i = 1, #dkeys, CHUNK do
+        local part = {}
+        for j = i, math.min(i + CHUNK - 1, #dkeys) do part[#part + 1] = dkeys[j] end
+        redis.call('UNLINK', unpack(part))
+      end
+      redis.call('HDEL', KEYS[K_GMETA], old)
+      C.inc('cap_evicted_fresh', taken.f)
+      C.inc('cap_evicted_samples', #osids)
+      C.inc('cap_evicted_groups', 1)
+      C.inc('stored', -#osids)
+      stored = stored - #osids
+    end
+  end
 end
 
 -- --------------------------------------------------------------------------- store: add_group
 
---[[ ARGV: gid, header, n, std_normalize(0|1), adv_eps, alpha, capacity, series_interval,
-           stats_window, category, source, group_version,
-           then n times: sid, data, reward, version, correct(0|1)
+-- Delete the payload keys of a rejected call that do not belong to a stored group / sample.
+local function drop_unregistered(KEYS)
+  local gkey = KEYS[N_FIXED + 1]
+  if gkey and gkey:sub(1, #KEYS[K_GDATA]) == KEYS[K_GDATA] then
+    if redis.call('HEXISTS', KEYS[K_GMETA], gkey:sub(#KEYS[K_GDATA] + 1)) == 0 then redis.call('DEL', gkey) end
+  end
+  local keys, sids = {}, {}
+  for i = N_FIXED + 2, #KEYS do
+    if KEYS[i]:sub(1, #KEYS[K_SDATA]) == KEYS[K_SDATA] then
+      keys[#keys + 1] = KEYS[i]
+      sids[#sids + 1] = KEYS[i]:sub(#KEYS[K_SDATA] + 1)
+    end
+  end
+  local reg = hmget(KEYS[K_SMETA], sids)
+  for i, k in ipairs(keys) do
+    if not reg[i] then redis.call('DEL', k) end
+  end
+end
+
+--[[ KEYS: the 18 store keys, then gd:<gid>, then sd:<sid> of each sample (written by MSETNX in the
+           same transaction just before this call).
+ARGV: gid, n, std_normalize(0|1), adv_eps, alpha, capacity, series_interval, stats_window,
+      category, source, group_version, then n times: sid, reward, version, correct(0|1)
 Returns {stored(0|1), n_effective, adv_1, ..., adv_n} (advantages as strings). ]]
 local function add_group(KEYS, ARGV)
-  local gid, header = ARGV[1], ARGV[2]
-  local n = tonumber(ARGV[3])
-  if gid == nil or gid == '' then return bad('group id is empty') end
-  if n == nil or n < 1 or n ~= math.floor(n) then return bad('group ' .. gid .. ': n must be a positive integer, got ' .. tostring(ARGV[3])) end
-  if #ARGV ~= 12 + 5 * n then return bad('group ' .. gid .. ': expected ' .. (12 + 5 * n) .. ' arguments, got ' .. #ARGV) end
-  local std_norm = ARGV[4] == '1'
-  local adv_eps, alpha = tonumber(ARGV[5]), tonumber(ARGV[6])
-  local capacity, interval, window = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-  local category, source, gver = ARGV[10], ARGV[11], tonumber(ARGV[12])
-  if not (finite(adv_eps) and finite(alpha) and alpha > 0 and capacity and capacity >= 1 and gver) then
-    return bad('group ' .. gid .. ': bad numeric settings')
+  local function reject(msg)
+    drop_unregistered(KEYS)
+    return bad(msg)
   end
+  local gid = ARGV[1]
+  local n = tonumber(ARGV[2])
+  if gid == nil or gid == '' then return reject('group id is empty') end
+  if n == nil or n < 1 or n ~= math.floor(n) then return reject('group ' .. gid .. ': n must be a positive integer, got ' .. tostring(ARGV[2])) end
+  if #ARGV ~= 11 + 4 * n then return reject('group ' .. gid .. ': expected ' .. (11 + 4 * n) .. ' arguments, got ' .. #ARGV) end
+  if #KEYS ~= N_FIXED + 1 + n then return reject('group ' .. gid .. ': expected ' .. (N_FIXED + 1 + n) .. ' keys, got ' .. #KEYS) end
+  local std_norm = ARGV[3] == '1'
+  local adv_eps, alpha = tonumber(ARGV[4]), tonumber(ARGV[5])
+  local capacity, interval, window = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+  local category, source, gver = ARGV[9], ARGV[10], tonumber(ARGV[11])
+  if not (finite(adv_eps) and finite(alpha) and alpha > 0 and capacity and capacity >= 1 and gver) then
+    return reject('group ' .. gid .. ': bad numeric settings')
+  end
+  if KEYS[N_FIXED + 1] ~= KEYS[K_GDATA] .. gid then return reject('group ' .. gid .. ': group payload key does not match the id') end
 
   -- idempotent by group id
   local existing = redis.call('HGET', KEYS[K_GMETA], gid)
   if existing then
+    drop_unregistered(KEYS)  -- a retry with regenerated sample ids leaves nothing behind
     local gm = cmsgpack.unpack(existing)
     local out = {0, 0}
     for _, a in ipairs(gm[3]) do
@@ -292,20 +546,33 @@ local function add_group(KEYS, ARGV)
   end
 
   -- validate everything before the first write
-  local sids, datas, rewards, vers, corrects, seen = {}, {}, {}, {}, {}, {}
+  local sids, rewards, vers, corrects, seen = {}, {}, {}, {}, {}
   for i = 1, n do
-    local b = 12 + 5 * (i - 1)
-    local sid, data = ARGV[b + 1], ARGV[b + 2]
-    local r, v = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
-    if sid == '' then return bad('group ' .. gid .. ': sample ' .. i .. ' has an empty id') end
-    if seen[sid] then return bad('group ' .. gid .. ': sample id ' .. sid .. ' appears twice') end
+    local b = 11 + 4 * (i - 1)
+    local sid = ARGV[b + 1]
+    local r, v = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+    if sid == '' then return reject('group ' .. gid .. ': sample ' .. i .. ' has an empty id') end
+    if seen[sid] then return reject('group ' .. gid .. ': sample id ' .. sid .. ' appears twice') end
     seen[sid] = true
-    if not finite(r) then return bad('group ' .. gid .. ': sample ' .. sid .. ' reward is not a finite number: ' .. tostring(ARGV[b + 3])) end
-    if v == nil or v ~= math.floor(v) then return bad('group ' .. gid .. ': sample ' .. sid .. ' policy version is not an integer') end
-    if redis.call('HEXISTS', KEYS[K_SAMPLES], sid) == 1 then
-      return bad('group ' .. gid .. ': sample id ' .. sid .. ' is already stored (in another group)')
+    if KEYS[N_FIXED + 1 + i] ~= KEYS[K_SDATA] .. sid then return reject('group ' .. gid .. ': payload key of sample ' .. sid .. ' does not match its id') end
+    if not finite(r) then return reject('group ' .. gid .. ': sample ' .. sid .. ' reward is not a finite number: ' .. tostring(ARGV[b + 2])) end
+    if v == nil or v ~= math.floor(v) then return reject('group ' .. gid .. ': sample ' .. sid .. ' policy version is not an integer') end
+    sids[i], rewards[i], vers[i], corrects[i] = sid, r, v, ARGV[b + 4] == '1'
+  end
+  local clash = hmget(KEYS[K_SMETA], sids)
+  for i = 1, n do
+    if clash[i] then
+      return reject('group ' .. gid .. ': sample id ' .. sids[i] .. ' is already stored (in another group)')
     end
-    sids[i], datas[i], rewards[i], vers[i], corrects[i] = sid, data, r, v, ARGV[b + 5] == '1'
+  end
+  local present = 0
+  for i = N_FIXED + 1, #KEYS, CHUNK do
+    local part = {}
+    for j = i, math.min(i + CHUNK - 1, #KEYS) do part[#part + 1] = KEYS[j] end
+    present = present + redis.call('EXISTS', unpack(part))
+  end
+  if present ~= n + 1 then
+    return reject('group ' .. gid .. ': ' .. (n + 1 - present) .. ' payload key(s) missing (write them with MSETNX in the same transaction)')
   end
 
   -- advantages: A = r - mean (optionally / (std + eps), unbiased std)
@@ -315,8 +582,7 @@ local function add_group(KEYS, ARGV)
   local var = 0
   for i = 1, n do var = var + (rewards[i] - mean) ^ 2 end
   local std = n > 1 and math.sqrt(var / (n - 1)) or 0
-  local advs, n_eff = {}, 0
-  local n_correct = 0
+  local advs, n_eff, n_correct = {}, 0, 0
   for i = 1, n do
     local d = rewards[i] - mean
     if math.abs(d) <= ZERO_TOL * math.max(1, math.abs(mean)) then d = 0 end
@@ -327,51 +593,48 @@ local function add_group(KEYS, ARGV)
   end
 
   -- writes
-  local C = KEYS[K_COUNTERS]
+  local C = counter_set()
   local t = now_s()
-  local seq = redis.call('HINCRBY', C, 'group_seq', 1)
-  redis.call('HSET', KEYS[K_GROUPS], gid, header)
+  local seq = redis.call('HINCRBY', KEYS[K_COUNTERS], 'group_seq', 1)
   redis.call('HSET', KEYS[K_GMETA], gid, cmsgpack.pack({seq, sids, advs, t, category, source}))
   redis.call('RPUSH', KEYS[K_GORDER], gid)
   local P = pools_of(KEYS)
   local M = meta_cache(KEYS[K_SMETA])
-  local sargs, zargs = {}, {}
+  local zargs, eff_items, zero_items = {}, {}, {}
   for i = 1, n do
     local sid, a = sids[i], advs[i]
-    sargs[#sargs + 1] = sid
-    sargs[#sargs + 1] = datas[i]
     local base = (a ~= 0) and clampw(math.abs(a) ^ alpha) or 0
     local m = {a, 0, vers[i], 0, '-', 0, 0, gid, base}
     if a ~= 0 then
-      pool_add(P.f, M, sid, m, base)
-      hincr(C, 'ah:' .. adv_bin(a), 1)
+      eff_items[#eff_items + 1] = {sid, m, base}
+      C.inc('ah:' .. adv_bin(a), 1)
     else
-      pool_add(P.z, M, sid, m, 1)
+      zero_items[#zero_items + 1] = {sid, m, 1}
     end
     zargs[#zargs + 1] = vers[i]
     zargs[#zargs + 1] = sid
   end
-  redis.call('HSET', KEYS[K_SAMPLES], unpack(sargs))
-  redis.call('ZADD', KEYS[K_BYVER], unpack(zargs))
-  M.flush()
+  batch_add(P.f, M, eff_items)
+  batch_add(P.z, M, zero_items)
+  call_chunked('ZADD', KEYS[K_BYVER], zargs, 2 * CHUNK)
 
   -- counters and histograms
   local allc = (n_correct == n) and 1 or 0
   local allw = (n_correct == 0) and 1 or 0
   local effg = (n_eff > 0) and 1 or 0
-  hincr(C, 'groups', 1)
-  hincr(C, 'samples', n)
-  hincr(C, 'stored', n)
-  hincr(C, 'eff_samples', n_eff)
-  hincr(C, 'zero_samples', n - n_eff)
-  hincr(C, 'eff_groups', effg)
-  hincr(C, 'allc_groups', allc)
-  hincr(C, 'allw_groups', allw)
-  hincr(C, 'ah:zero', n - n_eff)
-  hincr(C, 'cat:' .. category, 1)
-  hincr(C, 'cate:' .. category, effg)
-  hincr(C, 'src:' .. source, 1)
-  hincr(C, 'srce:' .. source, effg)
+  C.inc('groups', 1)
+  C.inc('samples', n)
+  C.inc('stored', n)
+  C.inc('eff_samples', n_eff)
+  C.inc('zero_samples', n - n_eff)
+  C.inc('eff_groups', effg)
+  C.inc('allc_groups', allc)
+  C.inc('allw_groups', allw)
+  C.inc('ah:zero', n - n_eff)
+  C.inc('cat:' .. category, 1)
+  C.inc('cate:' .. category, effg)
+  C.inc('src:' .. source, 1)
+  C.inc('srce:' .. source, effg)
 
   -- per policy version (the "vanishing advantages" curve over training steps)
   local vraw = redis.call('HGET', KEYS[K_VSER], gver)
@@ -381,41 +644,16 @@ local function add_group(KEYS, ARGV)
   redis.call('HSET', KEYS[K_VSER], gver, cmsgpack.pack(vs))
   if not vraw then
     redis.call('ZADD', KEYS[K_VIDX], gver, gver)
-    while redis.call('ZCARD', KEYS[K_VIDX]) > window do
+    if redis.call('ZCARD', KEYS[K_VIDX]) > window then
       local old = redis.call('ZPOPMIN', KEYS[K_VIDX])
       redis.call('HDEL', KEYS[K_VSER], old[1])
     end
   end
 
   -- capacity: evict oldest groups (never the one just added)
-  local stored = tonumber(redis.call('HGET', C, 'stored'))
-  while stored > capacity do
-    local old = redis.call('LINDEX', KEYS[K_GORDER], 0)
-    if (not old) or old == gid then break end
-    redis.call('LPOP', KEYS[K_GORDER])
-    local raw = redis.call('HGET', KEYS[K_GMETA], old)
-    if raw then
-      local gm = cmsgpack.unpack(raw)
-      local osids = gm[2]
-      for _, sid in ipairs(osids) do
-        local m = M.get(sid)
-        if m then
-          local code = unpool(KEYS, P, M, sid, m)
-          if code == 'f' then hincr(C, 'cap_evicted_fresh', 1) end
-        end
-        M.drop(sid)
-      end
-      M.flush()
-      redis.call('HDEL', KEYS[K_SMETA], unpack(osids))
-      redis.call('HDEL', KEYS[K_SAMPLES], unpack(osids))
-      redis.call('HDEL', KEYS[K_GMETA], old)
-      redis.call('HDEL', KEYS[K_GROUPS], old)
-      hincr(C, 'cap_evicted_samples', #osids)
-      hincr(C, 'cap_evicted_groups', 1)
-      stored = redis.call('HINCRBY', C, 'stored', -#osids)
-    end
-  end
+  evict_capacity(KEYS, P, M, C, capacity, gid)
   M.flush()
+  C.flush(KEYS[K_COUNTERS])
   maybe_point(KEYS, interval, window, t)
 
   local out = {1, n_eff}
@@ -425,36 +663,30 @@ end
 
 -- --------------------------------------------------------------------------- store: sample
 
--- Result of a batch: header, draws (sid, pool, ts, ...), items (sid, data, adv, ver, gid, ...),
--- groups (gid, header, ...).  `rec` is {header, draws}; items are (re-)read here.
-local function batch_reply(KEYS, rec)
+-- Reply of a batch: header, draws (sid, pool, ts, ...), items (sid, adv, ver, gid, ...) of the
+-- distinct drawn responses still stored.  `rec` is {header, draws}; the client fetches payloads.
+local function batch_reply(KEYS, M, rec)
   local header, draws = rec[1], rec[2]
-  local items, groups, seen, gseen = {}, {}, {}, {}
+  local sids, seen = {}, {}
   for i = 1, #draws, 3 do
     local sid = draws[i]
     if not seen[sid] then
       seen[sid] = true
-      local data = redis.call('HGET', KEYS[K_SAMPLES], sid)
-      local raw = redis.call('HGET', KEYS[K_SMETA], sid)
-      if data and raw then
-        local m = cmsgpack.unpack(raw)
-        items[#items + 1] = sid
-        items[#items + 1] = data
-        items[#items + 1] = fmt(m[M_ADV])
-        items[#items + 1] = m[M_VER]
-        items[#items + 1] = m[M_GID]
-        if not gseen[m[M_GID]] then
-          gseen[m[M_GID]] = true
-          local g = redis.call('HGET', KEYS[K_GROUPS], m[M_GID])
-          if g then
-            groups[#groups + 1] = m[M_GID]
-            groups[#groups + 1] = g
-          end
-        end
-      end
+      sids[#sids + 1] = sid
     end
   end
-  return {header, draws, items, groups}
+  M.prefetch(sids)
+  local items = {}
+  for _, sid in ipairs(sids) do
+    local m = M.get(sid)
+    if m then
+      items[#items + 1] = sid
+      items[#items + 1] = fmt(m[M_ADV])
+      items[#items + 1] = m[M_VER]
+      items[#items + 1] = m[M_GID]
+    end
+  end
+  return {header, draws, items}
 end
 
 --[[ ARGV: n, mode, learner_version, staleness_bound, reuse_cap, replay_capacity, replay_eps,
@@ -472,213 +704,197 @@ local function sample(KEYS, ARGV)
   if mode ~= 'ssr' and mode ~= 'filter' and mode ~= 'grpo' then
     return bad('sample: mode must be ssr, filter or grpo, got ' .. tostring(mode))
   end
+  local M = meta_cache(KEYS[K_SMETA])
   local req = KEYS[K_REQ]
   local prev = redis.call('GET', req)
-  if prev then return batch_reply(KEYS, cmsgpack.unpack(prev)) end
+  if prev then return batch_reply(KEYS, M, cmsgpack.unpack(prev)) end
 
   math.randomseed(seed)
-  local C = KEYS[K_COUNTERS]
+  local C = counter_set()
   local P = pools_of(KEYS)
-  local M = meta_cache(KEYS[K_SMETA])
   local t = now_s()
   local lv = tonumber(redis.call('HGET', KEYS[K_META], 'learner_version') or '-1')
   if cur > lv then redis.call('HSET', KEYS[K_META], 'learner_version', cur) end
 
   -- staleness: evict every pooled response whose version lags `cur` by more than `bound`
   local stale = redis.call('ZRANGEBYSCORE', KEYS[K_BYVER], '-inf', '(' .. (cur - bound))
-  local n_stale, n_stale_fresh = 0, 0
-  for _, sid in ipairs(stale) do
-    local m = M.get(sid)
-    if m then
-      local code = unpool(KEYS, P, M, sid, m)
-      if code then
-        m[M_POOL] = 'x'
-        M.put(sid, m)
-        n_stale = n_stale + 1
-        if code == 'f' then n_stale_fresh = n_stale_fresh + 1 end
-      end
-    else
-      redis.call('ZREM', KEYS[K_BYVER], sid)
-    end
+  if #stale > 0 then
+    M.prefetch(stale)
+    local taken = unpool_all(KEYS, P, M, stale, 'x')
+    C.inc('stale_evicted', taken.f + taken.r + taken.z)
+    C.inc('stale_evicted_fresh', taken.f)
+    del_fields('ZREM', KEYS[K_BYVER], stale)  -- entries without metadata, if any
   end
-  hincr(C, 'stale_evicted', n_stale)
-  hincr(C, 'stale_evicted_fresh', n_stale_fresh)
 
   local fst, rst, zst = load_state(P.f), load_state(P.r), load_state(P.z)
   local header = {0, 0, fst.n, rst.n, zst.n}
   local draws = {}
-  local drawn_fresh, drawn_order = {}, {}
-  local n_retired = 0
+  local ndraws = 0
+  local gone = {}  -- sid -> true: no longer drawable in this call (reuse cap reached)
+  local drawn_f, drawn_f_list = {}, {}  -- fresh responses drawn in this call
+  local capped = {f = {}, r = {}, z = {}}
 
   local function record(sid, m, code)
     m[M_TS] = m[M_TS] + 1
     M.put(sid, m)
+    ndraws = ndraws + 1
     draws[#draws + 1] = sid
     draws[#draws + 1] = code
     draws[#draws + 1] = m[M_TS]
-    hincr(C, 'ru:' .. m[M_TS], 1)
+    C.inc('ru:' .. m[M_TS], 1)
     if code == 'r' then header[2] = header[2] + 1 else header[1] = header[1] + 1 end
   end
-
-  local function retire(sid, m)
-    m[M_POOL] = 't'
-    M.put(sid, m)
-    redis.call('ZREM', KEYS[K_BYVER], sid)
-    n_retired = n_retired + 1
-  end
-
-  -- take a drawn item out of its fresh pool (filter/grpo draw without replacement)
-  local function take(st, sid, m)
-    local e = pool_del(st.P, M, sid, m)
-    state_dec(st, e)
-    m[M_POOL] = 'd'  -- drawn this call; placed at the end
-    if not drawn_fresh[sid] then
-      drawn_fresh[sid] = true
-      drawn_order[#drawn_order + 1] = sid
+  local function note_fresh(sid, code)
+    if not drawn_f[sid] then
+      drawn_f[sid] = code
+      drawn_f_list[#drawn_f_list + 1] = sid
     end
   end
 
   if mode == 'ssr' then
-    local k = n
-    if fst.n < n and rst.n > 0 then k = fst.n end
-    for _ = 1, k do
-      local sid, m = pick(fst, M, true)
-      if not sid then break end
-      record(sid, m, 'f')
-      if not drawn_fresh[sid] then
-        drawn_fresh[sid] = true
-        drawn_order[#drawn_order + 1] = sid
-      end
-      if m[M_TS] >= cap then
-        state_dec(fst, pool_del(P.f, M, sid, m))
-        retire(sid, m)
-      end
-    end
-    while #draws / 3 < n do
-      local sid, m, code
-      if rst.n > 0 then
-        sid, m = pick(rst, M, true)
-        code = 'r'
-      elseif fst.n > 0 then
-        sid, m = pick(fst, M, true)
-        code = 'f'
-      end
-      if not sid then break end
-      record(sid, m, code)
-      if code == 'f' and not drawn_fresh[sid] then
-        drawn_fresh[sid] = true
-        drawn_order[#drawn_order + 1] = sid
-      end
-      if m[M_TS] >= cap then
-        local st = (code == 'r') and rst or fst
-        state_dec(st, pool_del(st.P, M, sid, m))
-        if code == 'r' then redis.call('ZREM', KEYS[K_FIFO], sid) end
-        retire(sid, m)
-      end
-    end
-  elseif mode == 'filter' then
-    while #drawn_order < n and fst.n > 0 do
-      local sid, m = pick(fst, M, false)
-      if not sid then break end
-      take(fst, sid, m)
-      record(sid, m, 'f')
-    end
-    -- too few effective responses: repeat them (uniformly, in drawn order) to fill the batch
-    local progress = #drawn_order > 0
-    while #draws / 3 < n and progress do
-      progress = false
-      for _, sid in ipairs(drawn_order) do
-        if #draws / 3 >= n then break end
-        local m = M.get(sid)
-        if m[M_TS] < cap then
-          record(sid, m, 'f')
-          progress = true
+    local function usable(sid) return not gone[sid] end
+    local function accept_from(st, code)
+      return function(sid, m)
+        record(sid, m, code)
+        if code == 'f' then note_fresh(sid, 'f') end
+        if m[M_TS] >= cap then
+          gone[sid] = true
+          st.present = st.present - 1
+          local list = capped[st.P.code]
+          list[#list + 1] = sid
         end
       end
     end
-  else -- grpo: everything fresh, effective or not, uniformly without replacement
-    while #draws / 3 < n and (fst.n + zst.n) > 0 do
-      local st = (math.random() * (fst.n + zst.n) < fst.n) and fst or zst
-      local sid, m = pick(st, M, false)
-      if not sid then break end
-      take(st, sid, m)
-      record(sid, m, st.P.code == 'z' and 'z' or 'f')
+    -- fresh effective responses first (with replacement); when there are fewer of them than n,
+    -- each of them is worth one draw and the rest of the batch comes from the replay pool
+    local k = n
+    if fst.n < n and rst.n > 0 then k = fst.n end
+    draw_weighted(fst, M, k, usable, accept_from(fst, 'f'))
+    if ndraws < n and rst.present > 0 then
+      draw_weighted(rst, M, n - ndraws, usable, accept_from(rst, 'r'))
     end
-  end
-
-  -- drawn fresh responses become replay candidates (FIFO, bounded); zero-advantage ones retire
-  local seqc = 0
-  for _, sid in ipairs(drawn_order) do
-    local m = M.get(sid)
-    local code = m[M_POOL]
-    if code == 'f' or code == 'd' then
-      if code == 'f' then pool_del(P.f, M, sid, m) end
-      if m[M_ADV] ~= 0 and rcap > 0 and m[M_TS] < cap then
-        pool_add(P.r, M, sid, m, m[M_BASE] + eps)
-        seqc = redis.call('HINCRBY', C, 'replay_seq', 1)
-        redis.call('ZADD', KEYS[K_FIFO], seqc, sid)
-        hincr(C, 'moved_to_replay', 1)
-      else
-        retire(sid, m)
+    if ndraws < n and fst.present > 0 then  -- replay exhausted by the reuse cap
+      draw_weighted(fst, M, n - ndraws, usable, accept_from(fst, 'f'))
+    end
+  else
+    local states = (mode == 'filter') and {fst} or {fst, zst}
+    local picked = take_uniform(states, M, n)
+    local psids = {}
+    for _, p in ipairs(picked) do psids[#psids + 1] = p[1] end
+    M.prefetch(psids)
+    for _, p in ipairs(picked) do
+      local sid, code = p[1], p[2].P.code
+      record(sid, M.get(sid), code)
+      note_fresh(sid, code)
+    end
+    if mode == 'filter' then
+      -- too few effective responses: repeat them (uniformly, in drawn order) to fill the batch
+      local progress = #psids > 0
+      while ndraws < n and progress do
+        progress = false
+        for _, sid in ipairs(psids) do
+          if ndraws >= n then break end
+          local m = M.get(sid)
+          if m[M_TS] < cap then
+            record(sid, m, 'f')
+            progress = true
+          end
+        end
       end
     end
   end
+
+  -- leave the fresh pools: drawn responses become replay candidates (FIFO, bounded) unless they
+  -- reached the reuse cap or have zero advantage; capped replay responses retire
+  local from = {f = {}, z = {}}
+  for _, sid in ipairs(drawn_f_list) do
+    local code = drawn_f[sid]
+    local list = from[code]
+    list[#list + 1] = sid
+  end
+  if #from.f > 0 then batch_remove(P.f, M, from.f) end
+  if #from.z > 0 then batch_remove(P.z, M, from.z) end
+  if #capped.r > 0 then
+    batch_remove(P.r, M, capped.r)
+    del_fields('ZREM', KEYS[K_FIFO], capped.r)
+  end
+  local to_replay, retired, fifo_args = {}, {}, {}
+  for _, sid in ipairs(drawn_f_list) do
+    local m = M.get(sid)
+    if m[M_ADV] ~= 0 and rcap > 0 and m[M_TS] < cap then
+      to_replay[#to_replay + 1] = {sid, m, m[M_BASE] + eps}
+    else
+      retired[#retired + 1] = sid
+    end
+  end
+  for _, sid in ipairs(capped.r) do retired[#retired + 1] = sid end
+  if #to_replay > 0 then
+    batch_add(P.r, M, to_replay)
+    local last = redis.call('HINCRBY', KEYS[K_COUNTERS], 'replay_seq', #to_replay)
+    for i, it in ipairs(to_replay) do
+      fifo_args[#fifo_args + 1] = last - #to_replay + i
+      fifo_args[#fifo_args + 1] = it[1]
+    end
+    call_chunked('ZADD', KEYS[K_FIFO], fifo_args, 2 * CHUNK)
+    C.inc('moved_to_replay', #to_replay)
+  end
+  for _, sid in ipairs(retired) do
+    local m = M.get(sid)
+    m[M_POOL] = 't'
+    M.put(sid, m)
+  end
+  del_fields('ZREM', KEYS[K_BYVER], retired)
+  C.inc('retired', #retired)
+
+  -- bounded replay pool: the oldest entries beyond replay_capacity leave it
   local over = redis.call('ZCARD', KEYS[K_FIFO]) - rcap
   if over > 0 then
     local popped = redis.call('ZPOPMIN', KEYS[K_FIFO], over)
-    for i = 1, #popped, 2 do
-      local sid = popped[i]
-      local m = M.get(sid)
-      if m and m[M_POOL] == 'r' then
-        pool_del(P.r, M, sid, m)
-        m[M_POOL] = 't'
-        M.put(sid, m)
-        redis.call('ZREM', KEYS[K_BYVER], sid)
-      end
-    end
-    hincr(C, 'replay_evicted', #popped / 2)
+    local psids = {}
+    for i = 1, #popped, 2 do psids[#psids + 1] = popped[i] end
+    M.prefetch(psids)
+    local taken = unpool_all(KEYS, P, M, psids, 't')
+    C.inc('replay_evicted', taken.r)
   end
   M.flush()
 
-  hincr(C, 'retired', n_retired)
-  hincr(C, 'draws', #draws / 3)
-  hincr(C, 'draws_fresh', header[1])
-  hincr(C, 'draws_replay', header[2])
-  hincr(C, 'sample_calls', 1)
-  if #draws == 0 then hincr(C, 'empty_sample_calls', 1) end
+  C.inc('draws', ndraws)
+  C.inc('draws_fresh', header[1])
+  C.inc('draws_replay', header[2])
+  C.inc('sample_calls', 1)
+  if ndraws == 0 then C.inc('empty_sample_calls', 1) end
+  C.flush(KEYS[K_COUNTERS])
   maybe_point(KEYS, interval, window, t)
 
   local rec = {header, draws}
   if ttl > 0 then redis.call('SET', req, cmsgpack.pack(rec), 'EX', ttl) end
-  return batch_reply(KEYS, rec)
+  return batch_reply(KEYS, M, rec)
 end
 
 -- --------------------------------------------------------------------------- store: reads
 
--- ARGV: kind ('sample' | 'group'), id.  sample -> {data, adv, ver, ts, pool, gid} or {};
--- group -> {header, created, n, sid_1, data_1, adv_1, ver_1, ts_1, pool_1, ...} or {}.
+-- ARGV: kind ('sample' | 'group'), id.  Metadata only (the client reads the payload keys):
+-- sample -> {adv, ver, ts, pool, gid} or {};  group -> {created, n, sid_1, adv_1, ver_1, ts_1,
+-- pool_1, gid_1, ...} or {}.
 local function get(KEYS, ARGV)
   local kind, id = ARGV[1], ARGV[2]
-  local function one(sid)
-    local data = redis.call('HGET', KEYS[K_SAMPLES], sid)
-    local raw = redis.call('HGET', KEYS[K_SMETA], sid)
-    if not (data and raw) then return nil end
+  local function one(raw)
     local m = cmsgpack.unpack(raw)
-    return {data, fmt(m[M_ADV]), m[M_VER], m[M_TS], m[M_POOL], m[M_GID]}
+    return {fmt(m[M_ADV]), m[M_VER], m[M_TS], m[M_POOL], m[M_GID]}
   end
   if kind == 'sample' then
-    return one(id) or {}
+    local raw = redis.call('HGET', KEYS[K_SMETA], id)
+    return raw and one(raw) or {}
   end
-  local h = redis.call('HGET', KEYS[K_GROUPS], id)
   local raw = redis.call('HGET', KEYS[K_GMETA], id)
-  if not (h and raw) then return {} end
+  if not raw then return {} end
   local gm = cmsgpack.unpack(raw)
-  local out = {h, fmt(gm[4]), #gm[2]}
-  for _, sid in ipairs(gm[2]) do
-    local s = one(sid)
-    if s then
+  local out = {fmt(gm[4]), #gm[2]}
+  local metas = hmget(KEYS[K_SMETA], gm[2])
+  for i, sid in ipairs(gm[2]) do
+    if metas[i] then
       out[#out + 1] = sid
-      for _, v in ipairs(s) do out[#out + 1] = v end
+      for _, v in ipairs(one(metas[i])) do out[#out + 1] = v end
     end
   end
   return out
@@ -689,7 +905,7 @@ local function sizes(KEYS, ARGV)
   local P = pools_of(KEYS)
   return {pool_size(P.f), pool_size(P.r), pool_size(P.z),
           tonumber(redis.call('HGET', KEYS[K_COUNTERS], 'stored') or '0'),
-          redis.call('HLEN', KEYS[K_GROUPS])}
+          redis.call('HLEN', KEYS[K_GMETA])}
 end
 
 -- ARGV: learner_version (-1: use the store's), max_lag.

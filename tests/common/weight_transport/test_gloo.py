@@ -159,3 +159,31 @@ def test_receiver_killed_mid_round_does_not_hang_the_sender(wt_cfg, receivers):
     assert rep.joined == ["srv-good"]
     got = load_file(str(good.wait_file(2)))
     assert all(_bitwise_equal(got[k], w[k]) for k in w)
+
+
+@pytest.mark.slow
+def test_a_frozen_member_is_left_out_after_the_join_timeout(wt_cfg, receivers):
+    import os
+    import signal
+
+    cfg = wt_cfg.model_copy(deep=True)
+    cfg.learner.weight_sync.join_timeout_s = 1.5
+    good, frozen = receivers(cfg, "srv-live"), receivers(cfg, "srv-frozen")
+    good.wait_ready()
+    frozen.wait_ready()
+    tx = make_sender(cfg)
+    _wait_members(tx, 2)
+    os.kill(frozen.proc.pid, signal.SIGSTOP)  # alive for the OS, its join record still fresh, but silent
+    try:
+        t0 = time.monotonic()
+        rep = _send(tx, _weights(seed=5), 5)
+        took = time.monotonic() - t0
+        assert rep.ok and rep.joined == ["srv-live"] and rep.failed == ["srv-frozen"]
+        assert 1.5 <= took < 1.5 + 3.0
+        good.wait_file(5)
+        # the next round does not wait for it again (it sits out after a failure)
+        t0 = time.monotonic()
+        rep = _send(tx, _weights(seed=6), 6)
+        assert rep.ok and rep.invited == ["srv-live"] and time.monotonic() - t0 < 1.0
+    finally:
+        os.kill(frozen.proc.pid, signal.SIGCONT)

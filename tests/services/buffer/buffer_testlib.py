@@ -149,8 +149,10 @@ def assert_store_consistent(client) -> dict[str, int]:
     byver = {m.decode() for m in r.zrange(k.by_version, 0, -1)}
     assert byver == members["f"] | members["r"] | members["z"]
     assert {m.decode() for m in r.zrange(k.replay_fifo, 0, -1)} == members["r"]
-    samples = {s.decode() for s in r.hkeys(k.samples)}
+    samples = {key.decode()[len(k.sample_data_prefix):] for key in r.scan_iter(match=k.sample_data_prefix + "*", count=1000)}
     assert samples == set(meta)
+    groups = {key.decode()[len(k.group_data_prefix):] for key in r.scan_iter(match=k.group_data_prefix + "*", count=1000)}
+    assert groups == {g.decode() for g in r.hkeys(k.group_meta)}
     in_groups = set()
     for raw in r.hvals(k.group_meta):
         gm = msgpack.unpackb(raw, raw=False)

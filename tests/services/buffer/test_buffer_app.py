@@ -127,7 +127,7 @@ def test_admin_requires_the_token(populated, tmp_path):
     snap = http.post("/v1/admin/snapshot", params={"name": "snap1"}, headers=auth)
     assert snap.status_code == 200 and snap.json()["groups"] == 7 and snap.json()["samples"] == 56
     groups = read_snapshot(snap.json()["path"])
-    assert sorted(g.group_id for g, _ in groups) == sorted(k.decode() for k in c.r.hkeys(c.keys.groups))
+    assert sorted(g.group_id for g, _ in groups) == sorted(k.decode() for k in c.r.hkeys(c.keys.group_meta))
     g1 = next(g for g, _ in groups if g.group_id == "g-e0-t1")
     assert g1.task.images and g1.samples[0].advantage == pytest.approx(0.625)
 

@@ -20,7 +20,7 @@ REWARDS = [1, 0, 0, 0, 1, 1, 0, 0]
 
 def _state(c: BufferClient) -> dict:
     groups = {}
-    for gid in sorted(k.decode() for k in c.r.hkeys(c.keys.groups)):
+    for gid in sorted(k.decode() for k in c.r.hkeys(c.keys.group_meta)):
         g, pools = c.get_group_record(gid)
         groups[gid] = [(s.sample_id, s.advantage, s.times_sampled, pools[s.sample_id]) for s in g.samples]
     q = c.queue_stats()

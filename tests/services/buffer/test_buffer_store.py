@@ -111,17 +111,28 @@ def test_server_side_validation_writes_nothing(client):
     clash.samples[3] = dataclasses.replace(clash.samples[3], sample_id="s-0-3")
     with pytest.raises(MalformedGroupError, match="already stored"):
         client.add_group(clash)
-    # raw calls that bypass the Python validation: the Lua side checks too
+    # raw calls that bypass the Python validation: the Lua side checks too, and drops the payload
+    # keys the same transaction wrote (MSETNX) for a group it refuses
     keys = store_keys(client.keys)
+    gk, sk = client.keys.group_data("g-raw"), client.keys.sample_data("sid")
+    good = ["g-raw", 1, 0, "1e-6", "1.0", 100, "0", 10, "c", "s", 0, "sid", "1", 0, 1]
     bad_calls = [
-        ["g-raw", b"h", 1, 0, "1e-6", "1.0", 100, "0", 10, "c", "s", 0, "sid", b"d", "nan", 0, 1],
-        ["g-raw", b"h", 2, 0, "1e-6", "1.0", 100, "0", 10, "c", "s", 0, "sid", b"d", "1", 0, 1],  # too few args
-        ["g-raw", b"h", 1, 0, "1e-6", "1.0", 100, "0", 10, "c", "s", 0, "sid", b"d", "1", "1.5", 1],  # version
-        ["", b"h", 1, 0, "1e-6", "1.0", 100, "0", 10, "c", "s", 0, "sid", b"d", "1", 0, 1],
+        (good[:12] + ["nan"] + good[13:], [gk, sk]),  # reward
+        (good[:1] + [2] + good[2:], [gk, sk]),  # n does not match the arguments
+        (good[:13] + ["1.5"] + good[14:], [gk, sk]),  # version
+        ([""] + good[1:], [gk, sk]),  # empty group id
+        (good, [gk, client.keys.sample_data("other")]),  # payload key of another sample
+        (good, [gk]),  # payload key missing
     ]
-    for args in bad_calls:
-        with pytest.raises(redis.ResponseError, match="RTK_BADARG"):
-            client.r.fcall("rtk_add_group", len(keys), *keys, *args)
+    for args, extra in bad_calls:
+        with client.r.pipeline(transaction=True) as p:
+            p.msetnx({k: b"payload" for k in extra})
+            p.fcall("rtk_add_group", len(keys) + len(extra), *keys, *extra, *args)
+            replies = p.execute(raise_on_error=False)
+        assert isinstance(replies[1], redis.ResponseError) and "RTK_BADARG" in str(replies[1]), replies
+    # without the MSETNX the payloads are missing: refused too
+    with pytest.raises(redis.ResponseError, match="payload key"):
+        client.r.fcall("rtk_add_group", len(keys) + 2, *keys, gk, sk, *good)
     after = {k: client.r.dump(k) for k in client.r.scan_iter(match=f"{client.cfg.redis.namespace}:*")}
     assert after == before
 

@@ -15,7 +15,9 @@ from rollout_helpers import REPO, ServiceProc, _train_sft, cache_root, drop_name
 
 @pytest.fixture(scope="session")
 def sft_model_dir(tiny_model_dir: Path) -> Path:
-    recipe = hashlib.sha256(((Path(__file__).parent / "rollout_helpers.py").read_text() + str(tiny_model_dir)).encode()).hexdigest()[:10]
+    base = Path(tiny_model_dir)
+    stamp = "".join((base / f).read_text() for f in ("rethinker_build.json", "config.json") if (base / f).exists())
+    recipe = hashlib.sha256(((Path(__file__).parent / "rollout_helpers.py").read_text() + stamp).encode()).hexdigest()[:10]
     out = cache_root() / f"rollout-sft-{recipe}"
     if not (out / "sft.json").exists():
         _train_sft(Path(tiny_model_dir), out)

@@ -1,0 +1,172 @@
+"""A fast reader for simple LaTeX expressions, tried before math-verify's ANTLR parser.
+
+latex2sympy's ANTLR parser costs 5-300 ms per expression in pure Python; most answers are
+small polynomials, fractions, roots and multiples of pi, which this reader turns into sympy in well
+under a millisecond.  It accepts only: numbers, single-letter variables (not ``e``/``i``, whose
+meaning depends on context), ``+ - * / ^``, parentheses and braces, ``\\frac``/``\\dfrac``/``\\tfrac``,
+``\\sqrt``/``\\sqrt[n]``, ``\\pi``, ``\\cdot``/``\\times`` and ``\\left``/``\\right``.  Anything else
+returns None and goes to math-verify.  Variables are ``Symbol(name, real=True)``, exactly as
+latex2sympy makes them, so objects from both readers compare.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+MAX_CHARS = 200
+_TOKEN = re.compile(r"\\(?:frac|dfrac|tfrac|sqrt|pi|cdot|times|left|right)(?![A-Za-z])|\d+(?:\.\d+)?|\.\d+|[A-Za-z]|[-+*/^(){}\[\]]|\s+")
+_ALLOWED_CHARS = re.compile(r"[0-9a-z+\-*/^(){}\[\]. \\]*")
+# shapes where math-verify's reading is not the plain one (mixed numbers, "1 200", words, x^23, sets)
+_AMBIGUOUS = re.compile(r"\d\s+\.?\d|\d\s*\\[dt]?frac|\^\s*\d{2}|^\s*\{")
+_WORD = re.compile(r"[a-z]{2,}")
+
+
+class _Reject(Exception):
+    pass
+
+
+def _to_python(s: str) -> str:
+    """The expression in Python syntax, implicit products made explicit; raises _Reject."""
+    toks = [t for t in _TOKEN.findall(s) if not t.isspace()]
+    if "".join(toks) != re.sub(r"\s+", "", s):
+        raise _Reject
+    out: list[str] = []
+    pos = 0
+
+    def group() -> str:
+        nonlocal pos
+        if pos < len(toks) and toks[pos] == "{":
+            pos += 1
+            inner = expr_until("}")
+            pos += 1
+            return "(" + inner + ")"
+        if pos < len(toks) and re.fullmatch(r"\d", toks[pos][:1] or "x") and toks[pos].isdigit():
+            # \frac12: single digits
+            t = toks[pos]
+            pos += 1 if len(t) == 1 else 0
+            if len(t) != 1:
+                toks[pos] = t[1:]
+                return t[0]
+            return t
+        if pos < len(toks) and re.fullmatch(r"[A-Za-z]", toks[pos]):
+            return atom()
+        raise _Reject
+
+    def atom() -> str:
+        nonlocal pos
+        if pos >= len(toks):
+            raise _Reject
+        t = toks[pos]
+        if t in ("\\frac", "\\dfrac", "\\tfrac"):
+            pos += 1
+            a = group()
+            b = group()
+            return f"(({a})/({b}))"
+        if t == "\\sqrt":
+            pos += 1
+            if pos < len(toks) and toks[pos] == "[":
+                pos += 1
+                n = expr_until("]")
+                pos += 1
+                return f"(({group()})**(1/({n})))"
+            return f"sqrt({group()})"
+        if t == "\\pi":
+            pos += 1
+            return "pi"
+        if t in ("\\left", "\\right"):
+            pos += 1
+            return ""
+        if t in ("(", "{"):
+            pos += 1
+            inner = expr_until(")" if t == "(" else "}")
+            pos += 1
+            return "(" + inner + ")"
+        if re.fullmatch(r"[A-Za-z]", t):
+            if t in "eiEI":
+                raise _Reject
+            pos += 1
+            return f"S_{t}"
+        if t[0].isdigit() or t[0] == ".":
+            pos += 1
+            return t
+        raise _Reject
+
+    def expr_until(stop: str | None) -> str:
+        nonlocal pos
+        parts: list[str] = []
+        prev_operand = False
+        while pos < len(toks) and toks[pos] != stop:
+            t = toks[pos]
+            if t in (")", "}", "]"):
+                raise _Reject
+            if t in ("+", "-", "*", "/"):
+                parts.append(t)
+                pos += 1
+                prev_operand = False
+                continue
+            if t in ("\\cdot", "\\times"):
+                parts.append("*")
+                pos += 1
+                prev_operand = False
+                continue
+            if t == "^":
+                pos += 1
+                if pos < len(toks) and toks[pos] == "{":
+                    parts.append("**" + group())
+                elif pos < len(toks) and (toks[pos].isdigit() or re.fullmatch(r"[A-Za-z]", toks[pos])):
+                    t2 = toks[pos]
+                    if t2.isdigit() and len(t2) > 1:  # x^23 means x^2 * 3 in LaTeX
+                        toks[pos] = t2[1:]
+                        parts.append("**" + t2[0])
+                    else:
+                        parts.append("**" + atom())
+                        continue
+                else:
+                    raise _Reject
+                continue
+            if t in ("\\left", "\\right"):
+                pos += 1
+                continue
+            a = atom()
+            if not a:
+                continue
+            if prev_operand:
+                parts.append("*")
+            parts.append(a)
+            prev_operand = True
+        if stop is not None and pos >= len(toks):
+            raise _Reject
+        return "".join(parts)
+
+    expr = expr_until(None)
+    if not expr:
+        raise _Reject
+    out.append(expr)
+    return "".join(out)
+
+
+@lru_cache(maxsize=8192)
+def fast_parse(latex: str) -> Any | None:
+    """A sympy expression for a simple LaTeX expression, or None (see the module docstring)."""
+    s = latex.strip()
+    if not s or len(s) > MAX_CHARS or not _ALLOWED_CHARS.fullmatch(s) or "[" in s.replace("\\sqrt[", ""):
+        return None
+    if _AMBIGUOUS.search(s) or _WORD.search(re.sub(r"\\(?:frac|dfrac|tfrac|sqrt|pi|cdot|times|left|right)", " ", s)):
+        return None
+    try:
+        code = _to_python(s)
+    except (_Reject, IndexError):
+        return None
+    import sympy
+
+    names = {f"S_{c}": sympy.Symbol(c, real=True) for c in set(re.findall(r"S_([A-Za-z])", code))}
+    names.update({"sqrt": sympy.sqrt, "pi": sympy.pi})
+    try:
+        expr = sympy.parse_expr(code, local_dict=names, global_dict={"__builtins__": {}, "Integer": sympy.Integer, "Float": sympy.Float, "Rational": sympy.Rational, "Symbol": sympy.Symbol}, evaluate=True)
+    except Exception:  # noqa: BLE001 - anything odd: let math-verify read it
+        return None
+    if not isinstance(expr, sympy.Expr):
+        return None
+    return expr
