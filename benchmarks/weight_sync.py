@@ -173,6 +173,9 @@ def bench_transport(args) -> dict:
     r = redis.Redis.from_url(cfg.redis.url)
     for k in r.scan_iter(f"{cfg.redis.namespace}:*"):
         r.delete(k)
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
     raw_s = statistics.median(raw)
     sync_s = statistics.median(syncs)
     return {

@@ -226,6 +226,7 @@ class BufferConfig(Section):
     series_interval_s: float = Field(1.0, ge=0.0)  # min seconds between two time-series points
     request_ttl_s: int = Field(600, ge=0)  # a sample() batch is kept this long for idempotent retries
     rate_window_s: float = Field(30.0, gt=0.0)  # insert/sample rates of the stats are over this window
+    task_cache_size: int = Field(256, ge=0)  # tasks (with images) a buffer client keeps decoded, by group id
     snapshot_dir: str = "runs/snapshots"
 
     def base_url(self) -> str:

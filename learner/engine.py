@@ -47,13 +47,17 @@ def init_distributed() -> tuple[int, int]:
     if on_cpu():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if not dist.is_initialized():
-        if "WORLD_SIZE" not in os.environ:
+        lone = "WORLD_SIZE" not in os.environ
+        if lone:
             os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(_free_port()))
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="gloo" if on_cpu() else "nccl", auto_mpi_discovery=False)
+        if lone:  # rendezvous done: do not hand our store's address down to child processes
+            os.environ.pop("MASTER_PORT", None)
+            os.environ.pop("MASTER_ADDR", None)
         if not on_cpu():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return dist.get_rank(), dist.get_world_size()

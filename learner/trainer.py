@@ -105,7 +105,9 @@ class Trainer:
             if rows is None:
                 rows = load_training_rows(cfg, self.processor)
             self.feeder = PromptFeeder(cfg, rows, publish=buffer.publish_tasks, can_publish=buffer.can_publish)
-            self.redis = getattr(buffer, "r", None)
+            from common.redis_conn import sync_client
+
+            self.redis = sync_client(cfg.redis)
         self.sync = WeightSync(cfg, self.engine, buffer=self.buffer)
         self.metrics = MetricsSink(cfg, enabled=self.rank == 0, progress=progress and self.rank == 0)
 

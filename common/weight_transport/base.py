@@ -84,7 +84,6 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 import torch
 
-from common.config import RethinkerConfig
 
 WeightsArg = Union[dict[str, torch.Tensor], Iterator[tuple[str, torch.Tensor]]]
 OnWeights = Callable[[WeightsArg, int], None]

@@ -38,6 +38,7 @@ from common.redis_conn import async_client, sync_client
 from common.redis_keys import RedisKeys
 from common.schemas import Group, PolicyVersion, PromptTask, Sample
 from services.buffer import protocol as P
+from services.buffer.fastcodec import task_of_group_frame
 from services.buffer.library import ensure_library, ensure_library_async, is_missing_function
 from services.buffer.protocol import (
     AddGroupResult,
@@ -88,6 +89,19 @@ class _Common:
         self.store_keys = P.store_keys(self.keys)
         self._loaded = False
         self._group_ready = False
+        self._tasks = P.TaskCache(cfg.buffer.task_cache_size)
+
+    def _task_map(self, gids: list[str], missing: list[str], heads: list[bytes | None]) -> dict[str, PromptTask]:
+        if missing:
+            for g, head in zip(missing, heads):
+                if head is not None:
+                    self._tasks.put(g, task_of_group_frame(head))
+        out = {}
+        for g in gids:
+            t = self._tasks.get(g)
+            if t is not None:
+                out[g] = t
+        return out
 
     def _sample_keys(self, request_id: str) -> list[str]:
         return self.store_keys + [self.keys.sample_request(request_id)]
@@ -318,11 +332,14 @@ class BufferClient(_Common):
         mode = _mode(self.cfg, mode)
         rid = request_id or uuid.uuid4().hex
         args = P.sample_args(n, mode, policy_version, _new_seed() if seed is None else int(seed), self.cfg)
-        reply = self._fcall("rtk_sample", self._sample_keys(rid), args)
-        _, skeys, gkeys = P.batch_fetch_keys(self.keys, reply)
+        unpacked = P.unpack_batch(self._fcall("rtk_sample", self._sample_keys(rid), args))
+        sids, gids = P.batch_ids(unpacked[2])
+        missing = [g for g in gids if self._tasks.get(g) is None]
+        skeys = [self.keys.sample_data(x) for x in sids]
+        gkeys = [self.keys.group_data(g) for g in missing]
         datas, heads = self._pipeline(lambda p: (p.mget(skeys or ["-"]), p.mget(gkeys or ["-"])))
-        return P.parse_batch(reply, datas if skeys else [], heads if gkeys else [], mode=mode,
-                             policy_version=policy_version, request_id=rid)
+        return P.parse_batch(unpacked, _raise(datas) if skeys else [], self._task_map(gids, missing, _raise(heads)),
+                             mode=mode, policy_version=policy_version, request_id=rid)
 
     def sizes(self) -> StoreSizes:
         return P.parse_sizes(self._fcall("rtk_sizes", self.store_keys, [], ro=True))
@@ -397,6 +414,7 @@ class BufferClient(_Common):
             if batch:
                 n += self.r.unlink(*batch)
         self._group_ready = False
+        self._tasks.clear()
         return n
 
     def _group_ids(self, chunk: int = 500):
@@ -616,11 +634,14 @@ class AsyncBufferClient(_Common):
         mode = _mode(self.cfg, mode)
         rid = request_id or uuid.uuid4().hex
         args = P.sample_args(n, mode, policy_version, _new_seed() if seed is None else int(seed), self.cfg)
-        reply = await self._fcall("rtk_sample", self._sample_keys(rid), args)
-        _, skeys, gkeys = P.batch_fetch_keys(self.keys, reply)
+        unpacked = P.unpack_batch(await self._fcall("rtk_sample", self._sample_keys(rid), args))
+        sids, gids = P.batch_ids(unpacked[2])
+        missing = [g for g in gids if self._tasks.get(g) is None]
+        skeys = [self.keys.sample_data(x) for x in sids]
+        gkeys = [self.keys.group_data(g) for g in missing]
         datas, heads = await self._pipeline(lambda p: (p.mget(skeys or ["-"]), p.mget(gkeys or ["-"])))
-        return P.parse_batch(reply, datas if skeys else [], heads if gkeys else [], mode=mode,
-                             policy_version=policy_version, request_id=rid)
+        return P.parse_batch(unpacked, _raise(datas) if skeys else [], self._task_map(gids, missing, _raise(heads)),
+                             mode=mode, policy_version=policy_version, request_id=rid)
 
     async def sizes(self) -> StoreSizes:
         return P.parse_sizes(await self._fcall("rtk_sizes", self.store_keys, [], ro=True))
@@ -690,6 +711,7 @@ class AsyncBufferClient(_Common):
             if batch:
                 n += await self.r.unlink(*batch)
         self._group_ready = False
+        self._tasks.clear()
         return n
 
     async def _group_ids(self, chunk: int = 500):

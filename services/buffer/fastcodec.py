@@ -20,7 +20,7 @@ import msgpack
 import numpy as np
 
 from common.codec import CODEC_VERSION, MAGIC, CodecError, decode, encode
-from common.schemas import SCHEMA_VERSION, Sample
+from common.schemas import SCHEMA_VERSION, Group, PromptTask, Sample
 
 _PREFIX = struct.Struct("<3sBI")
 _ALIGN = 8
@@ -53,6 +53,24 @@ def check_sample_fields(s: Sample) -> str | None:
         return "extracted"
     if not isinstance(s.timings, dict):
         return "timings"
+    return None
+
+
+def check_task_fields(t: PromptTask) -> str | None:
+    """The first field of ``t`` whose type the codec would refuse on decode, else None."""
+    for name in ("task_id", "prompt_id", "question", "answer", "prompt_suffix", "category", "source"):
+        if not isinstance(getattr(t, name), str):
+            return name
+    for name in ("epoch", "n", "policy_version"):
+        v = getattr(t, name)
+        if isinstance(v, bool) or not isinstance(v, int):
+            return name
+    if isinstance(t.published_at, bool) or not isinstance(t.published_at, (int, float)):
+        return "published_at"
+    if not isinstance(t.images, list) or any(not isinstance(b, bytes) for b in t.images):
+        return "images"
+    if not isinstance(t.meta, dict):
+        return "meta"
     return None
 
 
@@ -126,3 +144,30 @@ def sample_kwargs(data: bytes) -> dict[str, Any]:
 
 def decode_sample(data: bytes) -> Sample:
     return Sample(**sample_kwargs(data))
+
+
+_TASK_FIELDS = frozenset(f.name for f in dataclasses.fields(PromptTask)) | {"_t", "_v"}
+_GROUP_FIELDS = frozenset(f.name for f in dataclasses.fields(Group)) | {"_t", "_v"}
+
+
+def task_of_group_frame(data: bytes) -> PromptTask:
+    """The task of a stored group frame (a Group without samples, so no arrays)."""
+    view = memoryview(data)
+    try:
+        magic, version, head_len = _PREFIX.unpack_from(view, 0)
+        if magic != MAGIC or version != CODEC_VERSION:
+            raise ValueError
+        head = msgpack.unpackb(view[_PREFIX.size : _PREFIX.size + head_len], raw=False)
+        if type(head) is not dict or head.get("_t") != "Group" or head.get("_v") != SCHEMA_VERSION or head.keys() != _GROUP_FIELDS:
+            raise ValueError
+        task = head["task"]
+        if type(task) is not dict or task.get("_t") != "PromptTask" or task.get("_v") != SCHEMA_VERSION or task.keys() != _TASK_FIELDS:
+            raise ValueError
+        images = task["images"]
+        if type(images) is not list or any(type(b) is not bytes for b in images):
+            raise ValueError
+        del task["_t"], task["_v"]
+        return PromptTask(**task)
+    except (ValueError, TypeError, KeyError, struct.error, msgpack.exceptions.ExtraData,
+            msgpack.exceptions.FormatError, msgpack.exceptions.StackError):
+        return decode(data, Group).task

@@ -12,16 +12,18 @@ import hashlib
 import json
 import math
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import msgpack
 import numpy as np
 
 from common.codec import CodecError, decode, encode
 from common.config import RethinkerConfig
 from common.redis_keys import RedisKeys
 from common.schemas import Group, PolicyVersion, PromptTask, Sample
-from services.buffer.fastcodec import check_sample_fields, encode_sample, sample_kwargs
+from services.buffer.fastcodec import check_sample_fields, check_task_fields, encode_sample, sample_kwargs
 
 MODES = ("ssr", "filter", "grpo")
 MAX_GROUP_SIZE = 4096
@@ -187,6 +189,9 @@ def validate_group(group: Any) -> None:
     if not isinstance(group.task, PromptTask):
         raise MalformedGroupError(f"group {gid}: task must be a PromptTask, got {type(group.task).__name__}")
     _check_id(group.task.task_id, f"group {gid}: task.task_id")
+    bad_task = check_task_fields(group.task)
+    if bad_task is not None:
+        raise MalformedGroupError(f"group {gid}: task field {bad_task} has the wrong type ({type(getattr(group.task, bad_task)).__name__})")
     if not isinstance(group.samples, list) or not group.samples:
         raise MalformedGroupError(f"group {gid}: samples must be a non-empty list")
     if len(group.samples) > MAX_GROUP_SIZE:
@@ -292,41 +297,66 @@ def sample_args(
     ]
 
 
-def batch_fetch_keys(keys: RedisKeys, reply: Sequence[Any]) -> tuple[list[str], list[str], list[str]]:
-    """(sample ids, their payload keys, payload keys of their groups) of a ``rtk_sample`` reply."""
-    items = reply[2]
-    sids = [_s(x) for x in items[0::4]]
-    gids = list(dict.fromkeys(_s(x) for x in items[3::4]))
-    return sids, [keys.sample_data(x) for x in sids], [keys.group_data(g) for g in gids]
+def unpack_batch(reply: Sequence[Any]) -> tuple[list[Any], list[Any], list[Any]]:
+    """(header, draws, items) of a ``rtk_sample`` reply."""
+    packed = msgpack.unpackb(reply[1], raw=False) if reply[1] else [[], []]
+    draws, items = (packed + [[], []])[:2] if isinstance(packed, list) else ([], [])
+    return list(reply[0]), draws or [], items or []
+
+
+def batch_ids(items: Sequence[Any]) -> tuple[list[str], list[str]]:
+    """(distinct sample ids, distinct group ids) of a batch's items."""
+    return [str(x) for x in items[0::4]], list(dict.fromkeys(str(x) for x in items[3::4]))
+
+
+class TaskCache:
+    """LRU of the tasks of stored groups, by group id (a group's task never changes while it is
+    stored, so cached tasks spare fetching and decoding their images again)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._d: "OrderedDict[str, PromptTask]" = OrderedDict()
+
+    def get(self, gid: str) -> PromptTask | None:
+        t = self._d.get(gid)
+        if t is not None:
+            self._d.move_to_end(gid)
+        return t
+
+    def put(self, gid: str, task: PromptTask) -> None:
+        if self.size <= 0:
+            return
+        self._d[gid] = task
+        self._d.move_to_end(gid)
+        while len(self._d) > self.size:
+            self._d.popitem(last=False)
+
+    def clear(self) -> None:
+        self._d.clear()
 
 
 def parse_batch(
-    reply: Sequence[Any], datas: Sequence[bytes | None], heads: Sequence[bytes | None], *,
+    unpacked: tuple[list[Any], list[Any], list[Any]], datas: Sequence[bytes | None], tasks_by_gid: dict[str, PromptTask], *,
     mode: str, policy_version: int, request_id: str,
 ) -> SampledBatch:
-    header, draws, items = reply[0], reply[1], reply[2]
-    tasks_by_gid: dict[str, PromptTask] = {}
-    for head in heads:
-        if head is not None:
-            g = decode(head, Group)
-            tasks_by_gid[g.group_id] = g.task
+    header, draws, items = unpacked
     base: dict[str, tuple[dict[str, Any], float, int]] = {}
     for k, data in enumerate(datas):
         if data is None:  # evicted between the draw and the fetch
             continue
         i = 4 * k
-        base[_s(items[i])] = (sample_kwargs(data), float(_s(items[i + 1])), int(items[i + 2]))
+        base[items[i]] = (sample_kwargs(data), float(items[i + 1]), int(items[i + 2]))
     samples: list[Sample] = []
     replayed: list[bool] = []
     tasks: dict[str, PromptTask] = {}
     for i in range(0, len(draws), 3):
-        got = base.get(_s(draws[i]))
+        got = base.get(draws[i])
         if got is None:
             continue
         kw, adv, ver = got
         s = Sample(**{**kw, "advantage": adv, "policy_version": ver, "times_sampled": int(draws[i + 2])})
         samples.append(s)
-        replayed.append(_s(draws[i + 1]) == "r")
+        replayed.append(draws[i + 1] == "r")
         task = tasks_by_gid.get(s.group_id)
         if task is not None:
             tasks[s.task_id] = task

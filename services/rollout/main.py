@@ -72,6 +72,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     configure_logging(cfg.run.log_level)
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per verifier call otherwise
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return asyncio.run(serve(cfg))
 

@@ -22,11 +22,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .normalize import match_brace
 
 MAX_SIBLINGS = 8  # more disagreeing boxes than this in one paragraph: not credited
+MAX_SIBLING_WALK = 256  # boxes looked at before the last one (a paragraph of 40,000 boxes is hostile)
 MAX_ANSWER_CHARS = 20_000  # a "final answer" longer than this is not an answer
 WHOLE_RESPONSE_MAX_CHARS = 80
+STANCE_WINDOW = 64_000  # how far back from the end a retraction is looked for
 WHOLE_RESPONSE_MAX_WORDS = 6  # longer sentences are reasoning, not an answer by themselves
 
 
@@ -39,6 +40,7 @@ class Extraction:
 
 
 _BOX = re.compile(r"\\(?:boxed|fbox|framebox)[ \t]{0,8}\{")
+_BOX_TOKENS = re.compile(r"\\(?:boxed|fbox|framebox)[ \t]{0,8}\{|\\.|[{}]", re.S)
 _RECONSIDER = re.compile(
     r"\b(?:wait|hmm+|actually|however|but|on second thought|let me (?:re|double|check|verify)\w*|"
     r"let's (?:re|double|check|verify)\w*|re-?check\w*|re-?examin\w*|reconsider\w*|double[- ]check\w*|mistake|wrong|incorrect|error|oops)\b",
@@ -50,7 +52,18 @@ _STANCE = re.compile(
     r"(?P<pos>correct|right|confirm\w*|indeed|consistent|checks out|verified|holds|valid|accurate))\b",
     re.I,
 )
-_NEGATOR = re.compile(r"(?:\bno|\bnot|\bnothing|\bwithout|\bnever|n't|\bany|\bmight|\bmay|\bcould|\bif|\bwhether|\bfor|\bpossible|\bpossibly|\bcheck)[ \t]{1,3}(?:\w+[ \t]{1,3}){0,2}$", re.I)
+_NEGATORS = frozenset("no not nothing without never any might may could if whether for possible possibly check".split())
+_CLAUSE_BREAK = re.compile(r"[.,;:!?\n]")
+
+
+def _negated(before: str) -> bool:
+    """Is the stance word after ``before`` negated or hypothetical ("no mistake", "might be an error")?
+
+    A negator among the last three words of the same clause counts ("no, I erred" does not).
+    """
+    parts = _CLAUSE_BREAK.split(before[-40:])
+    words = parts[-1].lower().split()[-3:]
+    return any(w in _NEGATORS or w.endswith("n't") for w in words)
 
 _ANSWER_LINE = re.compile(
     r"(?im)^[ \t>#*_\-]{0,12}(?:\*\*|__)?[ \t]{0,3}(?:the[ \t]{1,3})?(?:final|correct|short)?[ \t]{0,3}answer[ \t]{0,3}(?:\*\*|__)?[ \t]{0,3}[:：][ \t]{0,3}(?:\*\*|__)?[ \t]{0,8}"
@@ -74,19 +87,28 @@ class _Span:
 
 
 def find_boxes(text: str) -> list[_Span]:
-    """Top-level boxes in order; an unterminated last box ends the scan (``end=None``)."""
+    """Top-level boxes in order, in one pass; an unterminated last box has ``end=None``."""
+    if _BOX.search(text) is None:
+        return []
     boxes: list[_Span] = []
-    pos = 0
-    while True:
-        m = _BOX.search(text, pos)
-        if m is None:
-            return boxes
-        close = match_brace(text, m.end() - 1)
-        if close < 0:
-            boxes.append(_Span(m.start(), None, text[m.end() :]))
-            return boxes
-        boxes.append(_Span(m.start(), close + 1, text[m.end() : close]))
-        pos = close + 1
+    depth = 0
+    start = content = -1
+    for m in _BOX_TOKENS.finditer(text):
+        tok = m.group()
+        if start < 0:
+            if len(tok) > 2:  # a box opener at top level
+                start, content, depth = m.start(), m.end(), 1
+            continue
+        if tok == "}":
+            depth -= 1
+            if depth == 0:
+                boxes.append(_Span(start, m.end(), text[content : m.start()]))
+                start = -1
+        elif tok == "{" or len(tok) > 2:
+            depth += 1
+    if start >= 0:
+        boxes.append(_Span(start, None, text[content:]))
+    return boxes
 
 
 def _cut_sentence(s: str) -> str:
@@ -167,16 +189,16 @@ def _statements(text: str, offset: int = 0) -> list[tuple[int, str, str]]:
 def _stance_negative(tail: str) -> bool:
     """Does the text after an answer end by rejecting it ("that's wrong") rather than confirming it?
 
-    The last non-neutral stance word decides; it is looked for near the end first (growing windows),
-    so a long tail full of stance words costs little.
+    The last non-neutral stance word decides; it is looked for near the end first (growing windows)
+    and only in the last ``STANCE_WINDOW`` characters, so a long tail full of stance words costs little.
     """
     n = len(tail)
-    for window in (4_000, 64_000, n):
+    for window in (4_000, STANCE_WINDOW):
         start = max(0, n - window)
         for m in reversed(list(_STANCE.finditer(tail, start))):
             kind = "neg" if m.group("neg") else "pos"
             before = tail[max(0, m.start() - 40) : m.start()]
-            if _NEGATOR.search(before):
+            if _negated(before):
                 # "no mistake", "might be a mistake" are neutral; "not correct" is negative
                 kind = "neutral" if kind == "neg" else "neg"
             if kind != "neutral":
@@ -223,7 +245,7 @@ def extract_answer(text: str) -> Extraction:
             return Extraction(content[:MAX_ANSWER_CHARS], "boxed", problem="answer too long")
         siblings: list[str] = []
         nxt = last
-        for box in reversed(boxes[:-1]):
+        for box in reversed(boxes[-MAX_SIBLING_WALK:-1]):
             if not _same_paragraph(text[box.end : nxt.start]):
                 break
             c = box.content.strip()

@@ -119,8 +119,7 @@ def judge(answer: str, gold: Gold, question: str | None = None) -> tuple[bool, s
     if options and len(a) <= 40:
         cr = read_choice(a, options)
         if cr.letter and cr.problem is None and cr.letter in options:
-            if cr.text is None:
-                a = options[cr.letter]  # a bare option letter: judge the option's text
+            a = options[cr.letter]  # an option letter (with or without its text): judge the option's text
         elif cr.problem and cr.problem.startswith("hedged"):
             return False, cr.problem
     if gold.compact and compact(a) == gold.compact:

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from .normalize import TEXT_COMMANDS, clean_answer, unwrap_command
+from .normalize import clean_answer, unwrap_command
 
 MAX_DIGITS = 400
 MAX_EXP = 400

@@ -9,13 +9,16 @@ concurrent requests are graded together in batches of up to ``ray_batch_size`` (
 ``ray_target_ongoing_requests``.
 
 ``run(cfg)`` starts (or joins) Ray, binds Serve's HTTP proxy to ``verifier.host:verifier.port`` and
-deploys; ``rethinker serve verifier --ray`` calls it.
+deploys; ``rethinker serve verifier --ray`` calls it.  ``app_builder(args)`` is the ``import_path``
+target of Serve config files (deploy/ray/serve-config.yaml): it loads ``args["config"]``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -78,6 +81,21 @@ def build_app(cfg: RethinkerConfig) -> Any:
     return VerifierDeployment.bind(cfg.model_dump_json())
 
 
+def app_builder(args: dict[str, Any] | None = None) -> Any:
+    """Serve application builder for ``serve deploy``/``serve run`` configs (``import_path``).
+
+    ``args.config``: a rethinker YAML path on every node (optional); ``args.set``: a list of
+    ``section.field=value`` overrides (optional); the ``RETHINKER__*`` environment applies too.
+    """
+    from common.config import load_config
+
+    args = dict(args or {})
+    overrides = args.get("set") or []
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    return build_app(load_config(args.get("config"), list(overrides)))
+
+
 def run(cfg: RethinkerConfig, *, blocking: bool = True, num_cpus: int | None = None) -> None:
     """Start Ray (if needed) and Serve on ``verifier.host:port`` and deploy the verifier."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -95,6 +113,11 @@ def run(cfg: RethinkerConfig, *, blocking: bool = True, num_cpus: int | None = N
     serve.start(http_options={"host": vc.host, "port": vc.port})
     serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", blocking=False)
     if blocking:
+        def _stop(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _stop)  # stop Serve and the local Ray on SIGTERM too
         try:
             while True:
                 time.sleep(3600)

@@ -33,6 +33,8 @@ _BIG_EXP = re.compile(r"\^[ \t]{0,3}\{?[ \t(]{0,3}[+-]?[ \t]{0,3}\d{4,}")
 _NUM_TOWER = re.compile(r"\d[ \t})]{0,3}(?:\^|\*\*)[ \t]{0,3}\{?[ \t(]{0,3}[\d.+-]{1,40}[ \t})]{0,3}(?:\^|\*\*)")
 _BIG_FACT = re.compile(r"\d{4,}[ \t]{0,3}!|![ \t{}()]{0,3}!|[)}\]][ \t]{0,3}!|\\(?:binom|choose)[ \t]{0,3}\{[ \t]{0,3}\d{4,}|\\Gamma|\\operatorname\{?(?:gamma|factorial)")
 _BIG_INT = re.compile(r"\d{60,}")
+_PROSE = re.compile(r"(?<![A-Za-z\\])[A-Za-z]{3,}[ \t]{1,3}[A-Za-z]{3,}(?![A-Za-z])")  # two words: a sentence
+_LATEX_CMD = re.compile(r"\\[A-Za-z]+")
 
 
 def _power_nesting(s: str) -> int:
@@ -116,6 +118,8 @@ def symbolic_equal(gold: str, answer: str) -> tuple[bool, str]:
     why = unsafe_reason(answer) or unsafe_reason(gold)
     if why:
         return False, why
+    if _PROSE.search(_LATEX_CMD.sub(" ", answer)) and not _PROSE.search(_LATEX_CMD.sub(" ", gold)):
+        return False, "answer is prose, not an expression"
     g = parse_gold(gold)
     if not g:
         return False, "gold not parseable"

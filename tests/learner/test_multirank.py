@@ -4,11 +4,12 @@ ZeRO-3 gather feeds the HF export and the weight broadcast with full, correct te
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.learner.helpers import child_env
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ def _free_port() -> int:
 
 
 def _run(cmd: list[str], timeout: float = 240) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), DS_ACCELERATOR="cpu")
+    env = child_env()
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert res.returncode == 0, res.stderr[-4000:]
 

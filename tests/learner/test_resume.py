@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.learner.helpers import child_env
+
 import pytest
 
 from common.config import config_to_yaml
@@ -21,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _start(cfg_path: Path, log_path: Path) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), DS_ACCELERATOR="cpu")
+    env = child_env()
     return subprocess.Popen(
         [sys.executable, "-m", "learner.main", "learn", "--config", str(cfg_path), "--no-progress"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=open(log_path, "w"), text=True,

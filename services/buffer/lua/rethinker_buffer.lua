@@ -315,7 +315,7 @@ local function draw_weighted(st, M, need, usable, accept)
   local got, rounds = 0, 0
   while got < need and st.present > 0 and rounds < MAX_ROUNDS do
     rounds = rounds + 1
-    local np = math.ceil((need - got) * 1.5) + 4
+    local np = need - got + math.ceil((need - got) * 0.4) + 2
     local fields, es = {}, {}
     for i = 1, np do
       local bi = pick_bucket(st, true)
@@ -663,8 +663,9 @@ end
 
 -- --------------------------------------------------------------------------- store: sample
 
--- Reply of a batch: header, draws (sid, pool, ts, ...), items (sid, adv, ver, gid, ...) of the
--- distinct drawn responses still stored.  `rec` is {header, draws}; the client fetches payloads.
+-- Reply of a batch: {header, cmsgpack({draws, items})} with draws = {sid, pool, ts, ...} and
+-- items = {sid, adv, ver, gid, ...} for the distinct drawn responses still stored (one packed
+-- string instead of ~1000 reply elements).  `rec` is {header, draws}; the client fetches payloads.
 local function batch_reply(KEYS, M, rec)
   local header, draws = rec[1], rec[2]
   local sids, seen = {}, {}
@@ -686,12 +687,12 @@ local function batch_reply(KEYS, M, rec)
       items[#items + 1] = m[M_GID]
     end
   end
-  return {header, draws, items}
+  return {header, cmsgpack.pack({draws, items})}
 end
 
 --[[ ARGV: n, mode, learner_version, staleness_bound, reuse_cap, replay_capacity, replay_eps,
            seed, request_ttl_s, series_interval, stats_window
-Returns {{n_fresh, n_replay, fresh_avail, replay_avail, zero_avail}, draws, items, groups}. ]]
+Returns {{n_fresh, n_replay, fresh_avail, replay_avail, zero_avail}, packed draws and items}. ]]
 local function sample(KEYS, ARGV)
   local n, mode, cur = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
   local bound, cap, rcap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])

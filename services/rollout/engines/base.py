@@ -73,8 +73,9 @@ class SamplingParams:
         return SamplingParams(**kw)
 
     def key(self) -> tuple:
-        """Requests with equal keys can share one batched engine call."""
-        return (self.temperature, self.top_p, self.top_k, self.max_new_tokens, self.seed)
+        """Requests with equal keys can share one batched engine call (the seed is not part of it:
+        the hf engine seeds a batch with its first request's seed; vLLM seeds each request)."""
+        return (self.temperature, self.top_p, self.top_k, self.max_new_tokens)
 
 
 @dataclass(slots=True)

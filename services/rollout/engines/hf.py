@@ -120,7 +120,8 @@ class HFEngine(Engine):
         self._gen_config = gc
 
     async def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        # waits (off the loop) for a generation still running in the executor, e.g. after a cancel
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
 
     # ---------------------------------------------------------------- tokenization
 
@@ -230,8 +231,9 @@ class HFEngine(Engine):
             for c0 in range(0, len(rows), self.max_rows):
                 chunk = rows[c0 : c0 + self.max_rows]
                 batch = self._rows_inputs([(requests[i].prompt, requests[i].prefix_token_ids) for i, _ in chunk])
-                if params.seed is not None:
-                    torch.manual_seed(params.seed + c0)
+                seed = requests[chunk[0][0]].params.seed
+                if seed is not None:
+                    torch.manual_seed(seed + c0)
                 out = self._model.generate(**batch, generation_config=gc)
                 width = batch["input_ids"].shape[1]
                 seqs = out.sequences[:, width:].cpu()

@@ -4,7 +4,6 @@ joiners, and a receiver killed in the middle of a round."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import pytest

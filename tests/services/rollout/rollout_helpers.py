@@ -24,9 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import redis
 
 from common.config import PROMPT_SUFFIX, RETHINK_TRIGGERS, RethinkerConfig, load_config
 
@@ -127,6 +125,8 @@ def make_cfg(redis_url: str, model_dir: Path, *overrides: str) -> RethinkerConfi
 
 
 def drop_namespace(redis_url: str, ns: str) -> None:
+    import redis
+
     r = redis.Redis.from_url(redis_url)
     for k in r.scan_iter(f"{ns}:*"):
         r.delete(k)
@@ -160,6 +160,8 @@ class ServiceProc:
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=child_env(), cwd=str(REPO))
 
     def wait_http(self, url: str, timeout_s: float = 90.0, path: str = "/healthz") -> None:
+        import httpx
+
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

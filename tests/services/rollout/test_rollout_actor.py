@@ -188,3 +188,33 @@ def test_stop_returns_the_batch_in_flight(cfg_factory, verifier_url):
     assert stats.tasks_released == 2 and stats.tasks_acked == 0 and stats.groups_stored == 0
     assert sorted(c.task.task_id for c in claimed) == ["st0", "st1"]
     assert all(c.deliveries >= 2 for c in claimed)
+
+
+def test_verifier_outage_releases_then_rejects(cfg_factory):
+    """Scoring fails (verifier down): the batch's tasks go back to the queue; after
+    rollout.max_task_deliveries failed deliveries a task is acked without a group."""
+    from rollout_helpers import free_port
+
+    cfg = cfg_factory(*BASE, f"verifier.url=http://127.0.0.1:{free_port()}", "rollout.verifier_retries=0",
+                      "rollout.verifier_timeout_s=1", "rollout.max_task_deliveries=2")
+    [t] = tasks(1, prefix="down")
+
+    async def run():
+        buf = AsyncBufferClient(cfg)
+        await buf.publish_tasks([t])
+        server = RolloutServer(cfg, server_id="rs-down", receive_weights=False)  # HttpScorer from the config
+        await server.start()
+        try:
+
+            async def rejected():
+                return server.stats.tasks_rejected == 1
+
+            await wait_for(rejected, timeout_s=30)
+            return server.stats, await buf.queue_stats(), await buf.get_group(group_id_for(t))
+        finally:
+            await server.stop()
+            await buf.close()
+
+    stats, qs, group = asyncio.run(run())
+    assert stats.batch_errors == 2 and stats.tasks_released == 1 and stats.tasks_acked == 1
+    assert "verifier" in stats.last_error and group is None and qs.inflight == 0

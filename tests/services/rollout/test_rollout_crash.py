@@ -17,7 +17,7 @@ from services.buffer.client import BufferClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-N_TASKS = 12
+N_TASKS = 16
 
 
 @pytest.fixture
@@ -71,19 +71,22 @@ def test_kill9_loses_no_prompt_and_duplicates_no_group(own_redis, tiny_model_dir
         for i in range(N_TASKS)
     ]
     a = ServiceProc("rollout", cfg, tmp_path, f"rollout.port={port_a}", "rollout.server_id=rs-a", tag="a")
-    b = None
+    b = ServiceProc("rollout", cfg, tmp_path, f"rollout.port={port_b}", "rollout.server_id=rs-b", tag="b")
     try:
         a.wait_http(f"http://127.0.0.1:{port_a}")
+        b.wait_http(f"http://127.0.0.1:{port_b}")
         buf.publish_tasks(tasks)
-        # kill -9 while A holds claimed, unacked tasks (mid-batch)
+        # kill -9 while A holds claimed, unacked tasks (mid-batch), preferably after it stored a group
         deadline = time.monotonic() + 60
-        while status(port_a)["in_flight_tasks"] == 0:
+        soft = time.monotonic() + 10
+        while True:
+            st_a = status(port_a)
+            if st_a["in_flight_tasks"] > 0 and (st_a["actor"]["groups_stored"] > 0 or time.monotonic() > soft):
+                break
             assert time.monotonic() < deadline, a.tail()
-            time.sleep(0.02)
+            time.sleep(0.01)
         a.kill9()
         assert buf.queue_stats().pending >= 1  # A's claimed tasks are still unacked
-        b = ServiceProc("rollout", cfg, tmp_path, f"rollout.port={port_b}", "rollout.server_id=rs-b", tag="b")
-        b.wait_http(f"http://127.0.0.1:{port_b}")
         deadline = time.monotonic() + 120
         while buf.queue_stats().inflight > 0:
             assert time.monotonic() < deadline, b.tail()
@@ -96,14 +99,16 @@ def test_kill9_loses_no_prompt_and_duplicates_no_group(own_redis, tiny_model_dir
         assert "rs-b" not in buf.live_servers()
     finally:
         a.kill9()
-        if b is not None:
-            b.terminate()
+        b.terminate()
         buf.close()
     assert all(g is not None for g in groups.values()), [k for k, g in groups.items() if g is None]
     assert sizes.groups == N_TASKS  # exactly one group per task
     assert sizes.stored == 4 * N_TASKS
     assert all(len(g.samples) == 4 for g in groups.values())
     assert {g.server_id for g in groups.values()} <= {"rs-a", "rs-b"}
-    assert any(g.server_id == "rs-b" for g in groups.values())
-    assert st_b["actor"]["tasks_acked"] + sum(g.server_id == "rs-a" for g in groups.values()) >= N_TASKS
+    by_a = sum(g.server_id == "rs-a" for g in groups.values())
+    assert by_a < N_TASKS and st_b["actor"]["groups_stored"] == N_TASKS - by_a
+    # B acked every task A did not ack: new groups, plus duplicates of groups A stored but never acked
+    sb = st_b["actor"]
+    assert sb["tasks_acked"] == sb["groups_stored"] + sb["groups_duplicate"] and sb["tasks_rejected"] == 0
     assert "rs-a" not in live  # the killed server's registration expired (TTL)

