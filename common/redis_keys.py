@@ -58,7 +58,7 @@ class RedisKeys:
 
     @property
     def sample_meta(self) -> str:
-        """Hash of per-sample metadata used by the sampler (advantage, version, reuse...)."""
+        """Hash sample index -> static per-sample metadata (sample id, group, advantage, version)."""
         return self._k(self.shard, "sample_meta")
 
     @property
@@ -115,9 +115,24 @@ class RedisKeys:
         """Hash bucket -> count of a sampling pool (``f`` fresh, ``r`` replay, ``z`` zero-advantage)."""
         return self._k(self.shard, f"pool:{pool}:cnt")
 
-    def pool_slots(self, pool: str) -> str:
-        """Hash ``bucket:pos`` -> sample_id of a sampling pool."""
-        return self._k(self.shard, f"pool:{pool}:slot")
+    @property
+    def slot_prefix(self) -> str:
+        """Prefix of the bucket arrays ``slot:<pool>:<bucket>`` (u32 sample indices, BITFIELD)."""
+        return self._k(self.shard, "slot:")
+
+    @property
+    def sample_index(self) -> str:
+        """Hash sample_id -> the sample's integer index in the record array."""
+        return self._k(self.shard, "sidx")
+
+    @property
+    def records(self) -> str:
+        """String of fixed-width per-sample records (state, bucket, position, reuse), BITFIELD."""
+        return self._k(self.shard, "rec")
+
+    @property
+    def free_indices(self) -> str:
+        return self._k(self.shard, "free")
 
     @property
     def replay_fifo(self) -> str:

@@ -164,7 +164,7 @@ def _scene(rng: random.Random, kind: str, size: int, target: str) -> tuple[list[
     """Shapes whose answer to ``kind`` is ``target``, and the four option values (unordered)."""
     big_lo, big_hi = round(0.33 * size), round(0.42 * size)
     if kind == "dominant_color":  # one big shape in the answer's color and one small distractor
-        big_lo, big_hi = round(0.6 * size), round(0.7 * size)
+        big_lo, big_hi = round(0.8 * size), round(0.85 * size)
     small_lo, small_hi = max(4, round(0.13 * size)), max(5, round(0.18 * size))
     mid_lo, mid_hi = max(5, round(0.16 * size)), max(6, round(0.24 * size))
     n = int(target) if kind == "count" else 2 if kind == "dominant_color" else 4

@@ -145,7 +145,7 @@ POOL_NAMES = {"f": "fresh", "r": "replay", "z": "zero", "t": "retired", "x": "st
 
 
 def store_keys(keys: RedisKeys) -> list[str]:
-    """KEYS 1..18 of every store function (order fixed by the Lua library)."""
+    """KEYS 1..19 of every store function (order fixed by the Lua library)."""
     return [
         keys.sample_data_prefix,
         keys.sample_meta,
@@ -153,12 +153,13 @@ def store_keys(keys: RedisKeys) -> list[str]:
         keys.group_meta,
         keys.group_order,
         keys.counters,
+        keys.sample_index,
+        keys.records,
+        keys.free_indices,
+        keys.slot_prefix,
         keys.pool_counts("f"),
-        keys.pool_slots("f"),
         keys.pool_counts("r"),
-        keys.pool_slots("r"),
         keys.pool_counts("z"),
-        keys.pool_slots("z"),
         keys.replay_fifo,
         keys.by_version,
         keys.stats_series,
@@ -305,8 +306,8 @@ def unpack_batch(reply: Sequence[Any]) -> tuple[list[Any], list[Any], list[Any]]
 
 
 def batch_ids(items: Sequence[Any]) -> tuple[list[str], list[str]]:
-    """(distinct sample ids, distinct group ids) of a batch's items."""
-    return [str(x) for x in items[0::4]], list(dict.fromkeys(str(x) for x in items[3::4]))
+    """(distinct sample ids, distinct group ids) of a batch's items (idx, sid, adv, ver, gid)."""
+    return [str(x) for x in items[1::5]], list(dict.fromkeys(str(x) for x in items[4::5]))
 
 
 class TaskCache:
@@ -344,8 +345,8 @@ def parse_batch(
     for k, data in enumerate(datas):
         if data is None:  # evicted between the draw and the fetch
             continue
-        i = 4 * k
-        base[items[i]] = (sample_kwargs(data), float(items[i + 1]), int(items[i + 2]))
+        i = 5 * k
+        base[items[i]] = (sample_kwargs(data), float(items[i + 2]), int(items[i + 3]))
     samples: list[Sample] = []
     replayed: list[bool] = []
     tasks: dict[str, PromptTask] = {}

@@ -1,4 +1,4 @@
-"""String helpers shared by the answer checkers: brace matching, LaTeX unwrapping, text folding.
+"""String helpers shared by the answer checkers: brace depth, LaTeX unwrapping, text folding.
 
 Everything here runs in time linear in the input (no regex with nested or unbounded overlapping
 quantifiers), because responses may be hostile: 400 KB of text, 10,000 nested braces, regex bombs.
@@ -8,22 +8,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-
-_BRACE_TOKEN = re.compile(r"\\.|[{}]", re.S)
-
-
-def match_brace(text: str, open_idx: int) -> int:
-    """Index of the ``}`` closing the ``{`` at ``open_idx`` (escaped ``\\{``/``\\}`` skipped); -1 if none."""
-    depth = 0
-    for m in _BRACE_TOKEN.finditer(text, open_idx):
-        tok = m.group()
-        if tok == "{":
-            depth += 1
-        elif tok == "}":
-            depth -= 1
-            if depth == 0:
-                return m.start()
-    return -1
 
 
 def brace_depth(text: str) -> int:

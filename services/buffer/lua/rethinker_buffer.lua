@@ -10,54 +10,71 @@ Three groups of functions, each touching only keys of one hash tag (Cluster-read
   {q} prompt queue     : rtk_q_publish, rtk_q_ack, rtk_q_release, rtk_q_stats
   {w} registry         : rtk_w_heartbeat, rtk_w_unregister, rtk_w_live
 
-Store layout (KEYS of every store function, in this order; see protocol.store_keys):
+Store layout (KEYS 1..19 of every store function, in this order; see protocol.store_keys):
   1 sd:       prefix of the per-sample payload keys `sd:<sid>` (codec bytes of the Sample)
-  2 smeta     hash sid -> cmsgpack {adv, w, ver, ts, pool, bucket, pos, gid, base}
+  2 smeta     hash idx -> cmsgpack {sid, gid, adv, ver, base}: what never changes after insert
   3 gd:       prefix of the per-group payload keys `gd:<gid>` (codec bytes of the Group without
-              its samples: holds the task and its images)
-  4 gmeta     hash gid -> cmsgpack {seq, sids, advs, created, category, source}
+              its samples: the task and its images)
+  4 gmeta     hash gid -> cmsgpack {seq, idxs, advs, created, category, source, sids}
   5 gorder    list of gids, oldest first (capacity eviction)
   6 counters  hash of monotonic counters and histograms
-  7..12       pools: fresh effective (f), replay (r), fresh zero-advantage (z); each pool is
-              a `cnt` hash bucket -> count and a `slot` hash "bucket:pos" -> sid (dense per bucket)
-  13 fifo     zset sid -> seq: replay FIFO order
-  14 byver    zset sid -> policy version of every pooled sample (staleness eviction)
-  15 series   list of cmsgpack points (time series for the stats endpoint)
-  16 vser     hash version -> cmsgpack per-policy-version counts
-  17 vidx     zset version -> version (bounds vser)
-  18 meta     hash: learner_version, last_point_t
-  19 request  (rtk_sample only) string key caching a batch for idempotent retries
+  7 sidx      hash sid -> idx (every stored sample has a small integer index, recycled)
+  8 rec       string of 128-bit records, one per idx, read and written with BITFIELD:
+                bits 0..45   A = state + 16 * (bucket + 1024) + 65536 * times_sampled
+                bits 64..109 B = pos + 2^24 * m   (pos: 1-based slot in its bucket;
+                                                   m = floor(w / 2^bucket * 2^22), the acceptance)
+              (both below 2^46, so that Lua numbers pass them to Redis exactly)
+              state: 0 free, 1 fresh (f), 2 replay (r), 3 zero-advantage fresh (z),
+                     4 trained and retired (t), 5 evicted as stale (x)
+  9 free      list of recycled idx
+  10 slot:    prefix of the bucket arrays `slot:<pool>:<bucket>`: u32 idx per slot (BITFIELD #pos)
+  11..13      `cnt` hashes bucket -> count of the pools f, r, z
+  14 fifo     zset idx -> seq: replay FIFO order
+  15 byver    zset idx -> policy version of every pooled sample (staleness eviction)
+  16 series   list of cmsgpack points (time series for the stats endpoint)
+  17 vser     hash version -> cmsgpack per-policy-version counts
+  18 vidx     zset version -> version (bounds vser)
+  19 meta     hash: learner_version, last_point_t
+  20 request  (rtk_sample only) string key caching a batch for idempotent retries
+
+Sampling: a pool is split in power-of-two buckets by weight w = m * 2^e (frexp, m in [0.5,1)):
+bucket e holds weights in [2^(e-1), 2^e).  A weighted proposal picks bucket e with probability
+count_e * 2^e / sum, then a uniform slot in it, and is accepted with probability w / 2^e (>= 1/2,
+kept to 22 bits: priorities act with a relative precision of 2^-21): accepted draws have P(j) proportional to w_j, for an expected O(1) work per
+draw (the bucket scan covers the few non-empty buckets, independent of the store size).
+Proposals are made in rounds; their slots and records are read with one BITFIELD call each, so a
+round costs a handful of Redis calls whatever its size, and every access is one fixed-width read
+(no hash-table walk: the cost stays flat as the store grows).  A response that leaves the pool
+during a call (reuse cap) keeps its slot until the end of the call and is rejected when proposed,
+which keeps the draws exact (rejection from a superset).  Buckets stay dense: removals fill holes
+with the bucket's tail entries, in one batch per bucket.
 
 Payload bytes never pass through Lua (copying megabytes into Lua strings costs more than the
 whole sampling logic): add_group's payload keys are written by MSETNX in the same MULTI/EXEC as
 the FCALL, which only checks, commits or deletes them; sample and get return ids and metadata
 and the client fetches the payloads itself.
-
-Sampling: a pool is split in power-of-two buckets by weight w = m * 2^e (frexp, m in [0.5,1)):
-bucket e holds weights in [2^(e-1), 2^e).  A weighted proposal picks bucket e with probability
-count_e * 2^e / sum, then a uniform slot in it, and is accepted with probability w / 2^e (>= 1/2):
-accepted draws have P(j) proportional to w_j exactly, for an expected O(1) work per draw (the
-bucket scan covers the few non-empty buckets, independent of the store size).  Proposals are made
-in rounds and their slots and metadata fetched with one HMGET each; a response that leaves the pool
-during the call (reuse cap) stays in its slot until the end of the call and is rejected when
-proposed, which keeps the draws exact (rejection from a superset).  Slots are dense: removals fill
-holes with the bucket's tail entries, in batches per bucket.
 ]]
 
 local VERSION = '__LIB_VERSION__'
 local MAX_ROUNDS = 64
-local CHUNK = 1000
+local CHUNK = 500
 local ZERO_TOL = 1e-12
 local W_MIN, W_MAX = 1e-300, 1e300
 local ADV_BINS, ADV_LO, ADV_HI = 20, -2.5, 2.5
+local TWO24, TWO22, TS_MAX = 16777216, 4194304, 1073741823
 
 local K_SDATA, K_SMETA, K_GDATA, K_GMETA, K_GORDER, K_COUNTERS = 1, 2, 3, 4, 5, 6
-local N_FIXED = 18
-local K_FCNT, K_FSLOT, K_RCNT, K_RSLOT, K_ZCNT, K_ZSLOT = 7, 8, 9, 10, 11, 12
-local K_FIFO, K_BYVER, K_SERIES, K_VSER, K_VIDX, K_META, K_REQ = 13, 14, 15, 16, 17, 18, 19
+local K_SIDX, K_REC, K_FREE, K_SLOT, K_FCNT, K_RCNT, K_ZCNT = 7, 8, 9, 10, 11, 12, 13
+local K_FIFO, K_BYVER, K_SERIES, K_VSER, K_VIDX, K_META, K_REQ = 14, 15, 16, 17, 18, 19, 20
+local N_FIXED = 19
 
--- meta fields
-local M_ADV, M_W, M_VER, M_TS, M_POOL, M_E, M_POS, M_GID, M_BASE = 1, 2, 3, 4, 5, 6, 7, 8, 9
+-- record states
+local S_FREE, S_F, S_R, S_Z, S_T, S_X = 0, 1, 2, 3, 4, 5
+local STATE_CODE = {[0] = '-', 'f', 'r', 'z', 't', 'x'}
+-- record fields (Lua tables): st, e, ts, pos, m
+local R_ST, R_E, R_TS, R_POS, R_M = 1, 2, 3, 4, 5
+-- static meta fields (cmsgpack): sid, gid, adv, ver, base
+local SM_SID, SM_GID, SM_ADV, SM_VER, SM_BASE = 1, 2, 3, 4, 5
 
 -- --------------------------------------------------------------------------- helpers
 
@@ -86,26 +103,26 @@ end
 
 local function pools_of(KEYS)
   return {
-    f = {code = 'f', cnt = KEYS[K_FCNT], slot = KEYS[K_FSLOT]},
-    r = {code = 'r', cnt = KEYS[K_RCNT], slot = KEYS[K_RSLOT]},
-    z = {code = 'z', cnt = KEYS[K_ZCNT], slot = KEYS[K_ZSLOT]},
+    [S_F] = {st = S_F, code = 'f', cnt = KEYS[K_FCNT], slot = KEYS[K_SLOT] .. 'f:'},
+    [S_R] = {st = S_R, code = 'r', cnt = KEYS[K_RCNT], slot = KEYS[K_SLOT] .. 'r:'},
+    [S_Z] = {st = S_Z, code = 'z', cnt = KEYS[K_ZCNT], slot = KEYS[K_SLOT] .. 'z:'},
   }
 end
 
--- Commands over long argument lists, in chunks (Lua's unpack has a stack limit).
+-- A command over a long list of arguments, `step` at a time (Lua's unpack has a stack limit);
+-- table replies are concatenated.
 local function call_chunked(cmd, key, list, step)
   step = step or CHUNK
-  local out = nil
+  local out = {}
   for i = 1, #list, step do
     local part = {}
     for j = i, math.min(i + step - 1, #list) do part[#part + 1] = list[j] end
     local r = redis.call(cmd, key, unpack(part))
     if type(r) == 'table' then
-      out = out or {}
-      for _, v in ipairs(r) do out[#out + 1] = v end
+      for k = 1, #part do out[#out + 1] = r[k] end
     end
   end
-  return out or {}
+  return out
 end
 
 local function hmget(key, fields)
@@ -120,12 +137,39 @@ local function hmget(key, fields)
   return out
 end
 
-local function hset_pairs(key, pairs_list)
-  if #pairs_list > 0 then call_chunked('HSET', key, pairs_list, 2 * CHUNK) end
+local function each_chunk(list, step, fn)
+  for i = 1, #list, step do
+    local part = {}
+    for j = i, math.min(i + step - 1, #list) do part[#part + 1] = list[j] end
+    fn(part)
+  end
 end
 
-local function del_fields(cmd, key, list)
-  if #list > 0 then call_chunked(cmd, key, list) end
+-- u32 slot arrays: read / write many positions of one bucket array in one BITFIELD call each.
+local function slot_get(key, positions)
+  local args = {}
+  for _, p in ipairs(positions) do
+    args[#args + 1] = 'GET'
+    args[#args + 1] = 'u32'
+    args[#args + 1] = 32 * p
+  end
+  local out = {}
+  each_chunk(args, 3 * CHUNK, function(part)
+    local r = redis.call('BITFIELD_RO', key, unpack(part))
+    for _, v in ipairs(r) do out[#out + 1] = v end
+  end)
+  return out
+end
+
+local function slot_set(key, positions, values)
+  local args = {}
+  for i, p in ipairs(positions) do
+    args[#args + 1] = 'SET'
+    args[#args + 1] = 'u32'
+    args[#args + 1] = 32 * p
+    args[#args + 1] = values[i]
+  end
+  each_chunk(args, 4 * CHUNK, function(part) redis.call('BITFIELD', key, unpack(part)) end)
 end
 
 -- Counters are summed in the script and written once per field at the end.
@@ -143,102 +187,125 @@ local function counter_set()
   return c
 end
 
--- A per-call cache of sample metadata; dirty entries are written once at the end.
-local function meta_cache(smeta_key)
+-- Per-call cache of the records: loaded with one BITFIELD_RO per batch, dirty ones written with
+-- one BITFIELD at the end.
+local function record_cache(key)
   local c = {data = {}, dirty = {}, order = {}}
-  function c.prefetch(sids)
+  function c.load(idxs)
     local want, seen = {}, {}
-    for _, sid in ipairs(sids) do
-      if sid and c.data[sid] == nil and not seen[sid] then
-        seen[sid] = true
-        want[#want + 1] = sid
+    for _, i in ipairs(idxs) do
+      if i and c.data[i] == nil and not seen[i] then
+        seen[i] = true
+        want[#want + 1] = i
       end
     end
-    local raws = hmget(smeta_key, want)
-    for i, sid in ipairs(want) do
-      if raws[i] then c.data[sid] = cmsgpack.unpack(raws[i]) end
-    end
+    each_chunk(want, CHUNK, function(part)
+      local args = {}
+      for _, i in ipairs(part) do
+        args[#args + 1] = 'GET'
+        args[#args + 1] = 'u46'
+        args[#args + 1] = i * 128
+        args[#args + 1] = 'GET'
+        args[#args + 1] = 'u46'
+        args[#args + 1] = i * 128 + 64
+      end
+      local r = redis.call('BITFIELD_RO', key, unpack(args))
+      for k, i in ipairs(part) do
+        local a, b = r[2 * k - 1], r[2 * k]
+        c.data[i] = {a % 16, math.floor(a / 16) % 4096 - 1024, math.floor(a / 65536), b % TWO24, math.floor(b / TWO24)}
+      end
+    end)
   end
-  function c.get(sid)
-    local m = c.data[sid]
-    if m == nil then
-      local raw = redis.call('HGET', smeta_key, sid)
-      if not raw then return nil end
-      m = cmsgpack.unpack(raw)
-      c.data[sid] = m
-    end
-    return m
+  function c.get(i)
+    if c.data[i] == nil then c.load({i}) end
+    return c.data[i]
   end
-  function c.put(sid, m)
-    c.data[sid] = m
-    if not c.dirty[sid] then
-      c.dirty[sid] = true
-      c.order[#c.order + 1] = sid
+  -- dirty: 1 = only the position changed (word B), 2 = the whole record
+  function c.put(i, rec, pos_only)
+    c.data[i] = rec
+    local d = c.dirty[i]
+    if not d then
+      c.order[#c.order + 1] = i
+      c.dirty[i] = pos_only and 1 or 2
+    elseif not pos_only then
+      c.dirty[i] = 2
     end
-  end
-  function c.drop(sid)
-    c.data[sid] = nil
-    c.dirty[sid] = nil
   end
   function c.flush()
     local args = {}
-    for _, sid in ipairs(c.order) do
-      if c.dirty[sid] then
-        args[#args + 1] = sid
-        args[#args + 1] = cmsgpack.pack(c.data[sid])
+    for _, i in ipairs(c.order) do
+      local r = c.data[i]
+      if c.dirty[i] == 2 then
+        args[#args + 1] = 'SET'
+        args[#args + 1] = 'u46'
+        args[#args + 1] = i * 128
+        args[#args + 1] = r[R_ST] + 16 * (r[R_E] + 1024) + 65536 * math.min(r[R_TS], TS_MAX)
       end
+      args[#args + 1] = 'SET'
+      args[#args + 1] = 'u46'
+      args[#args + 1] = i * 128 + 64
+      args[#args + 1] = r[R_POS] + TWO24 * r[R_M]
     end
-    hset_pairs(smeta_key, args)
+    each_chunk(args, 8 * CHUNK, function(part) redis.call('BITFIELD', key, unpack(part)) end)
     c.dirty, c.order = {}, {}
   end
   return c
 end
 
--- Add items {sid, meta, weight} to pool P: one HINCRBY and one HSET per bucket.
-local function batch_add(P, M, items)
+-- Static metadata (sid, gid, adv, ver, base) of many idx at once.
+local function smeta_get(KEYS, idxs)
+  local out = {}
+  local raws = hmget(KEYS[K_SMETA], idxs)
+  for k, i in ipairs(idxs) do
+    if raws[k] then out[i] = cmsgpack.unpack(raws[k]) end
+  end
+  return out
+end
+
+-- Add items {idx, record, weight} to pool P: one HINCRBY and one BITFIELD per bucket.
+local function batch_add(P, R, items)
   local by_bucket, order = {}, {}
   for _, it in ipairs(items) do
     local w = clampw(it[3])
-    local _, e = math.frexp(w)
-    it[3] = w
+    local mant, e = math.frexp(w)
     if not by_bucket[e] then
       by_bucket[e] = {}
       order[#order + 1] = e
     end
     local b = by_bucket[e]
-    b[#b + 1] = it
+    b[#b + 1] = {it[1], it[2], math.floor(mant * TWO22)}
   end
   for _, e in ipairs(order) do
     local list = by_bucket[e]
     local c = redis.call('HINCRBY', P.cnt, e, #list)
     local base = c - #list
-    local hs = {}
-    for i, it in ipairs(list) do
-      local m = it[2]
-      m[M_W], m[M_POOL], m[M_E], m[M_POS] = it[3], P.code, e, base + i
-      M.put(it[1], m)
-      hs[#hs + 1] = e .. ':' .. (base + i)
-      hs[#hs + 1] = it[1]
+    local positions, values = {}, {}
+    for k, it in ipairs(list) do
+      local rec = it[2]
+      rec[R_ST], rec[R_E], rec[R_POS], rec[R_M] = P.st, e, base + k, it[3]
+      R.put(it[1], rec)
+      positions[k], values[k] = base + k, it[1]
     end
-    hset_pairs(P.slot, hs)
+    slot_set(P.slot .. e, positions, values)
   end
 end
 
--- Remove distinct sids (all in pool P, metadata cached) from P; each bucket stays dense: its tail
--- entries move into the holes.  A handful of calls per bucket, whatever the number removed.
-local function batch_remove(P, M, sids)
+-- Remove distinct idx (all in pool P) from P; each bucket stays dense: its tail entries move into
+-- the holes.  A handful of calls per bucket, whatever the number removed.
+local function batch_remove(P, R, idxs)
+  R.load(idxs)
   local by_bucket, order = {}, {}
-  for _, sid in ipairs(sids) do
-    local m = M.get(sid)
-    local e = m[M_E]
+  for _, i in ipairs(idxs) do
+    local rec = R.get(i)
+    local e = rec[R_E]
     if not by_bucket[e] then
       by_bucket[e] = {}
       order[#order + 1] = e
     end
     local b = by_bucket[e]
-    b[#b + 1] = m[M_POS]
-    m[M_POOL], m[M_E], m[M_POS] = '-', 0, 0
-    M.put(sid, m)
+    b[#b + 1] = rec[R_POS]
+    rec[R_ST], rec[R_E], rec[R_POS], rec[R_M] = S_FREE, 0, 0, 0
+    R.put(i, rec)
   end
   for _, e in ipairs(order) do
     local positions = by_bucket[e]
@@ -250,24 +317,18 @@ local function batch_remove(P, M, sids)
       if p <= c2 then holes[#holes + 1] = p end
     end
     for p = c2 + 1, c do
-      if not gone[p] then tail[#tail + 1] = e .. ':' .. p end
+      if not gone[p] then tail[#tail + 1] = p end
     end
     if #holes > 0 then
-      local movers = hmget(P.slot, tail)
-      M.prefetch(movers)
-      local hs = {}
-      for i, sid in ipairs(movers) do
-        hs[#hs + 1] = e .. ':' .. holes[i]
-        hs[#hs + 1] = sid
-        local mm = M.get(sid)
-        mm[M_POS] = holes[i]
-        M.put(sid, mm)
+      local movers = slot_get(P.slot .. e, tail)
+      R.load(movers)
+      for k, i in ipairs(movers) do
+        local rec = R.get(i)
+        rec[R_POS] = holes[k]
+        R.put(i, rec, true)
       end
-      hset_pairs(P.slot, hs)
+      slot_set(P.slot .. e, holes, movers)
     end
-    local dels = {}
-    for p = c2 + 1, c do dels[#dels + 1] = e .. ':' .. p end
-    del_fields('HDEL', P.slot, dels)
     if c2 <= 0 then redis.call('HDEL', P.cnt, e) else redis.call('HSET', P.cnt, e, c2) end
   end
 end
@@ -309,39 +370,68 @@ local function pick_bucket(st, weighted)
   return last
 end
 
--- Up to `need` weighted draws with replacement from st; `usable(sid)` says whether a proposed
--- response may still be drawn, `accept(sid, m)` records a draw.  Returns the number drawn.
-local function draw_weighted(st, M, need, usable, accept)
+-- `np` proposals from st (weighted or uniform): returns the proposed idx in order (one BITFIELD
+-- call per bucket touched).
+local function propose(st, np, weighted)
+  local per, props = {}, {}
+  for i = 1, np do
+    local bi = pick_bucket(st, weighted)
+    local e = st.es[bi]
+    local list = per[e]
+    if not list then
+      list = {}
+      per[e] = list
+    end
+    list[#list + 1] = math.random(1, st.cs[bi])
+    props[i] = {e, #list}
+  end
+  local got = {}
+  for e, list in pairs(per) do got[e] = slot_get(st.P.slot .. e, list) end
+  local out = {}
+  for i = 1, np do out[i] = got[props[i][1]][props[i][2]] end
+  return out
+end
+
+-- Up to `need` weighted draws with replacement from st; `usable(idx, rec)` says whether a
+-- proposed response may still be drawn, `accept(idx, rec)` records a draw.  Returns the count.
+local function draw_weighted(st, R, need, usable, accept)
   local got, rounds = 0, 0
   while got < need and st.present > 0 and rounds < MAX_ROUNDS do
     rounds = rounds + 1
     local np = need - got + math.ceil((need - got) * 0.4) + 2
-    local fields, es = {}, {}
-    for i = 1, np do
-      local bi = pick_bucket(st, true)
-      es[i] = st.es[bi]
-      fields[i] = es[i] .. ':' .. math.random(1, st.cs[bi])
-    end
-    local sids = hmget(st.P.slot, fields)
-    M.prefetch(sids)
-    for i = 1, np do
+    local idxs = propose(st, np, true)
+    R.load(idxs)
+    for _, i in ipairs(idxs) do
       if got >= need or st.present <= 0 then break end
-      local sid = sids[i]
-      if sid and usable(sid) then
-        local m = M.get(sid)
-        if m and math.random() * math.ldexp(1, es[i]) < m[M_W] then
-          got = got + 1
-          accept(sid, m)
-        end
+      local rec = R.get(i)
+      if rec[R_ST] == st.P.st and usable(i, rec) and math.random() * TWO22 < rec[R_M] then
+        got = got + 1
+        accept(i, rec)
       end
     end
   end
   return got
 end
 
+-- All idx of a pool (for draws that want at least half of it).
+local function pool_all(st)
+  local out = {}
+  for k, e in ipairs(st.es) do
+    local c = st.cs[k]
+    if c > 0 then
+      local raw = redis.call('GETRANGE', st.P.slot .. e, 4, 4 * c + 3)
+      for p = 0, c - 1 do
+        local b1, b2, b3, b4 = string.byte(raw, 4 * p + 1, 4 * p + 4)
+        out[#out + 1] = ((b1 * 256 + b2) * 256 + b3) * 256 + b4
+      end
+    end
+  end
+  return out
+end
+
 -- Up to `need` distinct responses drawn uniformly from the union of the pools' states (without
--- replacement).  Returns a list of {sid, state}.
-local function take_uniform(states, M, need)
+-- replacement).  Returns a list of {idx, state}.
+local function take_uniform(states, need)
   local total = 0
   for _, st in ipairs(states) do total = total + st.n end
   local out = {}
@@ -350,9 +440,7 @@ local function take_uniform(states, M, need)
     -- at least half of everything is wanted: read it all (O(need)) and shuffle
     local all = {}
     for _, st in ipairs(states) do
-      if st.n > 0 then
-        for _, sid in ipairs(redis.call('HVALS', st.P.slot)) do all[#all + 1] = {sid, st} end
-      end
+      for _, i in ipairs(pool_all(st)) do all[#all + 1] = {i, st} end
     end
     local take = math.min(need, #all)
     for i = 1, take do
@@ -365,32 +453,34 @@ local function take_uniform(states, M, need)
   local taken, rounds = {}, 0
   while #out < need and rounds < MAX_ROUNDS do
     rounds = rounds + 1
-    local np = math.ceil((need - #out) * 1.5) + 4
-    local per, props = {}, {}
-    for i = 1, np do
+    local np = need - #out + math.ceil((need - #out) * 0.5) + 2
+    -- split the proposals between the pools in proportion to their sizes
+    local counts = {}
+    for k = 1, #states do counts[k] = 0 end
+    for _ = 1, np do
       local u = math.random() * total
-      local st = states[#states]
-      local acc = 0
-      for _, s in ipairs(states) do
+      local acc, pick = 0, #states
+      for k, s in ipairs(states) do
         acc = acc + s.n
-        if u < acc then st = s break end
+        if u < acc then pick = k break end
       end
-      local bi = pick_bucket(st, false)
-      local field = st.es[bi] .. ':' .. math.random(1, st.cs[bi])
-      per[st] = per[st] or {}
-      local list = per[st]
-      list[#list + 1] = field
-      props[i] = {st, #list}
+      counts[pick] = counts[pick] + 1
     end
-    local got = {}
-    for st, list in pairs(per) do got[st] = hmget(st.P.slot, list) end
-    for i = 1, np do
+    local props = {}
+    for k, st in ipairs(states) do
+      if counts[k] > 0 and st.n > 0 then
+        for _, i in ipairs(propose(st, counts[k], false)) do props[#props + 1] = {i, st} end
+      end
+    end
+    for j = #props, 2, -1 do  -- interleave the pools' proposals
+      local k = math.random(1, j)
+      props[j], props[k] = props[k], props[j]
+    end
+    for _, p in ipairs(props) do
       if #out >= need then break end
-      local st, j = props[i][1], props[i][2]
-      local sid = got[st][j]
-      if sid and not taken[sid] then
-        taken[sid] = true
-        out[#out + 1] = {sid, st}
+      if not taken[p[1]] then
+        taken[p[1]] = true
+        out[#out + 1] = p
       end
     end
   end
@@ -416,46 +506,44 @@ local function maybe_point(KEYS, interval, window, t)
   local pt = {t}
   for i = 1, #POINT_FIELDS do pt[#pt + 1] = tonumber(vals[i] or '0') end
   local P = pools_of(KEYS)
-  pt[#pt + 1] = pool_size(P.f)
-  pt[#pt + 1] = pool_size(P.r)
-  pt[#pt + 1] = pool_size(P.z)
+  pt[#pt + 1] = pool_size(P[S_F])
+  pt[#pt + 1] = pool_size(P[S_R])
+  pt[#pt + 1] = pool_size(P[S_Z])
   pt[#pt + 1] = tonumber(redis.call('HGET', KEYS[K_META], 'learner_version') or '-1')
   redis.call('RPUSH', KEYS[K_SERIES], cmsgpack.pack(pt))
   redis.call('LTRIM', KEYS[K_SERIES], -window, -1)
 end
 
--- Take sids (metadata cached) out of whatever pool holds them and out of the version index and
--- replay FIFO; marks them `code`.  Returns the number taken per pool code.
-local function unpool_all(KEYS, P, M, sids, code)
-  local per = {f = {}, r = {}, z = {}}
+-- Take idx out of whatever pool holds them, the version index and the replay FIFO; they get
+-- state `to`.  Returns the number taken per pool state.
+local function unpool_all(KEYS, P, R, idxs, to)
+  R.load(idxs)
+  local per = {[S_F] = {}, [S_R] = {}, [S_Z] = {}}
   local ver, fifo = {}, {}
-  for _, sid in ipairs(sids) do
-    local m = M.get(sid)
-    if m then
-      local pc = m[M_POOL]
-      if per[pc] then
-        local list = per[pc]
-        list[#list + 1] = sid
-        ver[#ver + 1] = sid
-        if pc == 'r' then fifo[#fifo + 1] = sid end
-      end
+  for _, i in ipairs(idxs) do
+    local rec = R.get(i)
+    local list = per[rec[R_ST]]
+    if list then
+      list[#list + 1] = i
+      ver[#ver + 1] = i
+      if rec[R_ST] == S_R then fifo[#fifo + 1] = i end
     end
   end
-  for pc, list in pairs(per) do
-    if #list > 0 then batch_remove(P[pc], M, list) end
+  for s, list in pairs(per) do
+    if #list > 0 then batch_remove(P[s], R, list) end
   end
-  for _, sid in ipairs(ver) do
-    local m = M.get(sid)
-    m[M_POOL] = code
-    M.put(sid, m)
+  for _, i in ipairs(ver) do
+    local rec = R.get(i)
+    rec[R_ST] = to
+    R.put(i, rec)
   end
-  del_fields('ZREM', KEYS[K_BYVER], ver)
-  del_fields('ZREM', KEYS[K_FIFO], fifo)
-  return {f = #per.f, r = #per.r, z = #per.z}
+  if #ver > 0 then call_chunked('ZREM', KEYS[K_BYVER], ver) end
+  if #fifo > 0 then call_chunked('ZREM', KEYS[K_FIFO], fifo) end
+  return {f = #per[S_F], r = #per[S_R], z = #per[S_Z]}
 end
 
 -- Evict whole groups (oldest first) while more than `capacity` responses are stored.
-local function evict_capacity(KEYS, P, M, C, capacity, keep_gid)
+local function evict_capacity(KEYS, P, R, C, capacity, keep_gid)
   local stored = tonumber(redis.call('HGET', KEYS[K_COUNTERS], 'stored') or '0') + (C.v['stored'] or 0)
   while stored > capacity do
     local old = redis.call('LINDEX', KEYS[K_GORDER], 0)
@@ -463,26 +551,43 @@ local function evict_capacity(KEYS, P, M, C, capacity, keep_gid)
     redis.call('LPOP', KEYS[K_GORDER])
     local raw = redis.call('HGET', KEYS[K_GMETA], old)
     if raw then
-      local osids = cmsgpack.unpack(raw)[2]
-      M.prefetch(osids)
-      local taken = unpool_all(KEYS, P, M, osids, 'e')
-      for _, sid in ipairs(osids) do M.drop(sid) end
-      del_fields('HDEL', KEYS[K_SMETA], osids)
-      local dkeys = {KEYS[K_GDATA] .. old}
-      for _, sid in ipairs(osids) do dkeys[#dkeys + 1] = KEYS[K_SDATA] .. sid end
-      for i = 1, #dkeys, CHUNK do
-        local part = {}
-        for j = i, math.min(i + CHUNK - 1, #dkeys) do part[#part + 1] = dkeys[j] end
-        redis.call('UNLINK', unpack(part))
+      local gm = cmsgpack.unpack(raw)
+      local idxs, sids = gm[2], gm[7]
+      local taken = unpool_all(KEYS, P, R, idxs, S_FREE)
+      for _, i in ipairs(idxs) do
+        local rec = R.get(i)
+        rec[R_ST], rec[R_E], rec[R_TS], rec[R_POS], rec[R_M] = S_FREE, 0, 0, 0, 0
+        R.put(i, rec)
       end
+      call_chunked('HDEL', KEYS[K_SMETA], idxs)
+      call_chunked('HDEL', KEYS[K_SIDX], sids)
+      call_chunked('RPUSH', KEYS[K_FREE], idxs)
+      local dkeys = {KEYS[K_GDATA] .. old}
+      for _, sid in ipairs(sids) do dkeys[#dkeys + 1] = KEYS[K_SDATA] .. sid end
+      each_chunk(dkeys, CHUNK, function(part) redis.call('UNLINK', unpack(part)) end)
       redis.call('HDEL', KEYS[K_GMETA], old)
       C.inc('cap_evicted_fresh', taken.f)
-      C.inc('cap_evicted_samples', #osids)
+      C.inc('cap_evicted_samples', #idxs)
       C.inc('cap_evicted_groups', 1)
-      C.inc('stored', -#osids)
-      stored = stored - #osids
+      C.inc('stored', -#idxs)
+      stored = stored - #idxs
     end
   end
+end
+
+-- n indices for new samples: recycled ones first.
+local function alloc_idx(KEYS, n)
+  local out = {}
+  local got = redis.call('LPOP', KEYS[K_FREE], n)
+  if got then
+    for _, v in ipairs(got) do out[#out + 1] = tonumber(v) end
+  end
+  local more = n - #out
+  if more > 0 then
+    local last = redis.call('HINCRBY', KEYS[K_COUNTERS], 'next_idx', more)
+    for k = last - more + 1, last do out[#out + 1] = k end
+  end
+  return out
 end
 
 -- --------------------------------------------------------------------------- store: add_group
@@ -500,13 +605,13 @@ local function drop_unregistered(KEYS)
       sids[#sids + 1] = KEYS[i]:sub(#KEYS[K_SDATA] + 1)
     end
   end
-  local reg = hmget(KEYS[K_SMETA], sids)
+  local reg = hmget(KEYS[K_SIDX], sids)
   for i, k in ipairs(keys) do
     if not reg[i] then redis.call('DEL', k) end
   end
 end
 
---[[ KEYS: the 18 store keys, then gd:<gid>, then sd:<sid> of each sample (written by MSETNX in the
+--[[ KEYS: the 19 store keys, then gd:<gid>, then sd:<sid> of each sample (written by MSETNX in the
            same transaction just before this call).
 ARGV: gid, n, std_normalize(0|1), adv_eps, alpha, capacity, series_interval, stats_window,
       category, source, group_version, then n times: sid, reward, version, correct(0|1)
@@ -556,21 +661,17 @@ local function add_group(KEYS, ARGV)
     seen[sid] = true
     if KEYS[N_FIXED + 1 + i] ~= KEYS[K_SDATA] .. sid then return reject('group ' .. gid .. ': payload key of sample ' .. sid .. ' does not match its id') end
     if not finite(r) then return reject('group ' .. gid .. ': sample ' .. sid .. ' reward is not a finite number: ' .. tostring(ARGV[b + 2])) end
-    if v == nil or v ~= math.floor(v) then return reject('group ' .. gid .. ': sample ' .. sid .. ' policy version is not an integer') end
+    if v == nil or v ~= math.floor(v) or v < 0 then return reject('group ' .. gid .. ': sample ' .. sid .. ' policy version is not an integer >= 0') end
     sids[i], rewards[i], vers[i], corrects[i] = sid, r, v, ARGV[b + 4] == '1'
   end
-  local clash = hmget(KEYS[K_SMETA], sids)
+  local clash = hmget(KEYS[K_SIDX], sids)
   for i = 1, n do
     if clash[i] then
       return reject('group ' .. gid .. ': sample id ' .. sids[i] .. ' is already stored (in another group)')
     end
   end
   local present = 0
-  for i = N_FIXED + 1, #KEYS, CHUNK do
-    local part = {}
-    for j = i, math.min(i + CHUNK - 1, #KEYS) do part[#part + 1] = KEYS[j] end
-    present = present + redis.call('EXISTS', unpack(part))
-  end
+  each_chunk({unpack(KEYS, N_FIXED + 1)}, CHUNK, function(part) present = present + redis.call('EXISTS', unpack(part)) end)
   if present ~= n + 1 then
     return reject('group ' .. gid .. ': ' .. (n + 1 - present) .. ' payload key(s) missing (write them with MSETNX in the same transaction)')
   end
@@ -595,27 +696,34 @@ local function add_group(KEYS, ARGV)
   -- writes
   local C = counter_set()
   local t = now_s()
-  local seq = redis.call('HINCRBY', KEYS[K_COUNTERS], 'group_seq', 1)
-  redis.call('HSET', KEYS[K_GMETA], gid, cmsgpack.pack({seq, sids, advs, t, category, source}))
-  redis.call('RPUSH', KEYS[K_GORDER], gid)
   local P = pools_of(KEYS)
-  local M = meta_cache(KEYS[K_SMETA])
-  local zargs, eff_items, zero_items = {}, {}, {}
+  local R = record_cache(KEYS[K_REC])
+  local idxs = alloc_idx(KEYS, n)
+  local seq = redis.call('HINCRBY', KEYS[K_COUNTERS], 'group_seq', 1)
+  redis.call('HSET', KEYS[K_GMETA], gid, cmsgpack.pack({seq, idxs, advs, t, category, source, sids}))
+  redis.call('RPUSH', KEYS[K_GORDER], gid)
+  local sm, sx, zargs, eff_items, zero_items = {}, {}, {}, {}, {}
   for i = 1, n do
-    local sid, a = sids[i], advs[i]
+    local idx, a = idxs[i], advs[i]
     local base = (a ~= 0) and clampw(math.abs(a) ^ alpha) or 0
-    local m = {a, 0, vers[i], 0, '-', 0, 0, gid, base}
+    sm[#sm + 1] = idx
+    sm[#sm + 1] = cmsgpack.pack({sids[i], gid, a, vers[i], base})
+    sx[#sx + 1] = sids[i]
+    sx[#sx + 1] = idx
+    local rec = {S_FREE, 0, 0, 0, 0}
     if a ~= 0 then
-      eff_items[#eff_items + 1] = {sid, m, base}
+      eff_items[#eff_items + 1] = {idx, rec, base}
       C.inc('ah:' .. adv_bin(a), 1)
     else
-      zero_items[#zero_items + 1] = {sid, m, 1}
+      zero_items[#zero_items + 1] = {idx, rec, 1}
     end
     zargs[#zargs + 1] = vers[i]
-    zargs[#zargs + 1] = sid
+    zargs[#zargs + 1] = idx
   end
-  batch_add(P.f, M, eff_items)
-  batch_add(P.z, M, zero_items)
+  call_chunked('HSET', KEYS[K_SMETA], sm, 2 * CHUNK)
+  call_chunked('HSET', KEYS[K_SIDX], sx, 2 * CHUNK)
+  batch_add(P[S_F], R, eff_items)
+  batch_add(P[S_Z], R, zero_items)
   call_chunked('ZADD', KEYS[K_BYVER], zargs, 2 * CHUNK)
 
   -- counters and histograms
@@ -651,8 +759,8 @@ local function add_group(KEYS, ARGV)
   end
 
   -- capacity: evict oldest groups (never the one just added)
-  evict_capacity(KEYS, P, M, C, capacity, gid)
-  M.flush()
+  evict_capacity(KEYS, P, R, C, capacity, gid)
+  R.flush()
   C.flush(KEYS[K_COUNTERS])
   maybe_point(KEYS, interval, window, t)
 
@@ -663,28 +771,34 @@ end
 
 -- --------------------------------------------------------------------------- store: sample
 
--- Reply of a batch: {header, cmsgpack({draws, items})} with draws = {sid, pool, ts, ...} and
--- items = {sid, adv, ver, gid, ...} for the distinct drawn responses still stored (one packed
+-- Reply of a batch: {header, cmsgpack({draws, items})} with draws = {idx, pool, ts, ...} and
+-- items = {idx, sid, adv, ver, gid, ...} for the distinct drawn responses still stored (one packed
 -- string instead of ~1000 reply elements).  `rec` is {header, draws}; the client fetches payloads.
-local function batch_reply(KEYS, M, rec)
-  local header, draws = rec[1], rec[2]
-  local sids, seen = {}, {}
+local function distinct_drawn(draws)
+  local idxs, seen = {}, {}
   for i = 1, #draws, 3 do
-    local sid = draws[i]
-    if not seen[sid] then
-      seen[sid] = true
-      sids[#sids + 1] = sid
+    local idx = draws[i]
+    if not seen[idx] then
+      seen[idx] = true
+      idxs[#idxs + 1] = idx
     end
   end
-  M.prefetch(sids)
+  return idxs
+end
+
+local function batch_reply(KEYS, rec, sm)
+  local header, draws = rec[1], rec[2]
+  local idxs = distinct_drawn(draws)
+  sm = sm or smeta_get(KEYS, idxs)
   local items = {}
-  for _, sid in ipairs(sids) do
-    local m = M.get(sid)
+  for _, i in ipairs(idxs) do
+    local m = sm[i]
     if m then
-      items[#items + 1] = sid
-      items[#items + 1] = fmt(m[M_ADV])
-      items[#items + 1] = m[M_VER]
-      items[#items + 1] = m[M_GID]
+      items[#items + 1] = i
+      items[#items + 1] = m[SM_SID]
+      items[#items + 1] = m[SM_ADV]
+      items[#items + 1] = m[SM_VER]
+      items[#items + 1] = m[SM_GID]
     end
   end
   return {header, cmsgpack.pack({draws, items})}
@@ -705,14 +819,14 @@ local function sample(KEYS, ARGV)
   if mode ~= 'ssr' and mode ~= 'filter' and mode ~= 'grpo' then
     return bad('sample: mode must be ssr, filter or grpo, got ' .. tostring(mode))
   end
-  local M = meta_cache(KEYS[K_SMETA])
   local req = KEYS[K_REQ]
   local prev = redis.call('GET', req)
-  if prev then return batch_reply(KEYS, M, cmsgpack.unpack(prev)) end
+  if prev then return batch_reply(KEYS, cmsgpack.unpack(prev)) end
 
   math.randomseed(seed)
   local C = counter_set()
   local P = pools_of(KEYS)
+  local R = record_cache(KEYS[K_REC])
   local t = now_s()
   local lv = tonumber(redis.call('HGET', KEYS[K_META], 'learner_version') or '-1')
   if cur > lv then redis.call('HSET', KEYS[K_META], 'learner_version', cur) end
@@ -720,49 +834,48 @@ local function sample(KEYS, ARGV)
   -- staleness: evict every pooled response whose version lags `cur` by more than `bound`
   local stale = redis.call('ZRANGEBYSCORE', KEYS[K_BYVER], '-inf', '(' .. (cur - bound))
   if #stale > 0 then
-    M.prefetch(stale)
-    local taken = unpool_all(KEYS, P, M, stale, 'x')
+    local sidx = {}
+    for k, v in ipairs(stale) do sidx[k] = tonumber(v) end
+    local taken = unpool_all(KEYS, P, R, sidx, S_X)
     C.inc('stale_evicted', taken.f + taken.r + taken.z)
     C.inc('stale_evicted_fresh', taken.f)
-    del_fields('ZREM', KEYS[K_BYVER], stale)  -- entries without metadata, if any
   end
 
-  local fst, rst, zst = load_state(P.f), load_state(P.r), load_state(P.z)
+  local fst, rst, zst = load_state(P[S_F]), load_state(P[S_R]), load_state(P[S_Z])
   local header = {0, 0, fst.n, rst.n, zst.n}
   local draws = {}
   local ndraws = 0
-  local gone = {}  -- sid -> true: no longer drawable in this call (reuse cap reached)
-  local drawn_f, drawn_f_list = {}, {}  -- fresh responses drawn in this call
-  local capped = {f = {}, r = {}, z = {}}
+  local gone = {}  -- idx -> true: no longer drawable in this call (reuse cap reached)
+  local drawn_f, drawn_list = {}, {}  -- fresh responses drawn in this call -> pool state
+  local capped_r = {}
 
-  local function record(sid, m, code)
-    m[M_TS] = m[M_TS] + 1
-    M.put(sid, m)
+  local function record(i, rec, code)
+    rec[R_TS] = rec[R_TS] + 1
+    R.put(i, rec)
     ndraws = ndraws + 1
-    draws[#draws + 1] = sid
+    draws[#draws + 1] = i
     draws[#draws + 1] = code
-    draws[#draws + 1] = m[M_TS]
-    C.inc('ru:' .. m[M_TS], 1)
+    draws[#draws + 1] = rec[R_TS]
+    C.inc('ru:' .. rec[R_TS], 1)
     if code == 'r' then header[2] = header[2] + 1 else header[1] = header[1] + 1 end
   end
-  local function note_fresh(sid, code)
-    if not drawn_f[sid] then
-      drawn_f[sid] = code
-      drawn_f_list[#drawn_f_list + 1] = sid
+  local function note_fresh(i, s)
+    if not drawn_f[i] then
+      drawn_f[i] = s
+      drawn_list[#drawn_list + 1] = i
     end
   end
 
   if mode == 'ssr' then
-    local function usable(sid) return not gone[sid] end
+    local function usable(i) return not gone[i] end
     local function accept_from(st, code)
-      return function(sid, m)
-        record(sid, m, code)
-        if code == 'f' then note_fresh(sid, 'f') end
-        if m[M_TS] >= cap then
-          gone[sid] = true
+      return function(i, rec)
+        record(i, rec, code)
+        if code == 'f' then note_fresh(i, S_F) end
+        if rec[R_TS] >= cap then
+          gone[i] = true
           st.present = st.present - 1
-          local list = capped[st.P.code]
-          list[#list + 1] = sid
+          if code == 'r' then capped_r[#capped_r + 1] = i end
         end
       end
     end
@@ -770,34 +883,33 @@ local function sample(KEYS, ARGV)
     -- each of them is worth one draw and the rest of the batch comes from the replay pool
     local k = n
     if fst.n < n and rst.n > 0 then k = fst.n end
-    draw_weighted(fst, M, k, usable, accept_from(fst, 'f'))
+    draw_weighted(fst, R, k, usable, accept_from(fst, 'f'))
     if ndraws < n and rst.present > 0 then
-      draw_weighted(rst, M, n - ndraws, usable, accept_from(rst, 'r'))
+      draw_weighted(rst, R, n - ndraws, usable, accept_from(rst, 'r'))
     end
     if ndraws < n and fst.present > 0 then  -- replay exhausted by the reuse cap
-      draw_weighted(fst, M, n - ndraws, usable, accept_from(fst, 'f'))
+      draw_weighted(fst, R, n - ndraws, usable, accept_from(fst, 'f'))
     end
   else
     local states = (mode == 'filter') and {fst} or {fst, zst}
-    local picked = take_uniform(states, M, n)
-    local psids = {}
-    for _, p in ipairs(picked) do psids[#psids + 1] = p[1] end
-    M.prefetch(psids)
+    local picked = take_uniform(states, n)
+    local pidx = {}
+    for _, p in ipairs(picked) do pidx[#pidx + 1] = p[1] end
+    R.load(pidx)
     for _, p in ipairs(picked) do
-      local sid, code = p[1], p[2].P.code
-      record(sid, M.get(sid), code)
-      note_fresh(sid, code)
+      record(p[1], R.get(p[1]), p[2].P.code)
+      note_fresh(p[1], p[2].P.st)
     end
     if mode == 'filter' then
       -- too few effective responses: repeat them (uniformly, in drawn order) to fill the batch
-      local progress = #psids > 0
+      local progress = #pidx > 0
       while ndraws < n and progress do
         progress = false
-        for _, sid in ipairs(psids) do
+        for _, i in ipairs(pidx) do
           if ndraws >= n then break end
-          local m = M.get(sid)
-          if m[M_TS] < cap then
-            record(sid, m, 'f')
+          local rec = R.get(i)
+          if rec[R_TS] < cap then
+            record(i, rec, 'f')
             progress = true
           end
         end
@@ -807,57 +919,63 @@ local function sample(KEYS, ARGV)
 
   -- leave the fresh pools: drawn responses become replay candidates (FIFO, bounded) unless they
   -- reached the reuse cap or have zero advantage; capped replay responses retire
-  local from = {f = {}, z = {}}
-  for _, sid in ipairs(drawn_f_list) do
-    local code = drawn_f[sid]
-    local list = from[code]
-    list[#list + 1] = sid
+  local from = {[S_F] = {}, [S_Z] = {}}
+  for _, i in ipairs(drawn_list) do
+    local list = from[drawn_f[i]]
+    list[#list + 1] = i
   end
-  if #from.f > 0 then batch_remove(P.f, M, from.f) end
-  if #from.z > 0 then batch_remove(P.z, M, from.z) end
-  if #capped.r > 0 then
-    batch_remove(P.r, M, capped.r)
-    del_fields('ZREM', KEYS[K_FIFO], capped.r)
+  local ts_of = {}
+  for _, i in ipairs(drawn_list) do ts_of[i] = R.get(i)[R_TS] end
+  if #from[S_F] > 0 then batch_remove(P[S_F], R, from[S_F]) end
+  if #from[S_Z] > 0 then batch_remove(P[S_Z], R, from[S_Z]) end
+  if #capped_r > 0 then
+    batch_remove(P[S_R], R, capped_r)
+    call_chunked('ZREM', KEYS[K_FIFO], capped_r)
   end
-  local to_replay, retired, fifo_args = {}, {}, {}
-  for _, sid in ipairs(drawn_f_list) do
-    local m = M.get(sid)
-    if m[M_ADV] ~= 0 and rcap > 0 and m[M_TS] < cap then
-      to_replay[#to_replay + 1] = {sid, m, m[M_BASE] + eps}
-    else
-      retired[#retired + 1] = sid
+  local to_replay, retired = {}, {}
+  local eff = {}
+  local sm = smeta_get(KEYS, distinct_drawn(draws))  -- replay weights, and the reply
+  if rcap > 0 and #from[S_F] > 0 then
+    for _, i in ipairs(from[S_F]) do
+      if ts_of[i] < cap and sm[i] then
+        to_replay[#to_replay + 1] = {i, R.get(i), sm[i][SM_BASE] + eps}
+        eff[i] = true
+      end
     end
   end
-  for _, sid in ipairs(capped.r) do retired[#retired + 1] = sid end
+  for _, i in ipairs(drawn_list) do
+    if not eff[i] then retired[#retired + 1] = i end
+  end
+  for _, i in ipairs(capped_r) do retired[#retired + 1] = i end
   if #to_replay > 0 then
-    batch_add(P.r, M, to_replay)
+    batch_add(P[S_R], R, to_replay)
     local last = redis.call('HINCRBY', KEYS[K_COUNTERS], 'replay_seq', #to_replay)
-    for i, it in ipairs(to_replay) do
-      fifo_args[#fifo_args + 1] = last - #to_replay + i
+    local fifo_args = {}
+    for k, it in ipairs(to_replay) do
+      fifo_args[#fifo_args + 1] = last - #to_replay + k
       fifo_args[#fifo_args + 1] = it[1]
     end
     call_chunked('ZADD', KEYS[K_FIFO], fifo_args, 2 * CHUNK)
     C.inc('moved_to_replay', #to_replay)
   end
-  for _, sid in ipairs(retired) do
-    local m = M.get(sid)
-    m[M_POOL] = 't'
-    M.put(sid, m)
+  for _, i in ipairs(retired) do
+    local rec = R.get(i)
+    rec[R_ST] = S_T
+    R.put(i, rec)
   end
-  del_fields('ZREM', KEYS[K_BYVER], retired)
+  if #retired > 0 then call_chunked('ZREM', KEYS[K_BYVER], retired) end
   C.inc('retired', #retired)
 
   -- bounded replay pool: the oldest entries beyond replay_capacity leave it
   local over = redis.call('ZCARD', KEYS[K_FIFO]) - rcap
   if over > 0 then
     local popped = redis.call('ZPOPMIN', KEYS[K_FIFO], over)
-    local psids = {}
-    for i = 1, #popped, 2 do psids[#psids + 1] = popped[i] end
-    M.prefetch(psids)
-    local taken = unpool_all(KEYS, P, M, psids, 't')
+    local pidx = {}
+    for k = 1, #popped, 2 do pidx[#pidx + 1] = tonumber(popped[k]) end
+    local taken = unpool_all(KEYS, P, R, pidx, S_T)
     C.inc('replay_evicted', taken.r)
   end
-  M.flush()
+  R.flush()
 
   C.inc('draws', ndraws)
   C.inc('draws_fresh', header[1])
@@ -869,7 +987,7 @@ local function sample(KEYS, ARGV)
 
   local rec = {header, draws}
   if ttl > 0 then redis.call('SET', req, cmsgpack.pack(rec), 'EX', ttl) end
-  return batch_reply(KEYS, M, rec)
+  return batch_reply(KEYS, rec, sm)
 end
 
 -- --------------------------------------------------------------------------- store: reads
@@ -879,23 +997,29 @@ end
 -- pool_1, gid_1, ...} or {}.
 local function get(KEYS, ARGV)
   local kind, id = ARGV[1], ARGV[2]
-  local function one(raw)
-    local m = cmsgpack.unpack(raw)
-    return {fmt(m[M_ADV]), m[M_VER], m[M_TS], m[M_POOL], m[M_GID]}
+  local R = record_cache(KEYS[K_REC])
+  local function one(i, m)
+    local rec = R.get(i)
+    return {fmt(m[SM_ADV]), m[SM_VER], rec[R_TS], STATE_CODE[rec[R_ST]] or '-', m[SM_GID]}
   end
   if kind == 'sample' then
-    local raw = redis.call('HGET', KEYS[K_SMETA], id)
-    return raw and one(raw) or {}
+    local i = tonumber(redis.call('HGET', KEYS[K_SIDX], id))
+    if not i then return {} end
+    local m = smeta_get(KEYS, {i})[i]
+    return m and one(i, m) or {}
   end
   local raw = redis.call('HGET', KEYS[K_GMETA], id)
   if not raw then return {} end
   local gm = cmsgpack.unpack(raw)
-  local out = {fmt(gm[4]), #gm[2]}
-  local metas = hmget(KEYS[K_SMETA], gm[2])
-  for i, sid in ipairs(gm[2]) do
-    if metas[i] then
-      out[#out + 1] = sid
-      for _, v in ipairs(one(metas[i])) do out[#out + 1] = v end
+  local idxs = gm[2]
+  local out = {fmt(gm[4]), #idxs}
+  local sm = smeta_get(KEYS, idxs)
+  R.load(idxs)
+  for _, i in ipairs(idxs) do
+    local m = sm[i]
+    if m then
+      out[#out + 1] = m[SM_SID]
+      for _, v in ipairs(one(i, m)) do out[#out + 1] = v end
     end
   end
   return out
@@ -904,7 +1028,7 @@ end
 -- Sizes of the pools: {fresh, replay, zero, stored, groups}.
 local function sizes(KEYS, ARGV)
   local P = pools_of(KEYS)
-  return {pool_size(P.f), pool_size(P.r), pool_size(P.z),
+  return {pool_size(P[S_F]), pool_size(P[S_R]), pool_size(P[S_Z]),
           tonumber(redis.call('HGET', KEYS[K_COUNTERS], 'stored') or '0'),
           redis.call('HLEN', KEYS[K_GMETA])}
 end
@@ -922,7 +1046,7 @@ local function stats(KEYS, ARGV)
   stale[#stale + 1] = redis.call('ZCOUNT', KEYS[K_BYVER], '(' .. cur, '+inf')
   for lag = 0, maxlag do
     stale[#stale + 1] = tostring(lag)
-    stale[#stale + 1] = redis.call('ZCOUNT', KEYS[K_BYVER], cur - lag, cur - lag)
+    stale[#stale + 1] = redis.call('ZCOUNT', KEYS[K_BYVER], (cur - lag), (cur - lag))
   end
   stale[#stale + 1] = 'older'
   stale[#stale + 1] = redis.call('ZCOUNT', KEYS[K_BYVER], '-inf', '(' .. (cur - maxlag))

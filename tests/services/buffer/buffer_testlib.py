@@ -122,41 +122,68 @@ class RedisServer:
         self.proc = None
 
 
+def read_records(client) -> dict[int, dict]:
+    """Decode the store's record array (see the layout in services/buffer/lua/rethinker_buffer.lua)."""
+    raw = client.r.get(client.keys.records) or b""
+    raw += b"\0" * (-len(raw) % 16)  # BITFIELD only grows the string as far as the last bit set
+    out = {}
+    for idx in range(1, len(raw) // 16):
+        chunk = raw[16 * idx : 16 * idx + 16]
+        a = int.from_bytes(chunk[:8], "big") >> 18  # u46 at bit 0
+        b = int.from_bytes(chunk[8:16], "big") >> 18  # u46 at bit 64
+        out[idx] = {"st": a % 16, "e": (a // 16) % 4096 - 1024, "ts": a // 65536, "pos": b % 2**24, "m": b // 2**24}
+    return out
+
+
 def assert_store_consistent(client) -> dict[str, int]:
     """Check the store's internal invariants straight from Redis; returns pooled counts per pool.
 
-    Every slot of every pool points at a sample whose metadata points back at that slot; bucket
-    counts match the slots; the version index holds exactly the pooled samples; the replay FIFO
-    holds exactly the replay pool; every group's samples exist.
+    Every slot of every bucket array points at a sample whose record points back at that slot;
+    bucket counts match; the version index holds exactly the pooled samples; the replay FIFO holds
+    exactly the replay pool; sample ids, indices, payload keys and groups agree; free indices are
+    really free.
     """
     import msgpack
 
     r, k = client.r, client.keys
+    codes = {"f": 1, "r": 2, "z": 3}
+    recs = read_records(client)
+    meta = {int(key): msgpack.unpackb(v, raw=False) for key, v in r.hgetall(k.sample_meta).items()}
+    sidx = {key.decode(): int(v) for key, v in r.hgetall(k.sample_index).items()}
+    assert {m[0]: i for i, m in meta.items()} == sidx
     pooled: dict[str, int] = {}
     members: dict[str, set] = {}
-    meta = {key.decode(): msgpack.unpackb(v, raw=False) for key, v in r.hgetall(k.sample_meta).items()}
-    for code in ("f", "r", "z"):
+    for code, st in codes.items():
         cnt = {int(e): int(c) for e, c in r.hgetall(k.pool_counts(code)).items()}
-        slots = {f.decode(): v.decode() for f, v in r.hgetall(k.pool_slots(code)).items()}
-        assert sum(cnt.values()) == len(slots), (code, cnt, len(slots))
-        for field, sid in slots.items():
-            e, pos = (int(x) for x in field.split(":"))
-            m = meta[sid]
-            assert m[4] == code and m[5] == e and m[6] == pos and 1 <= pos <= cnt[e], (code, field, sid, m)
-            assert m[1] > 0
-        pooled[code] = len(slots)
-        members[code] = set(slots.values())
-    byver = {m.decode() for m in r.zrange(k.by_version, 0, -1)}
+        members[code] = set()
+        for e, c in cnt.items():
+            assert c > 0
+            raw = r.getrange(f"{k.slot_prefix}{code}:{e}", 4, 4 * c + 3)
+            assert len(raw) == 4 * c
+            for p in range(1, c + 1):
+                idx = int.from_bytes(raw[4 * (p - 1) : 4 * p], "big")
+                rec = recs[idx]
+                assert (rec["st"], rec["e"], rec["pos"]) == (st, e, p), (code, e, p, idx, rec)
+                assert 2**21 <= rec["m"] < 2**22  # acceptance w / 2^e in [1/2, 1)
+                assert idx in meta and idx not in members[code]
+                members[code].add(idx)
+        pooled[code] = len(members[code])
+    for idx, rec in recs.items():
+        if rec["st"] in codes.values():
+            assert any(idx in m for m in members.values()), (idx, rec)
+    byver = {int(m) for m in r.zrange(k.by_version, 0, -1)}
     assert byver == members["f"] | members["r"] | members["z"]
-    assert {m.decode() for m in r.zrange(k.replay_fifo, 0, -1)} == members["r"]
+    assert {int(m) for m in r.zrange(k.replay_fifo, 0, -1)} == members["r"]
+    free = {int(x) for x in r.lrange(k.free_indices, 0, -1)}
+    assert not free & set(meta) and all(recs.get(i, {"st": 0})["st"] == 0 for i in free)
     samples = {key.decode()[len(k.sample_data_prefix):] for key in r.scan_iter(match=k.sample_data_prefix + "*", count=1000)}
-    assert samples == set(meta)
+    assert samples == set(sidx)
     groups = {key.decode()[len(k.group_data_prefix):] for key in r.scan_iter(match=k.group_data_prefix + "*", count=1000)}
     assert groups == {g.decode() for g in r.hkeys(k.group_meta)}
     in_groups = set()
     for raw in r.hvals(k.group_meta):
         gm = msgpack.unpackb(raw, raw=False)
         in_groups |= set(gm[1])
-    assert in_groups == samples
-    assert int(r.hget(k.counters, "stored") or 0) == len(samples)
+    assert in_groups == set(meta)
+    assert int(r.hget(k.counters, "stored") or 0) == len(meta)
     return pooled

@@ -44,7 +44,7 @@ def test_engine_args_fields():
 
 
 def test_logprobs_mode_accepts_raw_logprobs():
-    from vllm.config import LogprobsMode
+    from vllm.config.model import LogprobsMode  # 0.33: not re-exported by vllm.config
 
     assert "raw_logprobs" in typing.get_args(LogprobsMode)
 
@@ -77,6 +77,19 @@ def test_sampling_params_and_prompt_types():
     tp = TokensPrompt(prompt_token_ids=[1, 2, 3])
     tp["multi_modal_data"] = {"image": []}
     assert "multi_modal_data" in TokensPrompt.__annotations__ or "multi_modal_data" in typing.get_type_hints(TokensPrompt)
+
+
+def test_logprob_containers_index_by_position_then_token():
+    """Our engine reads ``o.logprobs[i][token].logprob`` and slices ``prompt_logprobs``: both the
+    list-of-dicts form and ``FlatLogprobs`` support it."""
+    from vllm.logprobs import FlatLogprobs, Logprob
+
+    flat = FlatLogprobs()
+    flat.append(None)  # the first prompt position has no log-prob
+    flat.append({5: Logprob(logprob=-0.5)})
+    flat.append({7: Logprob(logprob=-1.5)})
+    tail = flat[len(flat) - 2 :]
+    assert [entry[tok].logprob for entry, tok in zip(tail, [5, 7])] == [-0.5, -1.5]
 
 
 def test_output_fields():
