@@ -10,12 +10,16 @@ Prints ONE JSON line.  Figures (all measured in this run, on one private redis-s
   same small payload (16-token responses) so that only the store size differs; the store is kept
   at its size by inserting 32 groups (untimed) between timed calls, i.e. the steady state of a
   training run.  ``flatness`` = 1e6 figure / 1e4 figure.
-- ``raw_redis_ratio``: (our insert time + our sample time) / (raw redis-py time) where the raw run
-  moves the same bytes in one round trip per operation: one pipelined HSET of the 8 encoded
-  payloads (+ the task) per group, one HMGET of 256 payloads per batch (1k-token payloads, 1e4
-  store).  Ours uses one round trip per insert (MULTI: MSETNX payloads + FCALL) and two per batch
-  (FCALL draw, then one pipelined MGET of payloads and tasks); ``insert_ratio`` and
-  ``sample_ratio`` split the figure.  Ours and raw alternate in blocks so both see the same load.
+- ``raw_redis_ratio``: (our insert time + our sample time) / (a raw redis-py run doing the same
+  number of round trips with the same objects in and out, in the same run): per group, encode the
+  8 samples and the group with ``common.codec`` and write them in one pipelined round trip; per
+  batch, one HMGET of 256 random ids, then one pipelined MGET of their payloads and tasks, decoded
+  with ``common.codec`` (ours: one round trip per insert — MULTI: MSETNX payloads + FCALL — and
+  two per batch — FCALL draw, then MGET).  1k-token payloads, 1e4 store.  ``insert_ratio`` and
+  ``sample_ratio`` split it.
+- ``raw_bytes_ratio``: the same over a bytes-only lower bound (pre-encoded payloads, one HSET per
+  group and one HMGET per batch, nothing decoded).
+- Ours and the raw runs alternate in blocks, so that all see the same machine load.
 
 ``--quick`` shrinks every size (smoke test; the figures are then not comparable).
 """
@@ -23,6 +27,7 @@ Prints ONE JSON line.  Figures (all measured in this run, on one private redis-s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -42,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import redis  # noqa: E402
 
-from common.codec import encode  # noqa: E402
+from common.codec import decode, encode  # noqa: E402
 from common.config import RethinkerConfig  # noqa: E402
 from common.schemas import Group, PromptTask, Sample  # noqa: E402
 from services.buffer.client import BufferClient  # noqa: E402
@@ -154,7 +159,7 @@ def main() -> int:
     try:
         rng = random.Random(0)
         # ------------------------------------------------ insert: 1k-token payloads, ours vs raw
-        # Ours and the raw baseline alternate in blocks of 25 groups, so that both see the same
+        # Ours and the two raw runs alternate in blocks of 25 groups, so that all see the same
         # machine load (the sandbox is shared).
         big = Payload(1024, 256)
         cfg = make_cfg(url, capacity=n_ins * GROUP)
@@ -163,46 +168,75 @@ def main() -> int:
         c.ensure_library()
         raw_ns = f"bench-raw-{uuid.uuid4().hex[:8]}"
         namespaces.append(raw_ns)
-        raw_samples, raw_groups = f"{raw_ns}:{{s}}:samples", f"{raw_ns}:{{s}}:groups"
+        raw_hash, raw_groups, raw_ids = f"{raw_ns}:{{s}}:samples", f"{raw_ns}:{{s}}:groups", f"{raw_ns}:{{s}}:ids"
+        raw_key = lambda sid: f"{raw_ns}:{{s}}:sd:{sid}"  # noqa: E731
+        raw_gkey = lambda gid: f"{raw_ns}:{{s}}:gd:{gid}"  # noqa: E731
         groups = [make_group("i", i, big, rng) for i in range(n_ins)]
-        encoded = [({s.sample_id: encode(s) for s in g.samples}, encode(g.task)) for g in groups]
-        t_ins = t_raw_ins = 0.0
+        pre = [({s.sample_id: encode(s) for s in g.samples}, encode(g.task)) for g in groups]
+        t_ins = t_raw_ins = t_rawb_ins = 0.0
         for b0 in range(0, n_ins, 25):
+            block = groups[b0 : b0 + 25]
             t0 = time.perf_counter()
-            for g in groups[b0 : b0 + 25]:
+            for g in block:
                 c.add_group(g)
             t1 = time.perf_counter()
-            for g, (payloads, header) in zip(groups[b0 : b0 + 25], encoded[b0 : b0 + 25]):
+            for g in block:  # raw: the project's codec + one pipelined round trip
+                payloads = {raw_key(s.sample_id): encode(s) for s in g.samples}
                 with r.pipeline(transaction=False) as p:
-                    p.hset(raw_samples, mapping=payloads)
+                    p.mset(payloads)
+                    p.set(raw_gkey(g.group_id), encode(dataclasses.replace(g, samples=[])))
+                    p.hset(raw_ids, mapping={s.sample_id: g.group_id for s in g.samples})
+                    p.execute()
+            t2 = time.perf_counter()
+            for g, (payloads, header) in zip(block, pre[b0 : b0 + 25]):  # raw bytes only, pre-encoded
+                with r.pipeline(transaction=False) as p:
+                    p.hset(raw_hash, mapping=payloads)
                     p.hset(raw_groups, g.group_id, header)
                     p.execute()
             t_ins += t1 - t0
-            t_raw_ins += time.perf_counter() - t1
+            t_raw_ins += t2 - t1
+            t_rawb_ins += time.perf_counter() - t2
         out["insert_groups_per_s"] = n_ins / t_ins
         out["raw_insert_groups_per_s"] = n_ins / t_raw_ins
+        out["raw_bytes_insert_groups_per_s"] = n_ins / t_rawb_ins
         out["insert_payload_bytes_per_response"] = len(encode(groups[0].samples[0]))
-        del encoded
+        del pre
 
         # ------------------------------------------------ sample from the 1k-payload 1e4 store, ours vs raw
         ids = [s.sample_id for g in groups for s in g.samples]
         del groups
-        ours, raw = [], []
+        ours, raw, rawb = [], [], []
         for k in range(calls):
             ours += timed_samples(c, 1, big, rng, f"j{k}-")
             pick = [rng.choice(ids) for _ in range(BATCH)]
-            t0 = time.perf_counter()
-            vals = r.hmget(raw_samples, pick)
+            t0 = time.perf_counter()  # raw: same two round trips, same objects out
+            gids = r.hmget(raw_ids, pick)
+            uniq = list(dict.fromkeys(g.decode() for g in gids))
+            with r.pipeline(transaction=False) as p:
+                p.mget([raw_key(x) for x in pick])
+                p.mget([raw_gkey(g) for g in uniq])
+                vals, heads = p.execute()
+            samples = [decode(v, Sample) for v in vals]
+            tasks = {decode(h, Group).task.task_id for h in heads}
             raw.append(time.perf_counter() - t0)
+            assert len(samples) == BATCH and tasks
+            t0 = time.perf_counter()  # raw bytes only: one HMGET of the payloads
+            vals = r.hmget(raw_hash, pick)
+            rawb.append(time.perf_counter() - t0)
             assert all(v is not None for v in vals)
         out["sample_ms_p50_1e4_1k"] = statistics.median(ours) * 1e3
         out["raw_sample_ms_p50_1e4_1k"] = statistics.median(raw) * 1e3
+        out["raw_bytes_sample_ms_p50_1e4_1k"] = statistics.median(rawb) * 1e3
         out["raw_redis_ratio"] = (t_ins + sum(ours)) / (t_raw_ins + sum(raw))
         out["insert_ratio"] = t_ins / t_raw_ins
         out["sample_ratio"] = sum(ours) / sum(raw)
-        out["round_trips"] = {"ours_per_insert": 1, "ours_per_sample": 2, "raw_per_insert": 1, "raw_per_sample": 1}
+        out["raw_bytes_ratio"] = (t_ins + sum(ours)) / (t_rawb_ins + sum(rawb))
+        out["round_trips"] = {"per_insert": 1, "per_sample": 2, "raw_bytes_per_insert": 1, "raw_bytes_per_sample": 1}
         c.clear()
-        r.unlink(raw_samples, raw_groups)
+        for pat in (f"{raw_ns}:*",):
+            keys = list(r.scan_iter(match=pat, count=1000))
+            for i in range(0, len(keys), 500):
+                r.unlink(*keys[i : i + 500])
         c.close()
 
         # ------------------------------------------------ flatness: same small payload, 1e4 vs 1e6

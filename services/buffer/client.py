@@ -3,18 +3,19 @@
 Rollout servers and the learner import this module; nothing else of ``services.buffer`` is public.
 Both clients have the same methods (the async ones are coroutines):
 
-prompt queue   publish_tasks, claim_tasks, ack_task, release_task, queue_depth, pending_tasks,
-               inflight_tasks, can_publish, queue_stats
-store          add_group, add_groups, sample, wait_for_samples, sizes, get_group, get_sample,
-               get_sample_record, stats, clear, snapshot
+prompt queue   publish_tasks, claim_tasks, extend_claims, ack_task, release_task, queue_depth,
+               pending_tasks, inflight_tasks, can_publish, queue_stats
+store          add_group, add_groups, sample, wait_for_samples, sizes, get_group, get_group_record,
+               get_sample, get_sample_record, stats, clear, snapshot
 versions       publish_policy_version, policy_version
 registry       register_server, heartbeat, unregister_server, live_servers
 
-All state lives in Redis and every state change is one Redis Function call (atomic).  Connections
-retry with exponential backoff on connection errors (``common.redis_conn``); the calls are
-idempotent, so such a retry is safe: ``add_group`` by group id, ``sample`` by a request id cached
-server-side for ``buffer.request_ttl_s``, ``ack_task``/``release_task`` by entry id, publication by
-(epoch, prompt id).  A server that lost the function library is detected and reloaded.
+All state lives in Redis; every state change is one Redis Function call, atomic (``add_group``
+sends its payloads with MSETNX in the same MULTI/EXEC).  Connections retry with exponential backoff
+on connection errors (``common.redis_conn``) and every call is safe to repeat: ``add_group`` by
+group id, ``sample`` by a request id cached server-side for ``buffer.request_ttl_s``,
+``ack_task``/``release_task`` by entry id, publication by (epoch, prompt id).  A server that lost
+the function library is detected and the library reloaded.  See docs/buffer.md.
 """
 
 from __future__ import annotations
@@ -81,11 +82,11 @@ def _mode(cfg: RethinkerConfig, mode: str | None) -> str:
 
 
 class _Common:
-    def __init__(self, cfg: RethinkerConfig) -> None:
+    def __init__(self, cfg: RethinkerConfig, shard: str = "s") -> None:
         if not isinstance(cfg, RethinkerConfig):
             raise TypeError(f"cfg must be a RethinkerConfig, got {type(cfg).__name__}")
         self.cfg = cfg
-        self.keys = RedisKeys(cfg.redis.namespace)
+        self.keys = RedisKeys(cfg.redis.namespace, shard=shard)
         self.store_keys = P.store_keys(self.keys)
         self._loaded = False
         self._group_ready = False
@@ -152,8 +153,8 @@ def _snapshot_record(group: Group, pools: dict[str, str]) -> bytes:
 class BufferClient(_Common):
     """Synchronous client (rollout servers, learner, tests)."""
 
-    def __init__(self, cfg: RethinkerConfig, *, client: redis.Redis | None = None) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: RethinkerConfig, *, client: redis.Redis | None = None, shard: str = "s") -> None:
+        super().__init__(cfg, shard)
         self.r = client if client is not None else sync_client(cfg.redis)
 
     # ------------------------------------------------------------------ plumbing
@@ -479,8 +480,8 @@ class BufferClient(_Common):
 class AsyncBufferClient(_Common):
     """asyncio client with the same methods as ``BufferClient`` (the HTTP app, async services)."""
 
-    def __init__(self, cfg: RethinkerConfig, *, client: aioredis.Redis | None = None) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: RethinkerConfig, *, client: aioredis.Redis | None = None, shard: str = "s") -> None:
+        super().__init__(cfg, shard)
         self.r = client if client is not None else async_client(cfg.redis)
 
     async def ensure_library(self, *, force: bool = False) -> str:

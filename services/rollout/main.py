@@ -46,13 +46,18 @@ async def serve(cfg: RethinkerConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     rc = 0
+    stop_wait = asyncio.create_task(stop.wait())
     try:
         start = asyncio.create_task(server.start())
-        done, _ = await asyncio.wait({start, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({start, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         if start in done:
             start.result()  # raises if start-up failed
-            waiter = asyncio.create_task(server.wait())
-            await asyncio.wait({waiter, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+            waiter = asyncio.create_task(server.wait())  # ends if the actor loop dies
+            await asyncio.wait({waiter, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if not stop.is_set():
+                log.error("actor_loop_ended", server_id=server.server_id, error=server.stats.last_error)
+                rc = 1
         else:
             start.cancel()
             await asyncio.gather(start, return_exceptions=True)
@@ -61,6 +66,7 @@ async def serve(cfg: RethinkerConfig) -> int:
         log.exception("rollout_failed", error=f"{type(exc).__name__}: {exc}")
         rc = 1
     finally:
+        stop_wait.cancel()
         await server.stop()
         http.should_exit = True
         await asyncio.gather(http_task, return_exceptions=True)

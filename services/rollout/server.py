@@ -118,15 +118,12 @@ class RolloutServer:
         grace = self.cfg.rollout.shutdown_grace_s if grace_s is None else grace_s
         if self.actor is not None:
             self.actor.request_stop()
-        if self._actor_task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._actor_task), timeout=grace)
-            except asyncio.TimeoutError:
+        if self._actor_task is not None and not self._actor_task.done():
+            done, _ = await asyncio.wait({self._actor_task}, timeout=grace)
+            if not done:
                 log.warning("shutdown_grace_exceeded", server_id=self.server_id, grace_s=grace)
                 self._actor_task.cancel()
-                await asyncio.gather(self._actor_task, return_exceptions=True)
-            except Exception as exc:  # noqa: BLE001 - the loop died earlier; still clean up
-                log.warning("actor_failed", error=f"{type(exc).__name__}: {exc}")
+                await asyncio.wait({self._actor_task})
         if self.actor is not None:
             await self.actor.release_held()
         for t in self._tasks:
@@ -150,9 +147,13 @@ class RolloutServer:
         log.info("server_stopped", server_id=self.server_id, **{k: v for k, v in self.stats.as_dict().items() if k != "rethink"})
 
     async def wait(self) -> None:
-        """Until the actor loop ends (stop requested or crashed)."""
+        """Until the actor loop ends (stop requested or crashed; a crash is logged)."""
         if self._actor_task is not None:
-            await asyncio.gather(self._actor_task, return_exceptions=True)
+            await asyncio.wait({self._actor_task})  # cancelling this wait leaves the actor alone
+            t = self._actor_task
+            if not t.cancelled() and t.exception() is not None:
+                self.error = f"actor loop crashed: {type(t.exception()).__name__}: {t.exception()}"
+                log.error("actor_crashed", server_id=self.server_id, error=self.error)
 
     # ---------------------------------------------------------------- weights
 

@@ -34,7 +34,7 @@ Store layout (KEYS 1..19 of every store function, in this order; see protocol.st
   16 series   list of cmsgpack points (time series for the stats endpoint)
   17 vser     hash version -> cmsgpack per-policy-version counts
   18 vidx     zset version -> version (bounds vser)
-  19 meta     hash: learner_version, last_point_t
+  19 meta     hash: layout, learner_version, last_point_t
   20 request  (rtk_sample only) string key caching a batch for idempotent retries
 
 Sampling: a pool is split in power-of-two buckets by weight w = m * 2^e (frexp, m in [0.5,1)):
@@ -56,6 +56,7 @@ and the client fetches the payloads itself.
 ]]
 
 local VERSION = '__LIB_VERSION__'
+local LAYOUT = '2'  -- bump when the store's key layout changes
 local MAX_ROUNDS = 64
 local CHUNK = 500
 local ZERO_TOL = 1e-12
@@ -84,6 +85,17 @@ end
 
 local function bad(msg)
   return redis.error_reply('RTK_BADARG ' .. msg)
+end
+
+-- nil when the store is empty or written with this layout, else an error reply.
+local function layout_error(KEYS, claim)
+  local lay = redis.call('HGET', KEYS[K_META], 'layout')
+  if lay and lay ~= LAYOUT then
+    return bad('the store in ' .. KEYS[K_META] .. ' has layout ' .. lay .. ' and this library reads layout ' ..
+               LAYOUT .. ': clear it (POST /v1/admin/clear) or use another redis.namespace')
+  end
+  if claim and not lay then redis.call('HSET', KEYS[K_META], 'layout', LAYOUT) end
+  return nil
 end
 
 local function finite(v)
@@ -635,6 +647,11 @@ local function add_group(KEYS, ARGV)
     return reject('group ' .. gid .. ': bad numeric settings')
   end
   if KEYS[N_FIXED + 1] ~= KEYS[K_GDATA] .. gid then return reject('group ' .. gid .. ': group payload key does not match the id') end
+  local lay_err = layout_error(KEYS, false)
+  if lay_err then
+    drop_unregistered(KEYS)
+    return lay_err
+  end
 
   -- idempotent by group id
   local existing = redis.call('HGET', KEYS[K_GMETA], gid)
@@ -694,6 +711,7 @@ local function add_group(KEYS, ARGV)
   end
 
   -- writes
+  layout_error(KEYS, true)
   local C = counter_set()
   local t = now_s()
   local P = pools_of(KEYS)
@@ -819,6 +837,8 @@ local function sample(KEYS, ARGV)
   if mode ~= 'ssr' and mode ~= 'filter' and mode ~= 'grpo' then
     return bad('sample: mode must be ssr, filter or grpo, got ' .. tostring(mode))
   end
+  local lay_err = layout_error(KEYS, false)
+  if lay_err then return lay_err end
   local req = KEYS[K_REQ]
   local prev = redis.call('GET', req)
   if prev then return batch_reply(KEYS, cmsgpack.unpack(prev)) end

@@ -8,7 +8,6 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
 import redis
 
 from buffer_testlib import assert_store_consistent, make_cfg, make_group, make_task

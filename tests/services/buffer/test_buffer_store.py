@@ -342,3 +342,13 @@ def test_library_is_reloaded_when_missing_or_outdated(private_redis):
     assert c2.r.fcall_ro("rtk_version", 0).decode() != "old"
     c.close()
     c2.close()
+
+
+def test_store_of_another_layout_is_refused(client):
+    client.add_group(make_group(0, REWARDS))
+    client.r.hset(client.keys.store_meta, "layout", "1")
+    with pytest.raises(BadArgumentError, match="layout"):
+        client.sample(4, policy_version=0)
+    with pytest.raises(MalformedGroupError, match="layout"):
+        client.add_group(make_group(1, REWARDS))
+    assert client.get_group("g-e0-t1") is None and client.r.exists(client.keys.group_data("g-e0-t1")) == 0

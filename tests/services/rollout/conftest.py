@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from common.config import RethinkerConfig, load_config
-from rollout_helpers import REPO, ServiceProc, _train_sft, cache_root, drop_namespace, free_port, make_cfg  # noqa: F401
+from rollout_helpers import ServiceProc, _train_sft, cache_root, drop_namespace, free_port, make_cfg
 
 
 @pytest.fixture(scope="session")

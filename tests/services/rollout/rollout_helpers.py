@@ -10,7 +10,6 @@ Built once per code version into the cache folder (``tests/conftest.py: cache_ro
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -24,7 +23,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 from common.config import PROMPT_SUFFIX, RETHINK_TRIGGERS, RethinkerConfig, load_config
 

@@ -94,7 +94,11 @@ def test_kill9_loses_no_prompt_and_duplicates_no_group(own_redis, tiny_model_dir
         groups = {t.task_id: buf.get_group(group_id_for(t)) for t in tasks}
         sizes = buf.sizes()
         st_b = status(port_b)
-        live = buf.live_servers()
+        deadline = time.monotonic() + 10  # the killed server's registration expires (TTL 3 s)
+        while "rs-a" in (live := buf.live_servers()):
+            assert time.monotonic() < deadline, live
+            time.sleep(0.2)
+        assert "rs-b" in live
         assert b.terminate() == 0  # SIGTERM: clean exit
         assert "rs-b" not in buf.live_servers()
     finally:
@@ -111,4 +115,3 @@ def test_kill9_loses_no_prompt_and_duplicates_no_group(own_redis, tiny_model_dir
     # B acked every task A did not ack: new groups, plus duplicates of groups A stored but never acked
     sb = st_b["actor"]
     assert sb["tasks_acked"] == sb["groups_stored"] + sb["groups_duplicate"] and sb["tasks_rejected"] == 0
-    assert "rs-a" not in live  # the killed server's registration expired (TTL)

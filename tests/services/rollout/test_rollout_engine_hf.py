@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 
 import numpy as np
 import pytest
@@ -151,14 +150,3 @@ def test_bad_prompt_inputs(engine):
         engine.encode_question("<image><image>?", [png((1, 2, 3))])  # more placeholders than images
     with pytest.raises(ValueError):
         SamplingParams(n=0)
-
-
-@pytest.mark.skipif(os.environ.get("RETHINKER_TEST_SMALL") != "1", reason="set RETHINKER_TEST_SMALL=1 for the ~25M model")
-def test_small_model_generates(cfg_factory, tmp_path):
-    from common.tiny_model import build_tiny_model
-
-    d = build_tiny_model(tmp_path / "small", seed=0, size="small")
-    e = make_engine(cfg_factory(model_dir=d))
-    asyncio.run(e.start())
-    [r] = asyncio.run(e.generate([GenerationRequest("a", _prompts(e)[0], SamplingParams(n=2, max_new_tokens=8))]))
-    assert len(r.completions) == 2
