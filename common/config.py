@@ -327,6 +327,9 @@ class LauncherConfig(Section):
     start_redis: bool = True
     health_timeout_s: float = 300.0
     warmup_sft_steps: int = 0  # CPU demo: short format warm-up before RL
+    warmup_sft_lr: float | None = None  # learning rate of the warm-up (default learner.lr)
+    demo_data_kinds: list[str] = ["dominant_color"]  # synthetic question kinds the demo generates
+    demo_data_n: int = Field(2000, ge=8)  # synthetic rows (train + eval) the demo generates
 
 
 class RethinkerConfig(Section):

@@ -30,7 +30,7 @@ def _prepare_env() -> None:
 
 def cmd_learn(args: argparse.Namespace) -> int:
     _prepare_env()
-    from common.config import load_config
+    from common.config import ConfigError, load_config
     from common.logging import configure_logging
 
     cfg = load_config(args.config, args.overrides)
@@ -39,6 +39,14 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
     rank = int(os.environ.get("RANK", "0"))
     trainer = Trainer(cfg, progress=(not args.no_progress) and rank == 0 and sys.stderr.isatty())
+    if cfg.learner.eval_every > 0 and rank == 0:
+        if cfg.learner.zero_stage == 3 and trainer.world > 1:
+            # Generating on rank 0 alone would need parameters that ZeRO-3 keeps on other ranks.
+            raise ConfigError("learner.eval_every > 0 is not supported with ZeRO-3 on several ranks; "
+                              "evaluate checkpoints with `rethinker eval` instead")
+        from evaluation.periodic import make_eval_fn
+
+        trainer.eval_fn = make_eval_fn(cfg, trainer.engine.module, processor=trainer.processor)
     try:
         summary = trainer.run(max_steps=args.max_steps)
     finally:
@@ -57,7 +65,8 @@ def cmd_sft(args: argparse.Namespace) -> int:
     configure_logging(cfg.run.log_level)
     from learner.sft import warmup
 
-    out = warmup(cfg, steps=args.steps if args.steps is not None else cfg.launcher.warmup_sft_steps, out_dir=args.out)
+    out = warmup(cfg, steps=args.steps if args.steps is not None else cfg.launcher.warmup_sft_steps, out_dir=args.out,
+                 lr=cfg.launcher.warmup_sft_lr)
     if int(os.environ.get("RANK", "0")) == 0:
         print(out, flush=True)
     return 0

@@ -43,7 +43,7 @@ class Child:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(self.log_path, "ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        env = {**clean_env(), **self.env}
         self.proc = subprocess.Popen(
             self.argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True,  # Ctrl-C reaches the launcher only; it stops children in order
@@ -75,8 +75,48 @@ class Child:
         return self.proc.returncode
 
 
+DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def clean_env() -> dict[str, str]:
+    """The environment for a child process: unbuffered, and without torch.distributed variables
+    (each child is its own world; a launcher that ran DeepSpeed in-process must not leak them)."""
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
 class ServiceDied(RuntimeError):
     pass
+
+
+@dataclass
+class RunResult:
+    """What `run_system` saw: exit code, wall time, and the services' last status before stopping."""
+
+    returncode: int
+    wall_s: float
+    rollout_status: dict[str, dict[str, Any]] = field(default_factory=dict)
+    buffer_stats: dict[str, Any] = field(default_factory=dict)
+    dashboard_url: str = ""
+
+
+def probe_services(cfg: RethinkerConfig, children: list[Child]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Last `/v1/status` of every live rollout server and `/v1/stats` of the buffer."""
+    rollouts: dict[str, dict[str, Any]] = {}
+    stats: dict[str, Any] = {}
+    with httpx.Client(timeout=5.0) as http:
+        for ch in children:
+            if ch.name.startswith("rollout-") and ch.alive() and ch.health_url:
+                try:
+                    rollouts[ch.name] = http.get(ch.health_url.replace("/healthz", "/v1/status")).json()
+                except (httpx.HTTPError, ValueError):
+                    pass
+        try:
+            stats = http.get(f"{cfg.buffer.base_url()}/v1/stats").json()
+        except (httpx.HTTPError, ValueError):
+            pass
+    return rollouts, stats
 
 
 def rethinker_argv(*args: str) -> list[str]:
@@ -128,18 +168,30 @@ def wait_healthy(children: list[Child], timeout_s: float) -> None:
             time.sleep(0.5)
 
 
-def read_learner_status(run_dir: Path) -> dict[str, Any]:
-    """The learner's last metrics line (it appends one JSON object per step to metrics.jsonl)."""
-    path = run_dir / "metrics.jsonl"
+def read_learner_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Every row of the learner's `learner_metrics.jsonl` (one per step and prefix: train / eval)."""
+    rows = []
     try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 8192))
-            lines = fh.read().decode(errors="replace").strip().splitlines()
-        return json.loads(lines[-1]) if lines else {}
-    except (OSError, ValueError, IndexError):
-        return {}
+        with open(run_dir / "learner_metrics.jsonl", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    continue  # a line being written
+    except OSError:
+        pass
+    return rows
+
+
+def read_learner_status(run_dir: Path) -> dict[str, Any]:
+    """The learner's last train row, with the last held-out accuracy as `eval_accuracy`."""
+    status: dict[str, Any] = {}
+    for row in read_learner_metrics(run_dir):
+        if row.get("prefix") == "train":
+            status.update(row)
+        elif row.get("prefix") == "eval" and "accuracy" in row:
+            status["eval_accuracy"] = row["accuracy"]
+    return status
 
 
 def status_line(learner: dict[str, Any], stats: dict[str, Any]) -> str:
@@ -163,8 +215,8 @@ def run_system(
     learner: bool = True,
     on_tick: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
     stop_after_s: float | None = None,
-) -> int:
-    """Start everything, wait for the learner (or a signal), stop everything; returns an exit code."""
+) -> RunResult:
+    """Start everything, wait for the learner (or a signal), stop everything."""
     from rethinker.local_redis import RedisUnavailable, answering, start_local
 
     run_dir = Path(cfg.run.run_dir)
@@ -188,6 +240,7 @@ def run_system(
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     rc = 0
     t0 = time.monotonic()
+    result = RunResult(returncode=0, wall_s=0.0, dashboard_url=f"{cfg.buffer.base_url()}/")
     try:
         services = [ch for ch in children if ch.name != "learner"]
         for ch in services:
@@ -200,6 +253,8 @@ def run_system(
         http = httpx.Client(timeout=2.0)
         while stop_requested["signal"] is None:
             if stop_after_s is not None and time.monotonic() - t0 > stop_after_s:
+                break
+            if learner_child is None and not services:
                 break
             if learner_child is not None and not learner_child.alive():
                 rc = learner_child.proc.returncode
@@ -221,6 +276,7 @@ def run_system(
                 on_tick(status, stats)
             time.sleep(1.0)
         http.close()
+        result.rollout_status, result.buffer_stats = probe_services(cfg, children)
         if stop_requested["signal"] is not None:
             log.info("stopping", reason=signal.Signals(stop_requested["signal"]).name)
     except ServiceDied as exc:
@@ -233,7 +289,9 @@ def run_system(
                 log.info("stopped", service=ch.name, returncode=code)
         for s, h in old.items():
             signal.signal(s, h)
-    return rc
+    result.returncode = rc
+    result.wall_s = time.monotonic() - t0
+    return result
 
 
 def cmd_up(args: Any) -> int:
@@ -252,7 +310,7 @@ def cmd_up(args: Any) -> int:
             done = status.get("step", 0) or 0
             live.update(f"[bold]{done}/{cfg.learner.total_steps}[/bold]  {status_line(status, stats)}")
 
-        rc = run_system(cfg, learner=not args.no_learner, on_tick=tick)
+        result = run_system(cfg, learner=not args.no_learner, on_tick=tick)
     final = read_learner_status(Path(cfg.run.run_dir))
     console.print(f"run dir: {cfg.run.run_dir}  logs: {cfg.run.run_dir}/logs  final: {status_line(final, {})}")
-    return rc
+    return result.returncode

@@ -2,6 +2,7 @@
 
 - ``client``   ``BufferClient`` / ``AsyncBufferClient``: the only module other parts import.
 - ``protocol`` argument/reply handling of the Redis Functions shared by both clients.
+- ``fastcodec`` byte-identical fast paths of ``common.codec`` for Sample frames (the hot loop).
 - ``library``  the Redis Functions library (``lua/rethinker_buffer.lua``): load + version check.
 - ``stats``    the statistics dict of ``GET /v1/stats`` and the dashboard.
 - ``app``      FastAPI service (inspection, administration, dashboard, metrics).

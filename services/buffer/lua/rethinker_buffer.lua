@@ -805,13 +805,16 @@ local function distinct_drawn(draws)
 end
 
 local function batch_reply(KEYS, rec, sm)
-  local header, draws = rec[1], rec[2]
+  local header, draws, owners = rec[1], rec[2], rec[3] or {}
   local idxs = distinct_drawn(draws)
   sm = sm or smeta_get(KEYS, idxs)
+  local owner = {}
+  for k = 1, #owners, 2 do owner[owners[k]] = owners[k + 1] end
   local items = {}
   for _, i in ipairs(idxs) do
     local m = sm[i]
-    if m then
+    -- on a retry, an index recycled for another sample since the first call is left out
+    if m and (owner[i] == nil or owner[i] == m[SM_SID]) then
       items[#items + 1] = i
       items[#items + 1] = m[SM_SID]
       items[#items + 1] = m[SM_ADV]
@@ -1005,7 +1008,12 @@ local function sample(KEYS, ARGV)
   C.flush(KEYS[K_COUNTERS])
   maybe_point(KEYS, interval, window, t)
 
-  local rec = {header, draws}
+  local owners = {}
+  for i, m in pairs(sm) do
+    owners[#owners + 1] = i
+    owners[#owners + 1] = m[SM_SID]
+  end
+  local rec = {header, draws, owners}
   if ttl > 0 then redis.call('SET', req, cmsgpack.pack(rec), 'EX', ttl) end
   return batch_reply(KEYS, rec, sm)
 end

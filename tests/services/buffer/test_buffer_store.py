@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import redis
 
-from buffer_testlib import make_group
+from buffer_testlib import assert_store_consistent, make_group
 from common.schemas import Group, PromptTask
 from services.buffer.client import BadArgumentError, BufferClient, MalformedGroupError
 from services.buffer.protocol import store_keys
@@ -212,6 +212,7 @@ def test_grpo_mode_uses_everything_without_repeats(client):
     assert len(b2) == 4 and not set(ids) & {s.sample_id for s in b2.samples}
     sz = client.sizes()
     assert sz.fresh == 0 and sz.zero == 0 and sz.replay == 8  # zero-advantage ones are never replayed
+    assert assert_store_consistent(client) == {"f": 0, "r": 8, "z": 0}
 
 
 def test_staleness_bound_evicts_lagging_responses(cfg):
@@ -229,6 +230,7 @@ def test_staleness_bound_evicts_lagging_responses(cfg):
         assert c.sizes().replay > 0
         assert len(c.sample(8, policy_version=6)) == 0
         assert c.sizes().replay == 0 and c.sizes().fresh == 0
+        assert assert_store_consistent(c) == {"f": 0, "r": 0, "z": 0}
 
 
 def test_reuse_cap_bounds_training_per_response(cfg):
@@ -243,6 +245,7 @@ def test_reuse_cap_bounds_training_per_response(cfg):
         assert max(total.values()) <= 3 and sum(total.values()) == 24  # 8 responses x cap 3, then empty
         assert c.sizes().fresh == 0 and c.sizes().replay == 0
         assert all(c.get_sample_record(sid).pool == "retired" for sid in total)
+        assert_store_consistent(c)
 
 
 def test_replay_pool_is_a_bounded_fifo(cfg):
@@ -258,6 +261,7 @@ def test_replay_pool_is_a_bounded_fifo(cfg):
         replay = [sid for sid in order if c.get_sample_record(sid).pool == "replay"]
         assert replay == order[-5:]  # the most recently trained survive
         assert counters(c)["replay_evicted"] == 27
+        assert assert_store_consistent(c) == {"f": 0, "r": 5, "z": 0}
 
 
 def test_capacity_evicts_oldest_groups(cfg):
@@ -274,6 +278,11 @@ def test_capacity_evicts_oldest_groups(cfg):
         assert len(c.sample(10, policy_version=0, seed=1)) == 10
         sz = c.sizes()
         assert c.r.zcard(c.keys.by_version) == sz.fresh + sz.replay + sz.zero >= 16 - 2
+        assert_store_consistent(c)
+        for i in range(5, 12):  # evicted indices are recycled
+            c.add_group(make_group(i, REWARDS))
+        assert c.r.hlen(c.keys.sample_meta) == 16 and int(c.r.hget(c.keys.counters, "next_idx")) <= 32
+        assert_store_consistent(c)
 
 
 def test_sample_retry_with_request_id_is_idempotent(client):
