@@ -326,6 +326,9 @@ class LauncherConfig(Section):
     rollout_servers: int = Field(2, ge=0)
     start_redis: bool = True
     health_timeout_s: float = 300.0
+    # OMP/MKL threads of each child process (0 = leave unset).  On a small CPU box several torch
+    # processes with default thread pools oversubscribe the cores and run ~10x slower.
+    child_threads: int = Field(1, ge=0)
     warmup_sft_steps: int = 0  # CPU demo: short format warm-up before RL
     warmup_sft_lr: float | None = None  # learning rate of the warm-up (default learner.lr)
     demo_data_kinds: list[str] = ["dominant_color"]  # synthetic question kinds the demo generates

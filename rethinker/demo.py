@@ -148,7 +148,7 @@ def run_demo(cfg: RethinkerConfig) -> dict[str, Any]:
     (run_dir / "logs").mkdir()
     with open(run_dir / "logs" / "warmup.log", "wb") as fh:  # its own process: DeepSpeed state stays there
         argv = rethinker_argv("sft-warmup", "--config", str(run_dir / "warmup-config.yaml"), "--out", str(warm))
-        if subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env=clean_env()).returncode != 0:
+        if subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env=clean_env(cfg.launcher.child_threads)).returncode != 0:
             raise RuntimeError(f"format warm-up failed; see {run_dir / 'logs' / 'warmup.log'}")
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": str(warm), "build_tiny_if_missing": False})})
     initial = evaluate_model(cfg, str(warm), run_dir / "eval-initial")["accuracy"]

@@ -36,14 +36,14 @@ class Child:
     log_path: Path
     health_url: str | None = None
     proc: subprocess.Popen | None = None
-    essential: bool = True
     stopped: bool = False
+    threads: int = 0
     env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(self.log_path, "ab")
-        env = {**clean_env(), **self.env}
+        env = {**clean_env(self.threads), **self.env}
         self.proc = subprocess.Popen(
             self.argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True,  # Ctrl-C reaches the launcher only; it stops children in order
@@ -78,11 +78,15 @@ class Child:
 DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
-def clean_env() -> dict[str, str]:
-    """The environment for a child process: unbuffered, and without torch.distributed variables
-    (each child is its own world; a launcher that ran DeepSpeed in-process must not leak them)."""
+def clean_env(threads: int = 0) -> dict[str, str]:
+    """The environment for a child process: unbuffered, without torch.distributed variables (each
+    child is its own world; a launcher that ran DeepSpeed in-process must not leak them), and with
+    `threads` OMP/MKL threads unless the user set them."""
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
     env["PYTHONUNBUFFERED"] = "1"
+    if threads > 0:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(var, str(threads))
     return env
 
 
@@ -145,6 +149,8 @@ def plan_children(cfg: RethinkerConfig, config_path: Path, run_dir: Path, *, lea
         )
     if learner:
         children.append(Child("learner", rethinker_argv("learn", *c), logs / "learner.log", None))
+    for ch in children:
+        ch.threads = cfg.launcher.child_threads
     return children
 
 

@@ -85,6 +85,14 @@ class _Common:
     def __init__(self, cfg: RethinkerConfig, shard: str = "s") -> None:
         if not isinstance(cfg, RethinkerConfig):
             raise TypeError(f"cfg must be a RethinkerConfig, got {type(cfg).__name__}")
+        ssr = cfg.algorithm.ssr
+        if ssr.capacity > P.MAX_CAPACITY or ssr.replay_capacity > P.MAX_CAPACITY:
+            raise BadArgumentError(
+                f"algorithm.ssr.capacity / replay_capacity must be at most {P.MAX_CAPACITY} per store "
+                f"(got {ssr.capacity} / {ssr.replay_capacity}); shard the store beyond that (docs/buffer.md)"
+            )
+        if ssr.reuse_cap > P.MAX_REUSE_CAP:
+            raise BadArgumentError(f"algorithm.ssr.reuse_cap must be at most {P.MAX_REUSE_CAP}, got {ssr.reuse_cap}")
         self.cfg = cfg
         self.keys = RedisKeys(cfg.redis.namespace, shard=shard)
         self.store_keys = P.store_keys(self.keys)

@@ -29,6 +29,8 @@ MODES = ("ssr", "filter", "grpo")
 MAX_GROUP_SIZE = 4096
 MAX_SAMPLE_N = 1 << 20
 MAX_ID_LEN = 256
+MAX_CAPACITY = 16_000_000  # slot positions are 24-bit in the store's records
+MAX_REUSE_CAP = (1 << 30) - 1  # times_sampled is 30-bit in the store's records
 _ID_RE = re.compile(r"^[^\s]{1,256}$")
 
 

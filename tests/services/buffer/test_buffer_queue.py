@@ -54,14 +54,14 @@ def test_backpressure_bounds_inflight_tasks(cfg):
 
 
 def test_dead_consumer_tasks_are_reclaimed(cfg):
-    cfg.buffer.reclaim_idle_s = 0.3
+    cfg.buffer.reclaim_idle_s = 1.0
     with BufferClient(cfg) as c:
         c.publish_tasks([make_task(i) for i in range(3)])
         dead = c.claim_tasks("dead-server", 2)
         assert len(dead) == 2
         live = c.claim_tasks("live-server", 5, block_ms=0)
         assert [t.task.task_id for t in live] == ["e0-t2"]  # not yet idle long enough
-        time.sleep(0.4)
+        time.sleep(1.1)
         got = c.claim_tasks("live-server", 5, block_ms=0)
         assert sorted(t.task.task_id for t in got) == ["e0-t0", "e0-t1"]
         assert all(t.deliveries == 2 for t in got)
@@ -116,14 +116,14 @@ def test_queue_survives_clear(client):
 
 
 def test_extend_claims_keeps_long_work_from_being_reclaimed(cfg):
-    cfg.buffer.reclaim_idle_s = 0.3
+    cfg.buffer.reclaim_idle_s = 1.0
     with BufferClient(cfg) as c:
         c.publish_tasks([make_task(0)])
         [t] = c.claim_tasks("slow-server", 1)
-        time.sleep(0.2)
+        time.sleep(0.7)
         assert c.extend_claims("slow-server", [t.entry_id]) == 1
-        time.sleep(0.2)
-        assert c.claim_tasks("other", 1, block_ms=0) == []  # idle only 0.2 s since the extension
-        time.sleep(0.2)
+        time.sleep(0.5)
+        assert c.claim_tasks("other", 1, block_ms=0) == []  # idle only 0.5 s since the extension
+        time.sleep(0.7)
         [t2] = c.claim_tasks("other", 1, block_ms=0)
         assert t2.entry_id == t.entry_id and t2.deliveries == 2

@@ -35,14 +35,14 @@ def test_policy_version_publish_and_event(client):
 
 
 def test_server_registry_heartbeats_expire(client):
-    client.register_server("srv-a", {"url": "http://127.0.0.1:1", "engine": "hf"}, ttl_s=0.4)
+    client.register_server("srv-a", {"url": "http://127.0.0.1:1", "engine": "hf"}, ttl_s=1.0)
     client.register_server("srv-b", {"url": "http://127.0.0.1:2"}, ttl_s=30)
     assert client.live_servers() == {"srv-a": {"url": "http://127.0.0.1:1", "engine": "hf"}, "srv-b": {"url": "http://127.0.0.1:2"}}
-    time.sleep(0.25)
-    client.heartbeat("srv-a", {"url": "http://127.0.0.1:1", "loaded_version": 2}, ttl_s=0.4)
-    time.sleep(0.25)
+    time.sleep(0.6)
+    client.heartbeat("srv-a", {"url": "http://127.0.0.1:1", "loaded_version": 2}, ttl_s=1.0)
+    time.sleep(0.6)
     assert client.live_servers()["srv-a"]["loaded_version"] == 2  # kept alive by the heartbeat
-    time.sleep(0.5)
+    time.sleep(1.1)
     assert set(client.live_servers()) == {"srv-b"}  # expired heartbeat: not live (and pruned)
     assert client.r.hexists(client.keys.servers, "srv-a") == 0
     client.unregister_server("srv-b")

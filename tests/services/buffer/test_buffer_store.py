@@ -361,3 +361,13 @@ def test_store_of_another_layout_is_refused(client):
     with pytest.raises(MalformedGroupError, match="layout"):
         client.add_group(make_group(1, REWARDS))
     assert client.get_group("g-e0-t1") is None and client.r.exists(client.keys.group_data("g-e0-t1")) == 0
+
+
+def test_limits_of_the_record_layout_are_checked(cfg):
+    cfg.algorithm.ssr.capacity = 20_000_000
+    with pytest.raises(BadArgumentError, match="shard"):
+        BufferClient(cfg)
+    cfg.algorithm.ssr.capacity = 1000
+    cfg.algorithm.ssr.reuse_cap = 1 << 31
+    with pytest.raises(BadArgumentError, match="reuse_cap"):
+        BufferClient(cfg)
