@@ -33,15 +33,6 @@ class RedisKeys:
         """Consumer-group name (not a key) of the rollout servers on the task stream."""
         return "rollout"
 
-    @property
-    def task_published(self) -> str:
-        """Set of ``epoch:prompt_id`` published; detects double publication within an epoch."""
-        return self._k("q", "published")
-
-    @property
-    def task_meta(self) -> str:
-        return self._k("q", "meta")
-
     def task_published_in(self, epoch: int) -> str:
         """Hash prompt_id -> task_id of the tasks published in one epoch (duplicate detection)."""
         return self._k("q", f"published:{int(epoch)}")
@@ -50,28 +41,10 @@ class RedisKeys:
         return self._k("q", "*")
 
     # ---- trajectory store ({s} or {shard})
-    def group(self, group_id: str) -> str:
-        return self._k(self.shard, f"group:{group_id}")
-
-    def sample(self, sample_id: str) -> str:
-        return self._k(self.shard, f"sample:{sample_id}")
-
     @property
     def sample_meta(self) -> str:
         """Hash sample index -> static per-sample metadata (sample id, group, advantage, version)."""
         return self._k(self.shard, "sample_meta")
-
-    @property
-    def fresh_index(self) -> str:
-        return self._k(self.shard, "fresh")
-
-    @property
-    def replay_index(self) -> str:
-        return self._k(self.shard, "replay")
-
-    @property
-    def all_index(self) -> str:
-        return self._k(self.shard, "all")
 
     @property
     def counters(self) -> str:
@@ -173,9 +146,6 @@ class RedisKeys:
     def servers(self) -> str:
         """Hash server_id -> registration (address, engine, loaded version, last heartbeat)."""
         return self._k("w", "servers")
-
-    def server_heartbeat(self, server_id: str) -> str:
-        return self._k("w", f"heartbeat:{server_id}")
 
     @property
     def server_alive(self) -> str:

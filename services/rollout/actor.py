@@ -232,7 +232,9 @@ class GroupBuilder:
         triggered = {k: 0 for k in live}
         kept = {k: 0 for k in live}
         rethink_s = 0.0
-        if self.cfg.algorithm.rethink.enabled:
+        rc = self.cfg.algorithm.rethink
+        batch_version = min((r.policy_version for r in results), default=0)
+        if rc.enabled and batch_version >= rc.start_version:  # stage 2 of the recipe starts there
             t2 = time.perf_counter()
             triggered, kept = await self._rethink(tasks, live, prompts, samples, first)
             rethink_s = time.perf_counter() - t2

@@ -106,7 +106,7 @@ def test_deterministic_for_a_seed(tmp_path):
 
 
 def test_letters_balanced_and_text_says_nothing():
-    rows = make_rows(2000, seed=0)
+    rows = make_rows(2000, seed=0, kinds=list(KINDS))
     letters = Counter(_letter(r["answer"]) for r in rows)
     assert letters == {"A": 500, "B": 500, "C": 500, "D": 500}
     by_kind: dict[str, Counter] = {}
@@ -120,7 +120,7 @@ def test_letters_balanced_and_text_says_nothing():
     def acc(pick) -> float:
         return sum(pick(r) == _letter(r["answer"]) for r in rows) / len(rows)
 
-    fav = {"largest_color": "red", "leftmost_color": "red", "largest_type": "circle", "count": "4"}
+    fav = {"largest_color": "red", "leftmost_color": "red", "largest_type": "circle", "count": "4", "dominant_color": "red"}
     strategies = {
         "first": lambda r: "A",
         "favourite": lambda r: next((l for l, o in _options(r["question"]).items() if o == fav[_kind(r["question"])]), "A"),
@@ -131,7 +131,7 @@ def test_letters_balanced_and_text_says_nothing():
 
 
 def test_answer_is_readable_from_the_pixels():
-    rows = make_rows(120, seed=1)
+    rows = make_rows(150, seed=1, kinds=list(KINDS))
     checked = Counter()
     for r in rows:
         kind = _kind(r["question"])
@@ -143,6 +143,11 @@ def test_answer_is_readable_from_the_pixels():
             pixels = _pixels_by_color(img)
             assert max(pixels, key=lambda c: len(pixels[c])) == gold
             assert set(pixels) == set(_options(r["question"]).values())  # the options are the shapes' colors
+        elif kind == "dominant_color":
+            pixels = _pixels_by_color(img)
+            assert max(pixels, key=lambda c: len(pixels[c])) == gold
+            assert len(pixels[gold]) >= 0.3 * img.width * img.height  # the answer fills much of the image
+            assert list(_options(r["question"]).values()) == ["red", "green", "blue", "yellow"]  # fixed order
         elif kind == "leftmost_color":
             pixels = _pixels_by_color(img)
             centre = {c: (min(x for x, _ in p) + max(x for x, _ in p)) / 2 for c, p in pixels.items()}
