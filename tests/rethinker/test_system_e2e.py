@@ -130,6 +130,7 @@ def test_up_stops_every_process_on_sigterm(tmp_path, redis_url, tiny_model_dir, 
         "learner.total_steps=100000",
         "learner.eval_every=0",
         "learner.prompts_per_step=8",
+        "learner.micro_batch_size=32",
         "launcher.rollout_servers=1",
     ]
     proc = subprocess.Popen(
