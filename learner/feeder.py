@@ -1,9 +1,11 @@
 """Prompt feeding: the learner owns the dataset and publishes ``PromptTask``s at the pace it trains.
 
 Pacing (staleness bound ``k = algorithm.ssr.staleness_bound``): by the time the learner has finished
-step ``s`` it has published at most ``prompts_per_step * (s + 1 + k)`` tasks in total, so rollout
-servers never run more than ``k`` versions ahead of what the learner can train on; on top of that the
-buffer's own queue backpressure (``BufferClient.can_publish()``) is respected.
+step ``s`` it has published at most ``prompts_per_step * (s + 1 + k + extra)`` tasks in total, so
+rollout servers never run more than ``k`` versions ahead of what the learner can train on; ``extra``
+counts rounds whose groups all had zero advantage (nothing drawable: the vanishing-advantages end
+state), granted so that the learner keeps asking for new prompts instead of waiting forever.  On top
+of that the buffer's own queue backpressure (``BufferClient.can_publish()``) is respected.
 
 Order: epoch ``e`` visits every row once in the permutation drawn from ``run.seed + e``; the task id
 is ``<qid>:e<epoch>`` (``common.data.loader.to_prompt_task``), so a republication after a restart is a
@@ -34,6 +36,7 @@ class FeederState:
     duplicates: int = 0
     skipped: int = 0  # rows that could not be turned into tasks (unreadable image ...)
     pending: list = field(default_factory=list)  # [epoch, row index] refused by backpressure: sent first next time
+    extra_rounds: int = 0  # rounds granted without a step: their groups had nothing to train on
 
 
 class PromptFeeder:
@@ -63,7 +66,13 @@ class PromptFeeder:
     def quota(self, step: int) -> int:
         """Tasks the learner may still publish before finishing ``step`` (0-based: the step in progress)."""
         lc, k = self.cfg.learner, self.cfg.algorithm.ssr.staleness_bound
-        return max(0, lc.prompts_per_step * (step + 1 + k) - self.state.published)
+        return max(0, lc.prompts_per_step * (step + 1 + k + self.state.extra_rounds) - self.state.published)
+
+    def grant_round(self) -> None:
+        """One more round of ``prompts_per_step`` tasks without a learner step: the last round's groups
+        all had zero advantage (every response right, or every one wrong), so there is nothing to
+        train on and the learner must not wait for a step that cannot come."""
+        self.state.extra_rounds += 1
 
     def _next_rows(self, n: int) -> list[tuple[int, int]]:
         out: list[tuple[int, int]] = []

@@ -151,9 +151,15 @@ class Trainer:
             if now - last_stats >= max(self.poll_s, 0.05):
                 last_stats = now
                 total = self._groups_total()
-                if total - self._groups_seen >= need and self._drawable() > 0:
+                if total - self._groups_seen >= need:
+                    if self._drawable() > 0:
+                        self._groups_seen = total
+                        break
+                    # A whole round of groups with zero advantage: nothing to train on.  Count it as
+                    # seen and ask for another round (the public code's fill loop spins forever here).
+                    log.info("round_without_effective_samples", new_groups=total - self._groups_seen, step=self.step)
                     self._groups_seen = total
-                    break
+                    self.feeder.grant_round()
                 if now - t0 > self.cfg.learner.sample_timeout_s:
                     if self._drawable() > 0:
                         log.warning("sample_timeout_partial", new_groups=total - self._groups_seen, need=need)

@@ -4,6 +4,7 @@ versioned broadcast to a live receiver, metrics, checkpoints with an HF export."
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -76,3 +77,26 @@ def test_trainer_feeds_trains_broadcasts_and_checkpoints(make_cfg, tiny_model_di
     ck = json.loads((tmp_path / "run" / "ckpt" / "step-00000004" / "learner.json").read_text())
     assert ck["step"] == 4 and ck["feeder"]["published"] <= cfg.learner.prompts_per_step * (4 + 1 + 1)
     assert ck["feeder"]["cursor"] == ck["feeder"]["published"] % ck["feeder"]["num_rows"]
+
+
+def test_rounds_without_effective_samples_do_not_stall_the_learner(make_cfg, tiny_model_dir):
+    """Every response of the first rounds is right (zero advantage, nothing drawable): the learner
+    asks for more prompts instead of waiting forever, then trains when effective groups arrive."""
+    from learner.trainer import Trainer
+
+    cfg = make_cfg("learner.total_steps=2", "learner.eval_every=0", "algorithm.ssr.staleness_bound=0",
+                   "algorithm.ssr.mode=ssr", "learner.sample_timeout_s=600")
+    trainer = Trainer(cfg)
+    producer = Producer(cfg, str(tiny_model_dir))
+    producer.solved_groups = 3 * cfg.learner.prompts_per_step  # three whole rounds of solved prompts
+    producer.start()
+    t0 = time.monotonic()
+    try:
+        summary = trainer.run()
+    finally:
+        producer.stop()
+        trainer.close()
+    assert summary["step"] == 2
+    assert time.monotonic() - t0 < 300
+    assert trainer.feeder.state.extra_rounds >= 3
+    assert trainer.feeder.state_dict()["extra_rounds"] == trainer.feeder.state.extra_rounds  # checkpointed
