@@ -299,6 +299,10 @@ class LearnerConfig(Section):
     keep_checkpoints: int = 2
     eval_every: int = 0  # 0 disables periodic eval
     sample_timeout_s: float = 600.0
+    # End training early after this many consecutive rounds of `prompts_per_step` new groups with
+    # nothing to train on (every group all-right or all-wrong: the policy has converged on the
+    # data).  0 = never: keep asking for new prompts.
+    stop_after_empty_rounds: int = Field(0, ge=0)
     tensorboard_dir: str | None = None  # default: <run_dir>/tensorboard
     wandb_project: str | None = None
     weight_sync: WeightSyncConfig = WeightSyncConfig()

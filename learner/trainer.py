@@ -93,6 +93,8 @@ class Trainer:
         self.redis = None
         self._stop = False
         self._groups_seen: int | None = None
+        self._empty_rounds = 0  # consecutive rounds of new groups with nothing drawable
+        self.converged = False
         self._totals_prev: dict[str, int] | None = None
         if self.rank == 0:
             if buffer is None:
@@ -154,11 +156,20 @@ class Trainer:
                 if total - self._groups_seen >= need:
                     if self._drawable() > 0:
                         self._groups_seen = total
+                        self._empty_rounds = 0
                         break
                     # A whole round of groups with zero advantage: nothing to train on.  Count it as
                     # seen and ask for another round (the public code's fill loop spins forever here).
-                    log.info("round_without_effective_samples", new_groups=total - self._groups_seen, step=self.step)
+                    self._empty_rounds += 1
+                    log.info("round_without_effective_samples", new_groups=total - self._groups_seen, step=self.step,
+                             consecutive=self._empty_rounds)
                     self._groups_seen = total
+                    limit = self.cfg.learner.stop_after_empty_rounds
+                    if limit and self._empty_rounds >= limit:
+                        log.info("converged", step=self.step, empty_rounds=self._empty_rounds)
+                        self.converged = True
+                        self._stop = True
+                        break
                     self.feeder.grant_round()
                 if now - t0 > self.cfg.learner.sample_timeout_s:
                     if self._drawable() > 0:
@@ -314,9 +325,9 @@ class Trainer:
                 log.info("step", step=self.step, **{k: round(v, 5) for k, v in values.items() if isinstance(v, float)})
         if self._stop_all() and self.step % lc.checkpoint_every and self.step > 0:
             self.save_checkpoint()
-        self._publish_state("stopped" if self._stop else "finished")
+        self._publish_state("converged" if self.converged else "stopped" if self._stop else "finished")
         self.metrics.close()
-        return {"step": self.step, "version": self.version, "resumed": resumed, "last": last}
+        return {"step": self.step, "version": self.version, "resumed": resumed, "converged": self.converged, "last": last}
 
     def _stop_all(self) -> bool:
         """The stop flag, agreed by every rank (any rank's signal stops all)."""

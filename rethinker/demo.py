@@ -88,6 +88,7 @@ def summarize(
         "initial_eval_accuracy": initial,
         "final_eval_accuracy": final,
         "steps": int(train[-1]["step"]) if train else 0,
+        "stopped_early": bool(train) and int(train[-1]["step"]) < cfg.learner.total_steps,
         "wall_s": round(wall_s, 1),
         "train_wall_s": round(result.wall_s, 1),
         "weight_syncs": int(sum(r.get("sync_ok", 0.0) for r in train)),

@@ -100,3 +100,23 @@ def test_rounds_without_effective_samples_do_not_stall_the_learner(make_cfg, tin
     assert time.monotonic() - t0 < 300
     assert trainer.feeder.state.extra_rounds >= 3
     assert trainer.feeder.state_dict()["extra_rounds"] == trainer.feeder.state.extra_rounds  # checkpointed
+
+
+def test_converged_policy_ends_training_early(make_cfg, tiny_model_dir):
+    """With `stop_after_empty_rounds`, rounds that are all solved end the run (checkpointed) instead
+    of asking for prompts forever."""
+    from learner.trainer import Trainer
+
+    cfg = make_cfg("learner.total_steps=50", "learner.eval_every=0", "algorithm.ssr.staleness_bound=0",
+                   "learner.stop_after_empty_rounds=2", "learner.checkpoint_every=50")
+    trainer = Trainer(cfg)
+    producer = Producer(cfg, str(tiny_model_dir))
+    producer.solved_groups = 10_000  # every group all-correct
+    producer.start()
+    try:
+        summary = trainer.run()
+    finally:
+        producer.stop()
+        trainer.close()
+    assert summary["converged"] and summary["step"] == 0
+    assert trainer.feeder.state.extra_rounds == 1  # one round granted, the second empty round stops
