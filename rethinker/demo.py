@@ -115,7 +115,7 @@ def plot_curve(rows: list[dict[str, Any]], initial: float, final: float | None, 
     evals = [r for r in rows if r.get("prefix") == "eval" and "accuracy" in r]
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:
-        ax.plot([r["step"] for r in train], [r["reward_mean"] for r in train], lw=1, alpha=0.6, label="rollout reward (mean)")
+        ax.plot([r["step"] for r in train], [r["reward_mean"] for r in train], lw=1, alpha=0.6, label="reward of the trained batch (SSR draws by |A|)")
     xs = [0] + [r["step"] for r in evals]
     ys = [initial] + [r["accuracy"] for r in evals]
     ax.plot(xs, ys, marker="o", lw=2, label="held-out accuracy (greedy)")
