@@ -223,6 +223,8 @@ class Engine(ABC):
         self._lock = AsyncRWLock()
         self._version = -1  # -1: no weights loaded yet
         self.stats = EngineStats()
+        self._processor: Any = None
+        self._eos: frozenset[int] = frozenset()
 
     # ---- lifecycle
     @abstractmethod
@@ -241,21 +243,23 @@ class Engine(ABC):
         """Policy version of the loaded weights (-1 before any)."""
         return self._version
 
-    # ---- tokenization / prompts
+    # ---- tokenization / prompts (``start`` sets ``_processor`` and ``_eos``)
     @property
-    @abstractmethod
     def tokenizer(self) -> Any:
         """The HF tokenizer (``decode``, ``encode``)."""
+        return self.processor.tokenizer
 
     @property
-    @abstractmethod
     def processor(self) -> Any:
         """The HF multimodal processor."""
+        if self._processor is None:
+            raise EngineError("engine not started")
+        return self._processor
 
     @property
-    @abstractmethod
     def eos_token_ids(self) -> frozenset[int]:
         """Token ids that end a response."""
+        return self._eos
 
     @abstractmethod
     def encode_question(

@@ -65,8 +65,6 @@ class HFEngine(Engine):
         self.max_rows = cfg.rollout.hf_max_batch_rows
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine")
         self._model: Any = None
-        self._processor: Any = None
-        self._eos: frozenset[int] = frozenset()
         self._pad_id = 0
         self._gen_config: Any = None
 
@@ -124,22 +122,6 @@ class HFEngine(Engine):
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
 
     # ---------------------------------------------------------------- tokenization
-
-    @property
-    def tokenizer(self) -> Any:
-        if self._processor is None:
-            raise EngineError("engine not started")
-        return self._processor.tokenizer
-
-    @property
-    def processor(self) -> Any:
-        if self._processor is None:
-            raise EngineError("engine not started")
-        return self._processor
-
-    @property
-    def eos_token_ids(self) -> frozenset[int]:
-        return self._eos
 
     @property
     def model(self) -> Any:

@@ -66,8 +66,6 @@ class VLLMEngine(Engine):
         self.model_path = model_path or cfg.model.path
         self.max_images = max_images_per_prompt
         self._llm: Any = None
-        self._processor: Any = None
-        self._eos: frozenset[int] = frozenset()
         self._pad_image_id = -1
 
     def engine_args(self) -> Any:
@@ -125,22 +123,6 @@ class VLLMEngine(Engine):
             self._llm = None
 
     # ---------------------------------------------------------------- tokenization
-
-    @property
-    def tokenizer(self) -> Any:
-        if self._processor is None:
-            raise EngineError("engine not started")
-        return self._processor.tokenizer
-
-    @property
-    def processor(self) -> Any:
-        if self._processor is None:
-            raise EngineError("engine not started")
-        return self._processor
-
-    @property
-    def eos_token_ids(self) -> frozenset[int]:
-        return self._eos
 
     def encode_question(
         self, question: str, images: Sequence[Any], prompt_suffix: str = "", system: str | None = None
