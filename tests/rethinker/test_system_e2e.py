@@ -71,6 +71,9 @@ def args_for(overrides: list[str]) -> list[str]:
 def test_demo_learns_and_every_part_takes_part(tmp_path, redis_url, tiny_model_dir):
     overrides = system_overrides(tmp_path, redis_url, tiny_model_dir) + [
         "learner.total_steps=220",
+        # train on as many responses as were generated: the fresh pool cannot fill the batch once
+        # groups go all-right/all-wrong, so the replay pool is used within the short run
+        "algorithm.ssr.train_fraction=1.0",
         "algorithm.rethink.start_version=150",
         "learner.eval_every=0",
         "data.eval_max_items=128",

@@ -12,7 +12,7 @@ from services.verifier import GradePool, grade_many
 from services.verifier.pool import Crash, Timeout
 
 # A real grading item that makes sympy work for seconds (a non-assignment equation: math-verify solves it).
-SLOW = ("\\boxed{x^2 + y = (x+1)^{90}}", "x^2 + y = (x+2)^{90}")
+SLOW = ("\\boxed{x^2 + y = (x+1)^{300}}", "x^2 + y = (x+2)^{300}")
 
 
 def _gone(pid: int) -> bool:
