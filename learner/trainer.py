@@ -270,7 +270,6 @@ class Trainer:
 
     def run(self, max_steps: int | None = None) -> dict[str, Any]:
         """Train until ``learner.total_steps`` (or ``max_steps`` more steps); returns a summary."""
-        import torch.distributed as dist
 
         self._install_signals()
         resumed = self.resume()

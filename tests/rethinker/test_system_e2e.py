@@ -12,7 +12,6 @@ SIGTERM and checks that every child process is gone.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
