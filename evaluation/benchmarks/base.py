@@ -201,6 +201,22 @@ def choice_index(answer: str, choices: Sequence[str]) -> int | None:
 # --------------------------------------------------------------------------- images
 
 
+def set_multiple_choice(item: "EvalItem", answer: str, options: list[str], where: str) -> None:
+    """Make ``item`` a multiple-choice item whose gold is the option letter for ``answer`` (given as
+    a letter or as an option's text); BenchmarkError when it is neither."""
+    letter = normalize_letter(answer)
+    if letter is None or index_of_letter(letter) >= len(options):
+        idx = choice_index(answer, options)
+        if idx is None:
+            raise BenchmarkError(f"{where}: answer {answer!r} is neither an option letter nor an option")
+        letter = letter_of(idx, where)
+    item.question_type = MULTIPLE_CHOICE
+    item.answer_type = "letter"
+    item.choices = options
+    item.gold = letter
+    item.gold_text = options[index_of_letter(letter)]
+
+
 def _png_bytes(img: Any) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")

@@ -23,19 +23,15 @@ from pathlib import Path
 
 from evaluation.benchmarks.base import (
     FREE_FORM,
-    MULTIPLE_CHOICE,
     BenchmarkError,
     BenchmarkSpec,
     EvalItem,
     as_text,
-    choice_index,
     find_tables,
     interleave_images,
     iter_rows,
-    index_of_letter,
-    letter_of,
+    set_multiple_choice,
     load_image,
-    normalize_letter,
     parse_options,
     require,
 )
@@ -76,17 +72,7 @@ def load(path: Path, variant: str | None = None) -> list[EvalItem]:
             categories={"subject": as_text(row.get("subject")), "level": as_text(row.get("level"))},
         )
         if options:
-            letter = normalize_letter(answer)
-            if letter is None or index_of_letter(letter) >= len(options):
-                idx = choice_index(answer, options)
-                if idx is None:
-                    raise BenchmarkError(f"{where}: answer {answer!r} is neither an option letter nor an option")
-                letter = letter_of(idx, where)
-            item.question_type = MULTIPLE_CHOICE
-            item.answer_type = "letter"
-            item.choices = options
-            item.gold = letter
-            item.gold_text = options[index_of_letter(letter)]
+            set_multiple_choice(item, answer, options, where)
         items.append(item)
     return items
 
