@@ -172,6 +172,7 @@ class MicroBatch:
     advantages: torch.Tensor  # [B]
     replayed: torch.Tensor  # [B] bool
     nll_rows: torch.Tensor  # [B] bool
+    policy_versions: torch.Tensor  # [B] int64: the policy version that generated each row
 
     @staticmethod
     def of(items: Sequence[TrainItem], device: torch.device | str = "cpu") -> "MicroBatch":
@@ -182,6 +183,7 @@ class MicroBatch:
             advantages=torch.tensor([it.advantage for it in items], dtype=torch.float32, device=device),
             replayed=torch.tensor([it.replayed for it in items], dtype=torch.bool, device=device),
             nll_rows=torch.tensor([it.nll for it in items], dtype=torch.bool, device=device),
+            policy_versions=torch.tensor([it.policy_version for it in items], dtype=torch.int64, device=device),
         )
 
 

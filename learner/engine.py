@@ -73,9 +73,16 @@ def lr_factor(step: int, *, total_steps: int, warmup_ratio: float, min_lr_ratio:
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def train_fraction(cfg: RethinkerConfig) -> float:
+    """Trained volume / rollout volume: ``ssr.train_fraction`` for the selecting modes (spec 3.5: half
+    the rollout), 1 for plain GRPO, which trains on every response of a step."""
+    ssr = cfg.algorithm.ssr
+    return 1.0 if ssr.mode == "grpo" else ssr.train_fraction
+
+
 def samples_per_step(cfg: RethinkerConfig) -> int:
-    """Trained responses per learner step: prompts x n x train_fraction (spec 3.5: half the rollout)."""
-    return max(1, int(round(cfg.learner.prompts_per_step * cfg.algorithm.sampling.n * cfg.algorithm.ssr.train_fraction)))
+    """Trained responses per learner step: prompts x n x the mode's train fraction."""
+    return max(1, int(round(cfg.learner.prompts_per_step * cfg.algorithm.sampling.n * train_fraction(cfg))))
 
 
 def grad_accum_steps(cfg: RethinkerConfig, world: int) -> int:
@@ -86,7 +93,7 @@ def grad_accum_steps(cfg: RethinkerConfig, world: int) -> int:
 
         raise ConfigError(
             f"learner.micro_batch_size: {n} trained samples per step (prompts_per_step x sampling.n x "
-            f"ssr.train_fraction) must be a multiple of micro_batch_size x world size = {per}"
+            f"the mode's train fraction) must be a multiple of micro_batch_size x world size = {per}"
         )
     return n // per
 

@@ -5,13 +5,14 @@ per-row ones (``[B]``).  For every response token::
 
     ratio   = exp(logp - old_logp)
     pg      = max(-A * ratio, -A * clip(ratio, 1 - clip_low, 1 + clip_high))   # clip-higher PPO
-    pg      = min(pg, -A * is_cap)         only on stale rows with A < 0 (dual clip: the importance
+    pg      = min(pg, -A * is_cap)         only on ``stale`` rows with A < 0 (dual clip: the importance
                                            weight of an off-policy token never counts above is_cap)
+    pg      = w * pg                       with a per-token importance weight ``is_weight`` (decoupled
+                                           PPO: w = min(pi_learner / pi_sampler, is_cap), detached)
     loss    = token_mean(pg) + nll_coef * token_mean_over_nll_rows(-logp) + kl_coef * token_mean(k3(ref, logp))
 
-``old_logp`` is the behaviour policy: for fresh responses the learner's own log-probs (recomputed,
-see learner/trainer.py: the update is one optimizer step per batch, so they equal ``logp.detach()``);
-for replayed responses the stored log-probs of the policy that produced them.  "token_mean" is the
+``old_logp`` is the old policy of the clipped ratio; which log-probs that is for on-policy,
+stale and replayed rows is decided by ``algorithm.grpo.off_policy`` (learner/step.py).  "token_mean" is the
 mean over every response token of the micro-batch (spec: token-level mean over the micro-batch).
 The NLL term covers responses that contain a "wait" and have a positive advantage (spec 4.6); its
 mean is over those responses' tokens (0 when there is none).  The reference KL uses the k3
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from common.config import GRPOConfig
+
 
 @dataclass(frozen=True)
 class LossConfig:
@@ -32,10 +35,11 @@ class LossConfig:
     is_cap: float | None = 5.0
     nll_coef: float = 0.05
     kl_coef: float = 0.0
+    off_policy: str = "behaviour"  # behaviour | decoupled | recompute (learner/step.py)
 
     @staticmethod
-    def from_grpo(grpo) -> "LossConfig":  # common.config.GRPOConfig
-        return LossConfig(grpo.clip_low, grpo.clip_high, grpo.is_cap, grpo.nll_coef, grpo.kl_coef)
+    def from_grpo(grpo: GRPOConfig) -> "LossConfig":
+        return LossConfig(grpo.clip_low, grpo.clip_high, grpo.is_cap, grpo.nll_coef, grpo.kl_coef, grpo.off_policy)
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -51,6 +55,7 @@ def grpo_loss(
     *,
     cfg: LossConfig,
     stale: torch.Tensor | None = None,
+    is_weight: torch.Tensor | None = None,
     nll_rows: torch.Tensor | None = None,
     ref_logp: torch.Tensor | None = None,
     sampler_logp: torch.Tensor | None = None,
@@ -74,6 +79,10 @@ def grpo_loss(
         cap_value = -adv * cfg.is_cap
         capped = stale_tok & (adv < 0) & (pg > cap_value)
         pg = torch.where(capped, cap_value, pg)
+    if is_weight is not None:
+        if is_weight.shape != logp.shape:
+            raise ValueError(f"is_weight must be {tuple(logp.shape)}, got {tuple(is_weight.shape)}")
+        pg = pg * is_weight.detach().to(pg.dtype)
     pg_loss = _masked_mean(pg, mask)
     loss = pg_loss
 
@@ -100,6 +109,8 @@ def grpo_loss(
         stats["approx_kl"] = float(_masked_mean(ratio - 1.0 - log_ratio, mask))
         stats["ratio_mean"] = float(_masked_mean(ratio, mask))
         stats["ratio_max"] = float((ratio * mask).max()) if mask.any() else 1.0
+        if is_weight is not None:
+            stats["is_weight_mean"] = float(_masked_mean(is_weight.to(mask.dtype), mask))
         if sampler_logp is not None:
             ls = logp.detach() - sampler_logp
             stats["approx_kl_sampler"] = float(_masked_mean(torch.exp(ls) - 1.0 - ls, mask))

@@ -5,7 +5,9 @@ One iteration (= one optimizer step = one policy version)::
     feeder.top_up(step)                 publish prompts within the staleness bound (rank 0)
     wait_for_data()                     until one rollout step's worth of new groups arrived (idle time)
     buffer.sample(n, mode=ssr|filter|grpo, policy_version=version)   (rank 0, broadcast to all ranks)
-    train_step(...)                     micro-batches, GRPO loss, AdamW step
+                                        a short batch is trained as drawn or completed after more
+                                        rounds (learner.short_batch); batch_fill = drawn / wanted
+    train_step(...)                     micro-batches, GRPO loss with off-policy correction, AdamW step
     version = step                      the weights after step s are version s
     every sync_every:       WeightSync.sync(version)  -> rollout servers, PolicyVersion published
     every checkpoint_every: CheckpointManager.save    -> resume point + HF export for late joiners
@@ -93,7 +95,8 @@ class Trainer:
         self.redis = None
         self._stop = False
         self._groups_seen: int | None = None
-        self._empty_rounds = 0  # consecutive rounds of new groups with nothing drawable
+        self._empty_rounds = 0  # consecutive rounds of new groups without an effective response
+        self._eff_seen = 0
         self.converged = False
         self._totals_prev: dict[str, int] | None = None
         if self.rank == 0:
@@ -136,12 +139,14 @@ class Trainer:
         mode = self.cfg.algorithm.ssr.mode
         return s.fresh + (s.replay if mode == "ssr" else 0) + (s.zero if mode == "grpo" else 0)
 
-    def _groups_total(self) -> int:
-        return int(self.buffer.stats()["totals"]["groups"])
-
     def wait_for_data(self) -> float:
         """Rank 0: until ``prompts_per_step`` new groups arrived since the last step (and something is
-        drawable); keeps feeding while it waits.  Returns the seconds spent waiting."""
+        drawable); keeps feeding while it waits.  Returns the seconds spent waiting.
+
+        A round of new groups without a single effective response (every group all-right or
+        all-wrong) counts towards ``learner.stop_after_empty_rounds``; when nothing at all is
+        drawable (in mode ssr the replay pool counts) the feeder is granted another round instead of
+        a step (the public code's fill loop spins forever here)."""
         t0 = time.perf_counter()
         need = self.cfg.learner.prompts_per_step
         if self._groups_seen is None:
@@ -152,23 +157,13 @@ class Trainer:
             now = time.perf_counter()
             if now - last_stats >= max(self.poll_s, 0.05):
                 last_stats = now
-                total = self._groups_total()
+                totals = self.buffer.stats()["totals"]
+                total = int(totals["groups"])
                 if total - self._groups_seen >= need:
-                    if self._drawable() > 0:
-                        self._groups_seen = total
-                        self._empty_rounds = 0
-                        break
-                    # A whole round of groups with zero advantage: nothing to train on.  Count it as
-                    # seen and ask for another round (the public code's fill loop spins forever here).
-                    self._empty_rounds += 1
-                    log.info("round_without_effective_samples", new_groups=total - self._groups_seen, step=self.step,
-                             consecutive=self._empty_rounds)
-                    self._groups_seen = total
-                    limit = self.cfg.learner.stop_after_empty_rounds
-                    if limit and self._empty_rounds >= limit:
-                        log.info("converged", step=self.step, empty_rounds=self._empty_rounds)
-                        self.converged = True
-                        self._stop = True
+                    eff = int(totals.get("eff_samples", 0))
+                    self._round_done(total - self._groups_seen, eff - self._eff_seen)
+                    self._groups_seen, self._eff_seen = total, eff
+                    if self._stop or self._drawable() > 0:
                         break
                     self.feeder.grant_round()
                 if now - t0 > self.cfg.learner.sample_timeout_s:
@@ -183,8 +178,33 @@ class Trainer:
             time.sleep(self.poll_s)
         return time.perf_counter() - t0
 
+    def _round_done(self, new_groups: int, new_effective: int) -> None:
+        """Count a finished round of new groups for the convergence rule (may set the stop flag)."""
+        if new_effective > 0:
+            self._empty_rounds = 0
+            return
+        self._empty_rounds += 1
+        log.info("round_without_effective_samples", new_groups=new_groups, step=self.step, consecutive=self._empty_rounds)
+        limit = self.cfg.learner.stop_after_empty_rounds
+        if limit and self._empty_rounds >= limit:
+            log.info("converged", step=self.step, empty_rounds=self._empty_rounds)
+            self.converged = True
+            self._stop = True
+
+    def _draw(self, n: int, attempt: int) -> Batch:
+        sb = self.buffer.sample(
+            n,
+            mode=self.cfg.algorithm.ssr.mode,
+            policy_version=self.version,
+            seed=self.cfg.run.seed * 1_000_003 + self.step + 7_919 * attempt,
+        )
+        return Batch(list(sb.samples), dict(sb.tasks), list(sb.replayed))
+
     def next_batch(self) -> tuple[Batch, float]:
-        """Every rank: the step's batch (sampled on rank 0 and broadcast) and rank 0's idle seconds."""
+        """Every rank: the step's batch (sampled on rank 0 and broadcast) and rank 0's idle seconds.
+
+        With ``learner.short_batch: wait`` a batch the buffer could not fill is kept and completed
+        by further draws after further rounds of groups; with ``train`` it is trained as it is."""
         import torch.distributed as dist
 
         payload: list[Any] = [None]
@@ -192,24 +212,26 @@ class Trainer:
         if self.rank == 0:
             idle = self.wait_for_data()
             t0 = time.perf_counter()
-            sb = self.buffer.sample(
-                self.n_samples,
-                mode=self.cfg.algorithm.ssr.mode,
-                policy_version=self.version,
-                seed=self.cfg.run.seed * 1_000_003 + self.step,
-            )
+            batch = self._draw(self.n_samples, 0)
+            attempt = 0
+            while self.cfg.learner.short_batch == "wait" and len(batch.samples) < self.n_samples and not self._stop:
+                attempt += 1
+                log.info("short_batch_wait", drawn=len(batch.samples), wanted=self.n_samples, step=self.step)
+                self.feeder.grant_round()  # no step yet: the feeder may publish the next round now
+                idle += time.perf_counter() - t0 + self.wait_for_data()
+                t0 = time.perf_counter()
+                more = self._draw(self.n_samples - len(batch.samples), attempt)
+                batch = Batch(batch.samples + more.samples, {**batch.tasks, **more.tasks}, batch.replayed + more.replayed)
             idle += time.perf_counter() - t0
-            payload = [Batch(list(sb.samples), dict(sb.tasks), list(sb.replayed))]
+            payload = [batch]
         if self.world > 1:
             dist.broadcast_object_list(payload, src=0)
         return payload[0], idle
 
     def items_for(self, batch: Batch) -> tuple[list[TrainItem], list[str]]:
+        """The batch's rows as train items, as drawn: a short batch stays short (never padded by
+        repeating rows, which would bypass the |A|^alpha priority and the reuse cap)."""
         items, errors = build_items(batch.samples, batch.tasks, self.cache, replayed=batch.replayed)
-        if not items:
-            return [], errors
-        if len(items) < self.n_samples:  # the buffer could not fill the batch: repeat (keeps DeepSpeed's accumulation)
-            items = [items[i % len(items)] for i in range(self.n_samples)]
         return items[: self.n_samples], errors
 
     # ------------------------------------------------------------------ loop
@@ -236,6 +258,8 @@ class Trainer:
             "staleness_max": float(lag.max()),
             "replay_share": float(np.mean(batch.replayed)) if batch.replayed else 0.0,
             "samples": float(len(batch.samples)),
+            "replayed": float(sum(batch.replayed)),
+            "batch_fill": len(batch.samples) / self.n_samples,
             "batch_effective_share": float(np.mean(adv != 0)),
         }
         if self.buffer is not None:
@@ -293,7 +317,7 @@ class Trainer:
             if not items:
                 continue
             batch_stats = self._batch_stats(batch) if self.rank == 0 else {}  # lags vs the version it was drawn for
-            stats = train_step(self.engine, items, self.loss_cfg)
+            stats = train_step(self.engine, items, self.loss_cfg, version=self.version)
             tokens = stats["tokens"]
             self.step += 1
             self.version = self.step

@@ -122,6 +122,11 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="comma-separated question kinds: largest_color,leftmost_color,largest_type,count,dominant_color (default: the first four)",
     )
+    s.add_argument(
+        "--levels",
+        default=None,
+        help="comma-separated difficulty levels of dominant_color, dealt in equal shares: 0,1,2 (default: 0)",
+    )
     s.set_defaults(func=_lazy("common.data.synth", "cmd_synth"))
 
 
@@ -138,6 +143,19 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     add_config_args(p)
     p.add_argument("--steps", type=int, default=None, help="override learner.total_steps")
     p.set_defaults(func=_lazy("rethinker.demo", "cmd_demo"))
+
+
+def _add_ablate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ablate", help="the SSR ablation: grpo / filter / ssr (x rethinking) over seeds, through the real system")
+    add_config_args(p)
+    p.add_argument("--modes", default="grpo,filter,ssr", help="comma-separated algorithm.ssr.mode values (default: all three)")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
+    p.add_argument("--seed-list", default=None, help="explicit comma-separated seeds (instead of --seeds)")
+    p.add_argument("--rethink", default="off", help="comma-separated variants: off, on, nll0 (rethinking with nll_coef 0)")
+    p.add_argument("--steps", type=int, default=None, help="learner steps per run (default learner.total_steps)")
+    p.add_argument("--out", default=None, help="output folder (default run.run_dir)")
+    p.add_argument("--resume", action="store_true", help="keep the runs already in <out>/ablation.json")
+    p.set_defaults(func=_lazy("rethinker.ablation", "cmd_ablate"))
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -234,6 +252,7 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_data,
     _add_up,
     _add_demo,
+    _add_ablate,
     _add_eval,
     _add_chat,
     _add_serve_verifier,

@@ -35,9 +35,28 @@ def prepare_data(cfg: RethinkerConfig) -> None:
     if train.exists() and (cfg.data.eval_path is None or Path(cfg.data.eval_path).exists()):
         return
     out = train.parent
-    synth_dataset(out, n=cfg.launcher.demo_data_n, seed=cfg.run.seed, kinds=list(cfg.launcher.demo_data_kinds))
+    synth_dataset(out, n=cfg.launcher.demo_data_n, seed=cfg.run.seed, kinds=list(cfg.launcher.demo_data_kinds),
+                  levels=list(cfg.launcher.demo_data_levels))
     if not train.exists():
         raise FileNotFoundError(f"data.train_path {train} was not produced by the synthetic generator in {out}")
+
+
+def warm_up(cfg: RethinkerConfig, run_dir: Path) -> RethinkerConfig:
+    """The format warm-up (`launcher.warmup_sft_steps` SFT steps, its own process so that its
+    DeepSpeed state stays there) into `<run_dir>/warm-model`; returns the config training from it."""
+    from common.config import config_to_yaml
+    from rethinker.launcher import rethinker_argv
+
+    warm = run_dir / "warm-model"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log.info("demo_warmup", steps=cfg.launcher.warmup_sft_steps, out=str(warm))
+    (run_dir / "warmup-config.yaml").write_text(config_to_yaml(cfg))
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "logs" / "warmup.log", "wb") as fh:
+        argv = rethinker_argv("sft-warmup", "--config", str(run_dir / "warmup-config.yaml"), "--out", str(warm))
+        if subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env=clean_env(cfg.launcher.child_threads)).returncode != 0:
+            raise RuntimeError(f"format warm-up failed; see {run_dir / 'logs' / 'warmup.log'}")
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": str(warm), "build_tiny_if_missing": False})})
 
 
 def evaluate_model(cfg: RethinkerConfig, model_path: str, out_dir: Path) -> dict[str, float]:
@@ -81,7 +100,8 @@ def summarize(
     rows = read_learner_metrics(run_dir)
     train = [r for r in rows if r.get("prefix") == "train"]
     rethink = [s.get("rethinking", {}) for s in result.rollout_status.values()]
-    replayed = sum(round(r.get("replay_share", 0.0) * r.get("samples", 0.0)) for r in train)
+    replayed = sum(r.get("replayed", 0.0) for r in train)
+    trained = sum(r.get("samples", 0.0) for r in train)
     idle = [r["idle_share"] for r in train if "idle_share" in r]
     versions = [s.get("loaded_version") for s in result.rollout_status.values()]
     return {
@@ -96,6 +116,8 @@ def summarize(
         "rethink_triggered": int(sum(r.get("triggered", 0) for r in rethink)),
         "rethink_kept": int(sum(r.get("kept", 0) for r in rethink)),
         "replayed_samples": int(replayed),
+        "replayed_share": round(replayed / trained, 4) if trained else 0.0,
+        "batch_fill_mean": round(sum(r.get("batch_fill", 1.0) for r in train) / len(train), 4) if train else None,
         "learner_idle_share": round(sum(idle) / len(idle), 4) if idle else None,
         "reward_first": train[0].get("reward_mean") if train else None,
         "reward_last": train[-1].get("reward_mean") if train else None,
@@ -132,9 +154,8 @@ def plot_curve(rows: list[dict[str, Any]], initial: float, final: float | None, 
 
 
 def run_demo(cfg: RethinkerConfig) -> dict[str, Any]:
-    from common.config import config_to_yaml
     from common.model_loading import ensure_model
-    from rethinker.launcher import read_learner_metrics, rethinker_argv, run_system
+    from rethinker.launcher import read_learner_metrics, run_system
 
     t0 = time.monotonic()
     run_dir = Path(cfg.run.run_dir)
@@ -143,16 +164,8 @@ def run_demo(cfg: RethinkerConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True)
     prepare_data(cfg)
     ensure_model(cfg.model)
-    warm = run_dir / "warm-model"
-    log.info("demo_warmup", steps=cfg.launcher.warmup_sft_steps, out=str(warm))
-    (run_dir / "warmup-config.yaml").write_text(config_to_yaml(cfg))
-    (run_dir / "logs").mkdir()
-    with open(run_dir / "logs" / "warmup.log", "wb") as fh:  # its own process: DeepSpeed state stays there
-        argv = rethinker_argv("sft-warmup", "--config", str(run_dir / "warmup-config.yaml"), "--out", str(warm))
-        if subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env=clean_env(cfg.launcher.child_threads)).returncode != 0:
-            raise RuntimeError(f"format warm-up failed; see {run_dir / 'logs' / 'warmup.log'}")
-    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": str(warm), "build_tiny_if_missing": False})})
-    initial = evaluate_model(cfg, str(warm), run_dir / "eval-initial")["accuracy"]
+    cfg = warm_up(cfg, run_dir)
+    initial = evaluate_model(cfg, cfg.model.path, run_dir / "eval-initial")["accuracy"]
     log.info("demo_initial_eval", accuracy=initial)
     from rethinker.local_redis import ensure_redis
 
@@ -177,7 +190,7 @@ def cmd_demo(args: Any) -> int:
     run_dir = Path(cfg.run.run_dir)
     print(json.dumps({k: summary[k] for k in (
         "initial_eval_accuracy", "final_eval_accuracy", "steps", "wall_s", "weight_syncs",
-        "rethink_triggered", "rethink_kept", "replayed_samples", "learner_idle_share")}))
+        "rethink_triggered", "rethink_kept", "replayed_samples", "replayed_share", "learner_idle_share")}))
     print(f"summary:        {run_dir / 'summary.json'}")
     print(f"learning curve: {run_dir / 'learning_curve.png'}")
     print(f"logs:           {run_dir / 'logs'}")

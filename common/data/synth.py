@@ -18,6 +18,21 @@ D. yellow`` in that order and the largest shape has the answer's color (the smal
 colors), so the text still says nothing (25 % without the image) but the image-to-letter mapping is
 direct enough for the tiny model to learn within minutes by RL.
 
+Difficulty levels (``levels=``, ``dominant_color`` only) grade that task for the SSR ablation, where
+some questions must be solved early and others late so that the share of groups with a non-zero
+advantage falls as training proceeds:
+
+=====  ============================================================  ==========================
+level  scene                                                         ``source``
+=====  ============================================================  ==========================
+0      one big shape (80-85 % of the side) + 1 small distractor      ``synthetic-shapes``
+1      one shape of 50-58 % of the side + 2 distractors of 20-26 %   ``synthetic-shapes-l1``
+2      one shape of 36-42 % of the side + 3 distractors of 27-32 %   ``synthetic-shapes-l2``
+=====  ============================================================  ==========================
+
+Levels are dealt to the rows in equal shares (shuffled), like the kinds; with ``levels=(0,)`` (the
+default) the rows are exactly those of earlier versions of this generator.
+
 The four options A-D are listed in the question.  For the color kinds they are the colors of the four
 shapes in the image, for ``largest_type`` the four shape types and for ``count`` the numbers 2-5, in
 an order that puts the correct value at a letter drawn from an exactly balanced sequence.  So the
@@ -80,6 +95,13 @@ KINDS: dict[str, tuple[str, str]] = {
     "dominant_color": ("Which color has the largest shape?", "Spatial Reasoning"),
 }
 DEFAULT_KINDS = ("largest_color", "leftmost_color", "largest_type", "count")
+# dominant_color difficulty: (big side, distractor side) as fractions of the image side, shapes in all
+DOMINANT_LEVELS: dict[int, tuple[tuple[float, float], tuple[float, float], int]] = {
+    0: ((0.80, 0.85), (0.13, 0.18), 2),
+    1: ((0.50, 0.58), (0.20, 0.26), 3),
+    2: ((0.36, 0.42), (0.27, 0.32), 4),
+}
+_AREA = {"circle": 0.785, "square": 1.0, "triangle": 0.5, "diamond": 0.5}  # area / side^2 of each shape
 FIXED_COLORS = ("red", "green", "blue", "yellow")  # the fixed option order of ``dominant_color``
 _BOXED = re.compile(r"^\\boxed\{(.*)\}$")
 NOT_ANNOTATED_SHARE = 0.15  # share of rows whose pass rates are -1 (not annotated), like ViRL39K
@@ -160,14 +182,16 @@ def _place(rng: random.Random, sides: Sequence[int], size: int, *, min_gap_x: in
     return boxes
 
 
-def _scene(rng: random.Random, kind: str, size: int, target: str) -> tuple[list[Shape], list[str]]:
+def _scene(rng: random.Random, kind: str, size: int, target: str, level: int = 0) -> tuple[list[Shape], list[str]]:
     """Shapes whose answer to ``kind`` is ``target``, and the four option values (unordered)."""
     big_lo, big_hi = round(0.33 * size), round(0.42 * size)
-    if kind == "dominant_color":  # one big shape in the answer's color and one small distractor
-        big_lo, big_hi = round(0.8 * size), round(0.85 * size)
     small_lo, small_hi = max(4, round(0.13 * size)), max(5, round(0.18 * size))
+    n = int(target) if kind == "count" else 4
+    if kind == "dominant_color":  # one big shape in the answer's color and smaller distractors
+        (b0, b1), (s0, s1), n = DOMINANT_LEVELS[level]
+        big_lo, big_hi = round(b0 * size), round(b1 * size)
+        small_lo, small_hi = max(4, round(s0 * size)), max(5, round(s1 * size))
     mid_lo, mid_hi = max(5, round(0.16 * size)), max(6, round(0.24 * size))
-    n = int(target) if kind == "count" else 2 if kind == "dominant_color" else 4
     while True:
         if kind in ("largest_color", "largest_type", "dominant_color"):
             sides = [rng.randint(big_lo, big_hi)] + [rng.randint(small_lo, small_hi) for _ in range(n - 1)]
@@ -178,6 +202,9 @@ def _scene(rng: random.Random, kind: str, size: int, target: str) -> tuple[list[
             break
     colors = rng.sample(list(COLORS), n)
     kinds = [rng.choice(SHAPES) for _ in range(n)]
+    if kind == "dominant_color" and level > 0:  # close sides: the answer must still cover the most pixels
+        while min(_AREA[kinds[0]] * sides[0] ** 2 / (_AREA[k] * d**2) for k, d in zip(kinds[1:], sides[1:])) < 1.15:
+            kinds = [rng.choice(SHAPES) for _ in range(n)]
     if kind == "dominant_color":
         colors = [target] + rng.sample([c for c in COLORS if c != target], n - 1)
     elif kind in ("largest_color", "leftmost_color"):
@@ -225,26 +252,43 @@ def _pass_rate(rng: random.Random) -> float:
     return rng.randint(0, 8) / 8
 
 
-def make_rows(n: int, *, seed: int = 0, size: int = 56, kinds: Sequence[str] = DEFAULT_KINDS, qid_prefix: str = "synth") -> list[dict]:
+def make_rows(
+    n: int,
+    *,
+    seed: int = 0,
+    size: int = 56,
+    kinds: Sequence[str] = DEFAULT_KINDS,
+    qid_prefix: str = "synth",
+    levels: Sequence[int] = (0,),
+) -> list[dict]:
     """``n`` rows in ViRL39K's schema (dicts), deterministic for ``seed``."""
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
         raise ValueError(f"unknown question kinds {bad}; choose from {list(KINDS)}")
     if size < 28:
         raise ValueError(f"image size must be >= 28, got {size}")
+    bad_levels = [lv for lv in levels if lv not in DOMINANT_LEVELS]
+    if bad_levels or not levels:
+        raise ValueError(f"unknown difficulty levels {bad_levels}; choose from {list(DOMINANT_LEVELS)}")
+    if tuple(levels) != (0,) and "dominant_color" not in kinds:
+        raise ValueError("difficulty levels apply to the dominant_color kind only; add it to the kinds")
     rng = random.Random(f"synth-{seed}-{qid_prefix}")
     letters = [LETTERS[i % 4] for i in range(n)]
     rng.shuffle(letters)
     row_kinds = [kinds[i % len(kinds)] for i in range(n)]
     rng.shuffle(row_kinds)
+    row_levels = [levels[i % len(levels)] for i in range(n)]
+    if len(levels) > 1:  # (one level draws nothing: the default rows stay as they were)
+        rng.shuffle(row_levels)
     rows = []
     for i in range(n):
         kind, letter = row_kinds[i], letters[i]
+        level = row_levels[i] if kind == "dominant_color" else 0
         text, category = KINDS[kind]
         pool = list(COLORS) if kind.endswith("color") else list(SHAPES) if kind == "largest_type" else list(COUNTS)
         k = LETTERS.index(letter)
         target = FIXED_COLORS[k] if kind == "dominant_color" else rng.choice(pool)
-        shapes, options = _scene(rng, kind, size, target)
+        shapes, options = _scene(rng, kind, size, target, level)
         assert answer_of(kind, shapes) == target, (kind, target, shapes)
         if kind == "dominant_color":
             ordered = list(FIXED_COLORS)
@@ -261,7 +305,7 @@ def make_rows(n: int, *, seed: int = 0, size: int = 56, kinds: Sequence[str] = D
                 COL_PASS_32B: _pass_rate(rng),
                 COL_PASS_7B: _pass_rate(rng),
                 COL_CATEGORY: category,
-                COL_SOURCE: SOURCE,
+                COL_SOURCE: SOURCE if level == 0 else f"{SOURCE}-l{level}",
                 COL_QID: qid,
                 COL_IMAGE: [{"bytes": encode_png(render(shapes, size)), "path": f"{qid}-0.png"}],
             }
@@ -287,6 +331,7 @@ def synth_dataset(
     *,
     image_size: int = 56,
     kinds: Sequence[str] = DEFAULT_KINDS,
+    levels: Sequence[int] = (0,),
 ) -> dict[str, Path]:
     """Write ``train.parquet`` and ``eval.parquet`` (``round(n * eval_fraction)`` eval rows) into
     ``out_dir``; returns ``{"train": path, "eval": path}``.  Each split's letters are balanced."""
@@ -296,17 +341,19 @@ def synth_dataset(
         raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
     n_eval = round(n * eval_fraction)
     out = Path(out_dir)
-    train = make_rows(n - n_eval, seed=seed, size=image_size, kinds=kinds, qid_prefix="synth-train")
-    evals = make_rows(n_eval, seed=seed, size=image_size, kinds=kinds, qid_prefix="synth-eval")
+    train = make_rows(n - n_eval, seed=seed, size=image_size, kinds=kinds, qid_prefix="synth-train", levels=levels)
+    evals = make_rows(n_eval, seed=seed, size=image_size, kinds=kinds, qid_prefix="synth-eval", levels=levels)
     return {"train": write_parquet(train, out / "train.parquet"), "eval": write_parquet(evals, out / "eval.parquet")}
 
 
 def summarize(path: str | Path) -> dict:
-    """Rows, category counts and answer-letter counts of one written split."""
-    t = pq.read_table(path, columns=[COL_CATEGORY, COL_ANSWER])
+    """Rows, category, source and answer-letter counts of one written split."""
+    t = pq.read_table(path, columns=[COL_CATEGORY, COL_ANSWER, COL_SOURCE])
     cats = Counter(t.column(COL_CATEGORY).to_pylist())
+    sources = Counter(t.column(COL_SOURCE).to_pylist())
     letters = Counter(_BOXED.sub(r"\1", a) for a in t.column(COL_ANSWER).to_pylist())
-    return {"rows": t.num_rows, "categories": dict(sorted(cats.items())), "answers": dict(sorted(letters.items()))}
+    return {"rows": t.num_rows, "categories": dict(sorted(cats.items())), "sources": dict(sorted(sources.items())),
+            "answers": dict(sorted(letters.items()))}
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -314,6 +361,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
     kinds = getattr(args, "kinds", None) or DEFAULT_KINDS
     if isinstance(kinds, str):
         kinds = [k.strip() for k in kinds.split(",") if k.strip()]
+    levels = getattr(args, "levels", None) or "0"
+    try:
+        levels = [int(x) for x in str(levels).split(",") if x.strip()]
+    except ValueError:
+        print(f"rethinker: error: data synth: --levels must be comma-separated integers, got {args.levels!r}", file=sys.stderr)
+        return 2
     try:
         paths = synth_dataset(
             args.out,
@@ -322,6 +375,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
             eval_fraction=getattr(args, "eval_fraction", 0.1),
             image_size=getattr(args, "image_size", 56),
             kinds=kinds,
+            levels=levels,
         )
     except (ValueError, OSError) as exc:
         print(f"rethinker: error: data synth: {exc}", file=sys.stderr)
@@ -330,5 +384,6 @@ def cmd_synth(args: argparse.Namespace) -> int:
         s = summarize(path)
         print(f"{split}: {path} rows={s['rows']}")
         print(f"  categories: {json.dumps(s['categories'])}")
+        print(f"  sources: {json.dumps(s['sources'])}")
         print(f"  answers: {json.dumps(s['answers'])}")
     return 0

@@ -297,6 +297,7 @@ def sample_args(
     return [
         n, mode, policy_version, ssr.staleness_bound, ssr.reuse_cap, ssr.replay_capacity,
         repr(float(ssr.replay_eps)), mix_seed(seed), buf.request_ttl_s, repr(float(buf.series_interval_s)), buf.stats_window,
+        ssr.replay_max_age,
     ]
 
 

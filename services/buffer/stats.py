@@ -26,7 +26,7 @@ POINT_FIELDS = (
 TOTAL_FIELDS = (
     "groups", "samples", "eff_samples", "zero_samples", "eff_groups", "allc_groups", "allw_groups", "dup_groups",
     "draws", "draws_fresh", "draws_replay", "sample_calls", "empty_sample_calls", "moved_to_replay", "retired",
-    "replay_evicted", "stale_evicted", "stale_evicted_fresh", "cap_evicted_samples", "cap_evicted_groups",
+    "replay_evicted", "replay_aged_out", "stale_evicted", "stale_evicted_fresh", "cap_evicted_samples", "cap_evicted_groups",
     "cap_evicted_fresh",
 )
 

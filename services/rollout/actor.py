@@ -306,8 +306,9 @@ class GroupBuilder:
         for k, plan, cand, y2 in candidates:
             v = verdicts[cand.sample_id]
             self._apply_verdict(cand, v)
-            d = rethink.judge_continuation(
-                plan.index, len(y2.token_ids), y2.finish_reason == "stop", bool(v["correct"]), int(v.get("n_wait", 0)), rcfg
+            d = rethink.judge_continuation(  # y2's length counts generated tokens, not the EOS token
+                plan.index, len(self.engine.strip_eos(y2.token_ids)), y2.finish_reason == "stop", bool(v["correct"]),
+                int(v.get("n_wait", 0)), rcfg,
             )
             by_task.setdefault(k, []).append((d, cand))
             triggered[k] += 1

@@ -120,3 +120,50 @@ def test_converged_policy_ends_training_early(make_cfg, tiny_model_dir):
         trainer.close()
     assert summary["converged"] and summary["step"] == 0
     assert trainer.feeder.state.extra_rounds == 1  # one round granted, the second empty round stops
+
+
+def _groups(trainer, rows, *, n_groups: int, n: int, seed: int):
+    """Groups of ``n`` synthetic responses (rewards with both values) for ``n_groups`` data rows."""
+    from common.schemas import Group
+    from learner.synthetic import synthetic_batch
+
+    samples, tasks = synthetic_batch(trainer.engine.module, trainer.processor, rows, n_prompts=n_groups, n=n, seed=seed,
+                                     min_pixels=3136, max_pixels=12544)
+    out = []
+    for task in tasks.values():
+        mine = [s for s in samples if s.task_id == task.task_id]
+        out.append(Group(group_id=mine[0].group_id, task=task, samples=mine, policy_version=0))
+    return out
+
+
+@pytest.mark.parametrize("policy", ["train", "wait"])
+def test_a_short_batch_is_never_padded_by_repetition(make_cfg, synth_rows, policy):
+    """The buffer can fill only 6 of 8 rows (reuse cap 1, no replay yet): `train` trains the 6 as
+    drawn (batch_fill 0.75); `wait` keeps them and completes the batch from the next round."""
+    import threading
+
+    from learner.trainer import Trainer
+
+    cfg = make_cfg("algorithm.ssr.mode=ssr", "algorithm.ssr.reuse_cap=1", f"learner.short_batch={policy}",
+                   "learner.eval_every=0")
+    trainer = Trainer(cfg, poll_s=0.02)
+    first = _groups(trainer, synth_rows, n_groups=2, n=3, seed=0)
+    trainer.buffer.add_groups(first)
+    later = threading.Timer(1.0, lambda: trainer.buffer.add_groups(_groups(trainer, synth_rows[2:], n_groups=2, n=3, seed=1)))
+    later.start()
+    try:
+        batch, idle = trainer.next_batch()
+        items, errors = trainer.items_for(batch)
+        stats = trainer._batch_stats(batch)
+    finally:
+        later.cancel()
+        trainer.close()
+    assert not errors
+    ids = [it.sample_id for it in items]
+    assert len(ids) == len(set(ids))  # no row twice: the reuse cap of 1 holds in the batch
+    if policy == "train":
+        assert len(items) == 6 and stats["batch_fill"] == pytest.approx(0.75)
+        assert {s.sample_id for s in batch.samples} == {s.sample_id for g in first for s in g.samples}
+    else:
+        assert len(items) == 8 and stats["batch_fill"] == 1.0 and idle >= 0.5
+        assert trainer.feeder.state.extra_rounds == 1  # the wait asked the feeder for one more round

@@ -29,8 +29,10 @@ Store layout (KEYS 1..19 of every store function, in this order; see protocol.st
   9 free      list of recycled idx
   10 slot:    prefix of the bucket arrays `slot:<pool>:<bucket>`: u32 idx per slot (BITFIELD #pos)
   11..13      `cnt` hashes bucket -> count of the pools f, r, z
-  14 fifo     zset idx -> seq: replay FIFO order
-  15 byver    zset idx -> policy version of every pooled sample (staleness eviction)
+  14 fifo     zset idx -> ver * 2^32 + seq of every replay-pool sample (ver: its policy version, seq:
+              order of entry): oldest version out first, first in first out within a version
+              (capacity and replay_max_age eviction; exact for versions below 2^21)
+  15 byver    zset idx -> policy version of every fresh-pool sample, f and z (staleness eviction)
   16 series   list of cmsgpack points (time series for the stats endpoint)
   17 vser     hash version -> cmsgpack per-policy-version counts
   18 vidx     zset version -> version (bounds vser)
@@ -56,13 +58,14 @@ and the client fetches the payloads itself.
 ]]
 
 local VERSION = '__LIB_VERSION__'
-local LAYOUT = '2'  -- bump when the store's key layout changes
+local LAYOUT = '3'  -- bump when the store's key layout changes
 local MAX_ROUNDS = 64
 local CHUNK = 500
 local ZERO_TOL = 1e-12
 local W_MIN, W_MAX = 1e-300, 1e300
 local ADV_BINS, ADV_LO, ADV_HI = 20, -2.5, 2.5
 local TWO24, TWO22, TS_MAX = 16777216, 4194304, 1073741823
+local TWO32 = 4294967296
 
 local K_SDATA, K_SMETA, K_GDATA, K_GMETA, K_GORDER, K_COUNTERS = 1, 2, 3, 4, 5, 6
 local K_SIDX, K_REC, K_FREE, K_SLOT, K_FCNT, K_RCNT, K_ZCNT = 7, 8, 9, 10, 11, 12, 13
@@ -537,17 +540,18 @@ local function unpool_all(KEYS, P, R, idxs, to)
     local list = per[rec[R_ST]]
     if list then
       list[#list + 1] = i
-      ver[#ver + 1] = i
-      if rec[R_ST] == S_R then fifo[#fifo + 1] = i end
+      if rec[R_ST] == S_R then fifo[#fifo + 1] = i else ver[#ver + 1] = i end
     end
   end
   for s, list in pairs(per) do
     if #list > 0 then batch_remove(P[s], R, list) end
   end
-  for _, i in ipairs(ver) do
-    local rec = R.get(i)
-    rec[R_ST] = to
-    R.put(i, rec)
+  for _, list in pairs(per) do
+    for _, i in ipairs(list) do
+      local rec = R.get(i)
+      rec[R_ST] = to
+      R.put(i, rec)
+    end
   end
   if #ver > 0 then call_chunked('ZREM', KEYS[K_BYVER], ver) end
   if #fifo > 0 then call_chunked('ZREM', KEYS[K_FIFO], fifo) end
@@ -826,15 +830,15 @@ local function batch_reply(KEYS, rec, sm)
 end
 
 --[[ ARGV: n, mode, learner_version, staleness_bound, reuse_cap, replay_capacity, replay_eps,
-           seed, request_ttl_s, series_interval, stats_window
+           seed, request_ttl_s, series_interval, stats_window, replay_max_age
 Returns {{n_fresh, n_replay, fresh_avail, replay_avail, zero_avail}, packed draws and items}. ]]
 local function sample(KEYS, ARGV)
   local n, mode, cur = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
   local bound, cap, rcap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
   local eps, seed, ttl = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-  local interval, window = tonumber(ARGV[10]), tonumber(ARGV[11])
+  local interval, window, max_age = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
   if not (n and n >= 0 and cur and bound and bound >= 0 and cap and cap >= 1 and rcap and rcap >= 0
-          and finite(eps) and eps >= 0 and seed and ttl and interval and window) then
+          and finite(eps) and eps >= 0 and seed and ttl and interval and window and max_age and max_age >= 0) then
     return bad('sample: bad arguments')
   end
   if mode ~= 'ssr' and mode ~= 'filter' and mode ~= 'grpo' then
@@ -854,7 +858,8 @@ local function sample(KEYS, ARGV)
   local lv = tonumber(redis.call('HGET', KEYS[K_META], 'learner_version') or '-1')
   if cur > lv then redis.call('HSET', KEYS[K_META], 'learner_version', cur) end
 
-  -- staleness: evict every pooled response whose version lags `cur` by more than `bound`
+  -- staleness: evict every fresh-pool response whose version lags `cur` by more than `bound`;
+  -- replay entries (off-policy by design) have their own, larger age limit
   local stale = redis.call('ZRANGEBYSCORE', KEYS[K_BYVER], '-inf', '(' .. (cur - bound))
   if #stale > 0 then
     local sidx = {}
@@ -862,6 +867,13 @@ local function sample(KEYS, ARGV)
     local taken = unpool_all(KEYS, P, R, sidx, S_X)
     C.inc('stale_evicted', taken.f + taken.r + taken.z)
     C.inc('stale_evicted_fresh', taken.f)
+  end
+  local aged = redis.call('ZRANGEBYSCORE', KEYS[K_FIFO], '-inf', '(' .. fmt((cur - max_age) * TWO32))
+  if #aged > 0 then
+    local aidx = {}
+    for k, v in ipairs(aged) do aidx[k] = tonumber(v) end
+    local taken = unpool_all(KEYS, P, R, aidx, S_X)
+    C.inc('replay_aged_out', taken.r)
   end
 
   local fst, rst, zst = load_state(P[S_F]), load_state(P[S_R]), load_state(P[S_Z])
@@ -973,11 +985,13 @@ local function sample(KEYS, ARGV)
   if #to_replay > 0 then
     batch_add(P[S_R], R, to_replay)
     local last = redis.call('HINCRBY', KEYS[K_COUNTERS], 'replay_seq', #to_replay)
-    local fifo_args = {}
+    local fifo_args, moved = {}, {}
     for k, it in ipairs(to_replay) do
-      fifo_args[#fifo_args + 1] = last - #to_replay + k
+      fifo_args[#fifo_args + 1] = fmt(sm[it[1]][SM_VER] * TWO32 + (last - #to_replay + k) % TWO32)
       fifo_args[#fifo_args + 1] = it[1]
+      moved[#moved + 1] = it[1]
     end
+    call_chunked('ZREM', KEYS[K_BYVER], moved)
     call_chunked('ZADD', KEYS[K_FIFO], fifo_args, 2 * CHUNK)
     C.inc('moved_to_replay', #to_replay)
   end
@@ -989,7 +1003,7 @@ local function sample(KEYS, ARGV)
   if #retired > 0 then call_chunked('ZREM', KEYS[K_BYVER], retired) end
   C.inc('retired', #retired)
 
-  -- bounded replay pool: the oldest entries beyond replay_capacity leave it
+  -- bounded replay pool: the oldest entries (by policy version) beyond replay_capacity leave it
   local over = redis.call('ZCARD', KEYS[K_FIFO]) - rcap
   if over > 0 then
     local popped = redis.call('ZPOPMIN', KEYS[K_FIFO], over)

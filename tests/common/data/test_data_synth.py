@@ -196,3 +196,26 @@ def test_cli_data_synth(tmp_path):
     assert f"eval: {out / 'eval.parquet'} rows=4" in r.stdout
     assert "Spatial Reasoning" in r.stdout
     assert summarize(out / "train.parquet")["rows"] == 36
+
+
+def test_difficulty_levels_of_the_dominant_color_task():
+    rows = make_rows(300, seed=3, kinds=["dominant_color"], levels=[0, 1, 2])
+    by_source = Counter(r["source"] for r in rows)
+    assert by_source == {"synthetic-shapes": 100, "synthetic-shapes-l1": 100, "synthetic-shapes-l2": 100}
+    share_of_gold = {}
+    for r in rows:
+        img = Image.open(io.BytesIO(r["image"][0]["bytes"])).convert("RGB")
+        pixels = _pixels_by_color(img)
+        gold = _options(r["question"])[_letter(r["answer"])]
+        assert max(pixels, key=lambda c: len(pixels[c])) == gold  # still readable from the pixels
+        assert len(pixels) == {"synthetic-shapes": 2, "synthetic-shapes-l1": 3, "synthetic-shapes-l2": 4}[r["source"]]
+        share_of_gold.setdefault(r["source"], []).append(len(pixels[gold]) / sum(len(p) for p in pixels.values()))
+    mean = {k: sum(v) / len(v) for k, v in share_of_gold.items()}
+    # harder levels: the answer's color dominates the shapes' pixels less
+    assert mean["synthetic-shapes"] > mean["synthetic-shapes-l1"] > mean["synthetic-shapes-l2"] > 0.3
+    with pytest.raises(ValueError, match="difficulty levels"):
+        make_rows(4, kinds=["dominant_color"], levels=[3])
+    with pytest.raises(ValueError, match="dominant_color"):
+        make_rows(4, kinds=["count"], levels=[0, 1])
+    # one level draws nothing extra: the default rows are unchanged
+    assert make_rows(20, seed=3, kinds=["dominant_color"], levels=[0]) == make_rows(20, seed=3, kinds=["dominant_color"])

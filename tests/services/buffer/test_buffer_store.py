@@ -226,10 +226,32 @@ def test_staleness_bound_evicts_lagging_responses(cfg):
         assert b.n_effective_available == 8
         assert counters(c)["stale_evicted"] == 16 and counters(c)["stale_evicted_fresh"] == 8
         assert c.get_sample_record("s-0-0").pool == "stale"
-        # replayed responses age out too
-        assert c.sizes().replay > 0
-        assert len(c.sample(8, policy_version=6)) == 0
-        assert c.sizes().replay == 0 and c.sizes().fresh == 0
+        # replay entries are off-policy by design: the fresh-pool bound does not evict them
+        replay, fresh = c.sizes().replay, c.sizes().fresh
+        assert replay > 0
+        again = c.sample(4, policy_version=9, seed=8)
+        assert len(again) == 4 and all(again.replayed) and {s.policy_version for s in again.samples} == {3}
+        assert c.sizes().fresh == 0 and c.sizes().replay > 0
+        assert counters(c).get("replay_aged_out", 0) == 0 and counters(c)["stale_evicted"] == 16 + fresh
+        assert_store_consistent(c)
+
+
+def test_replay_entries_age_out_by_their_own_limit(cfg):
+    cfg.algorithm.ssr.staleness_bound = 0
+    cfg.algorithm.ssr.replay_max_age = 5
+    with BufferClient(cfg) as c:
+        c.add_group(make_group(0, REWARDS, version=0))
+        assert len(c.sample(8, mode="filter", policy_version=0, seed=1)) == 8  # version-0 responses enter replay
+        c.add_group(make_group(1, REWARDS, version=2))
+        assert len(c.sample(8, mode="filter", policy_version=2, seed=2)) == 8  # version-2 responses enter replay
+        assert c.sizes().replay == 16
+        c.sample(0, policy_version=5)  # lag 5 for version 0: not beyond the limit
+        assert c.sizes().replay == 16 and counters(c).get("replay_aged_out", 0) == 0
+        left = c.sample(4, policy_version=6, seed=3)  # lag 6 > 5: version 0 leaves before the draw
+        assert counters(c)["replay_aged_out"] == 8 and c.get_sample_record("s-0-0").pool == "stale"
+        assert len(left) == 4 and all(left.replayed) and {s.policy_version for s in left.samples} == {2}
+        c.sample(0, policy_version=8)
+        assert c.sizes().replay == 0 and counters(c)["replay_aged_out"] == 16
         assert assert_store_consistent(c) == {"f": 0, "r": 0, "z": 0}
 
 
@@ -277,7 +299,8 @@ def test_capacity_evicts_oldest_groups(cfg):
         assert cnt["cap_evicted_groups"] == 3 and cnt["cap_evicted_samples"] == 24
         assert len(c.sample(10, policy_version=0, seed=1)) == 10
         sz = c.sizes()
-        assert c.r.zcard(c.keys.by_version) == sz.fresh + sz.replay + sz.zero >= 16 - 2
+        assert c.r.zcard(c.keys.by_version) == sz.fresh + sz.zero and c.r.zcard(c.keys.replay_fifo) == sz.replay
+        assert sz.fresh + sz.replay + sz.zero >= 16 - 2
         assert_store_consistent(c)
         for i in range(5, 12):  # evicted indices are recycled
             c.add_group(make_group(i, REWARDS))

@@ -136,3 +136,122 @@ def test_rethinking_starts_at_its_start_version(cfg_factory, sft_model_dir, veri
     cfg = cfg_factory(*RETHINK, "algorithm.rethink.start_version=0", model_dir=sft_model_dir)
     [out], stats, _ = build(cfg, verifier_url, [task(5, "3")])
     assert out.group.rethink_triggered == 4 and stats.rethink.kept == 2
+
+
+# --------------------------------------------------------------------------- engine spies
+
+class RecordingHF:
+    """Mixin for the real hf engine: records the transformers generation config of every row it
+    generates (continuation or first pass), so a test sees what reached the model's sampler."""
+
+    def _generate_sync(self, requests, version):
+        self.seen = getattr(self, "seen", [])
+        for r in requests:
+            gc = self._gen_config_for(r.params)
+            self.seen.append((r.prefix_token_ids is not None, gc.do_sample, gc.temperature, r.params.max_new_tokens))
+        return super()._generate_sync(requests, version)
+
+
+def scripted_continuations(text: str, *, eos: bool = True):
+    """The real hf engine whose continuations (y2) are replaced by ``text`` (+ EOS): the tiny model
+    always answers 3, and some tests need a continuation that says something else.  First passes
+    and the prefix log-probs of every continuation stay the engine's own."""
+    import dataclasses as dc
+
+    from services.rollout.engines.base import Completion, as_int32
+    from services.rollout.engines.hf import HFEngine
+
+    class Scripted(RecordingHF, HFEngine):
+        async def _generate(self, requests):
+            results = await super()._generate(requests)
+            out = []
+            for r, res in zip(requests, results):
+                if r.prefix_token_ids is None:
+                    out.append(res)
+                    continue
+                ids = list(self.tokenizer.encode(text, add_special_tokens=False))
+                if eos:
+                    ids.append(min(self.eos_token_ids))
+                tok = as_int32(ids)
+                comps = [Completion(tok, np.full(len(tok), -0.5, dtype=np.float32), "stop" if eos else "length",
+                                    self.decode(tok), c.policy_version) for c in res.completions]
+                out.append(dc.replace(res, completions=comps))
+            return out
+
+    return Scripted
+
+
+def build_with(engine_cls, cfg, verifier_url, tasks):
+    async def run():
+        engine = engine_cls(cfg)
+        await engine.start()
+        scorer = HttpScorer(cfg, base_url=verifier_url)
+        gb = GroupBuilder(cfg, engine, scorer, server_id="test")
+        try:
+            return await gb.build(tasks), gb.stats, engine
+        finally:
+            await scorer.close()
+
+    return asyncio.run(run())
+
+
+def test_the_continuation_temperature_reaches_the_engine(cfg_factory, sft_model_dir, verifier_url):
+    from services.rollout.engines.hf import HFEngine
+
+    class Recording(RecordingHF, HFEngine):
+        pass
+
+    cfg = cfg_factory(*RETHINK, "algorithm.rethink.temperature=0.9", "algorithm.sampling.temperature=1.0",
+                      model_dir=sft_model_dir)
+    [out], stats, engine = build_with(Recording, cfg, verifier_url, [task(6, "3")])
+    assert stats.rethink.triggered == 4
+    first = {(s, t, m) for cont, s, t, m in engine.seen if not cont}
+    cont = {(s, t, m) for c, s, t, m in engine.seen if c}
+    assert first == {(True, 1.0, 32)}
+    assert cont == {(True, 0.9, 40)}  # sampled at the rethinking temperature, up to max_continuation_tokens
+
+
+def test_the_keep_rule_counts_generated_tokens_without_eos(cfg_factory, sft_model_dir, verifier_url):
+    from common.model_loading import load_processor
+
+    text = " so it is \\boxed{3}."
+
+    k = len(load_processor(str(sft_model_dir)).tokenizer.encode(text, add_special_tokens=False))
+    # y2 is k generated tokens + EOS: kept when k > min, too short when k == min (EOS not counted)
+    cfg = cfg_factory(*RETHINK, f"algorithm.rethink.min_continuation_tokens={k}", model_dir=sft_model_dir)
+    [out], stats, _ = build_with(scripted_continuations(text), cfg, verifier_url, [task(7, "3")])
+    assert out.group.rethink_kept == 0 and stats.rethink.dropped == {"too_short": 4}
+    cfg = cfg_factory(*RETHINK, f"algorithm.rethink.min_continuation_tokens={k - 1}", model_dir=sft_model_dir)
+    [out], stats, _ = build_with(scripted_continuations(text), cfg, verifier_url, [task(7, "3")])
+    assert out.group.rethink_kept == 2
+    # and the upper bound: k tokens + EOS is kept under max = k + 1 (k + 1 would be too long if EOS counted)
+    cfg = cfg_factory(*RETHINK, f"algorithm.rethink.min_continuation_tokens={k - 1}",
+                      f"algorithm.rethink.max_continuation_tokens={k + 1}", model_dir=sft_model_dir)
+    [out], stats, _ = build_with(scripted_continuations(text), cfg, verifier_url, [task(7, "3")])
+    assert out.group.rethink_kept == 2 and "too_long" not in stats.rethink.dropped
+
+
+def test_a_wrong_to_right_rethinking_changes_the_stored_advantages(cfg_factory, sft_model_dir, verifier_url):
+    """Gold 4, the model answers 3 (all wrong: zero advantage); two continuations retract and answer
+    4: they replace their originals, and the buffer's advantages follow the new rewards."""
+    from services.buffer.client import BufferClient
+
+    engine_cls = scripted_continuations(" no, the count is 4. The answer is \\boxed{4}.")
+    off = cfg_factory(*RETHINK, "algorithm.rethink.enabled=false", model_dir=sft_model_dir)
+    [plain], _, _ = build_with(engine_cls, off, verifier_url, [task(8, "4")])
+    on = cfg_factory(*RETHINK, model_dir=sft_model_dir)
+    [rethought], stats, _ = build_with(engine_cls, on, verifier_url, [task(8, "4")])
+    assert [s.reward for s in plain.group.samples] == [0.0] * 4
+    g = rethought.group
+    assert g.rethink_kept == 2 and stats.rethink.y2_correct == 4
+    assert [s.rethought for s in g.samples] == [True, True, False, False]
+    assert [s.reward for s in g.samples] == [1.0, 1.0, 0.0, 0.0]
+    with BufferClient(off) as buf:
+        res_plain = buf.add_group(plain.group)
+    with BufferClient(on) as buf:
+        res = buf.add_group(g)
+        stored = buf.get_group(g.group_id)
+    assert res_plain.n_effective == 0 and res_plain.advantages == [0.0] * 4
+    assert res.n_effective == 4 and res.advantages == pytest.approx([0.5, 0.5, -0.5, -0.5])
+    assert [s.sample_id for s in stored.samples] == [s.sample_id for s in g.samples]
+    assert [s.advantage for s in stored.samples] == pytest.approx([0.5, 0.5, -0.5, -0.5])
