@@ -21,7 +21,6 @@ REGISTRY: dict[str, BenchmarkSpec] = {
     s.name: s for s in (mathvista.SPEC, mathverse.SPEC, mathvision.SPEC, mmmu_pro.SPEC, mmmu.SPEC, emma.SPEC, virl.SPEC)
 }
 ALIASES = {"synthetic": "virl", "virl39k": "virl", "mmmupro": "mmmu_pro", "math_vision": "mathvision", "math_verse": "mathverse", "mmmu_val": "mmmu"}
-DEFAULT_BENCHMARKS = ("mathvista", "mathverse", "mathvision", "mmmu_pro", "emma")
 
 __all__ = ["BenchRef", "BenchmarkError", "EvalItem", "REGISTRY", "parse_bench", "load_benchmark"]
 

@@ -111,24 +111,11 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 
 TABLE_SUFFIXES = (".parquet", ".jsonl", ".json")
-
-
-def find_tables(root: Path, patterns: Sequence[str]) -> list[Path]:
-    """The table files of a benchmark under ``root``: the first glob pattern that matches wins.
-
-    ``root`` may also be a single table file.  Patterns are tried in order; the files of the first
-    matching pattern are returned sorted (``test-00000-of-00002.parquet``, ``test-00001-...``).
-    """
-    if root.is_file():
-        return [root]
-    for pattern in patterns:
-        hits = sorted(p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in TABLE_SUFFIXES)
-        if hits:
-            return hits
-    return []
-
-
 SPLIT_FOLDERS = ("", "data")  # a release's tables sit at its root or in its data/ folder
+
+
+def _split_names(splits: str | Sequence[str]) -> list[str]:
+    return [splits] if isinstance(splits, str) else list(splits)
 
 
 def _split_stem(split: str) -> re.Pattern[str]:
@@ -148,7 +135,7 @@ def split_tables(root: Path, splits: str | Sequence[str], folders: Sequence[str]
     """
     if root.is_file():
         return [root]
-    names = [splits] if isinstance(splits, str) else list(splits)
+    names = _split_names(splits)
     for folder in folders:
         d = root / folder if folder else root
         if not d.is_dir():
@@ -166,11 +153,10 @@ def split_tables(root: Path, splits: str | Sequence[str], folders: Sequence[str]
 
 def split_candidates(root: Path, splits: str | Sequence[str], folders: Sequence[str] = SPLIT_FOLDERS) -> list[str]:
     """What ``split_tables`` looks for, as paths for error messages."""
-    names = [splits] if isinstance(splits, str) else list(splits)
     out = []
     for folder in folders:
         d = root / folder if folder else root
-        for n in names:
+        for n in _split_names(splits):
             out += [str(d / f"{n}{s}") for s in TABLE_SUFFIXES] + [str(d / f"{n}-NNNNN-of-NNNNN.parquet")]
     return out
 
@@ -182,7 +168,7 @@ def require_split_tables(
     files = split_tables(root, splits, folders)
     if not files:
         raise BenchmarkError(
-            f"{bench}: no table of split {splits if isinstance(splits, str) else '/'.join(splits)!s} under {str(root)!r}; "
+            f"{bench}: no table of split {' / '.join(_split_names(splits))} under {str(root)!r}; "
             f"looked for: {', '.join(split_candidates(root, splits, folders))}"
         )
     return files

@@ -25,14 +25,23 @@ def _check(items, truth):
         assert render_question(it).count(IMAGE_TOKEN) == len(it.images)
 
 
+@pytest.fixture(params=["root", "data"])
+def clone(request, tmp_path):
+    """(write, folder name) -> (the folder given to the loader, truth): a GitHub clone written by
+    ``write``, given as its root or as its ``data/`` folder."""
+
+    def make(write, name):
+        truth = write(tmp_path / name)
+        return (tmp_path / name if request.param == "root" else tmp_path / name / "data"), truth
+
+    return make
+
+
 # --------------------------------------------------------------------------- MathVista (GitHub)
 
 
-@pytest.mark.parametrize("given", ["root", "data"])
-def test_mathvista_github_release_from_root_or_data(tmp_path, given):
-    repo = tmp_path / "MathVista"
-    truth = eval_synth.write_mathvista_github(repo)
-    path = repo if given == "root" else repo / "data"
+def test_mathvista_github_release_from_root_or_data(clone):
+    path, truth = clone(eval_synth.write_mathvista_github, "MathVista")
     items = load_benchmark(f"mathvista={path}")
     _check(items, truth)  # test.json next to testmini.json is not read
     mc = {it.id: it for it in items}["3"]
@@ -61,11 +70,8 @@ def test_mathvista_option_texts_that_are_letters_map_by_text(tmp_path):
 # --------------------------------------------------------------------------- MATH-Vision (GitHub)
 
 
-@pytest.mark.parametrize("given", ["root", "data"])
-def test_mathvision_github_release_from_root_or_data(tmp_path, given):
-    repo = tmp_path / "MATH-V"
-    truth = eval_synth.write_mathvision_github(repo)
-    path = repo if given == "root" else repo / "data"
+def test_mathvision_github_release_from_root_or_data(clone):
+    path, truth = clone(eval_synth.write_mathvision_github, "MATH-V")
     test = load_benchmark(f"mathvision={path}")
     _check(test, truth["test"])  # testmini.jsonl beside test.jsonl is not mixed in
     mini = load_benchmark(f"mathvision:testmini={path}")
