@@ -1,10 +1,10 @@
 """The paper's headline accuracies (VL-Rethinker v1, spec section 8): the one place they are written.
 
 ``rethinker eval``'s markdown report sets the 7B figures beside ours (``REFERENCE_MODELS``).  Each
-figure belongs to the benchmark setting the paper evaluates, which is our registry's default variant
-of that benchmark (MathVista testmini, MathVerse testmini, MathVision test, MMMU-Pro standard
-(10 options), MMMU validation, EMMA all subjects); other variants have no paper figure.  MEGA-Bench
-has no loader, so its figure is kept here but never shown.
+figure stands beside our registry's default variant of its benchmark: the settings spec section 7
+names (MathVista testmini, MathVerse testmini, MathVision test, MMMU validation, EMMA all subjects)
+and, for MMMU-Pro, whose single figure names no setting, standard (10 options).  Other variants have
+no paper figure.  MEGA-Bench has no loader, so its figure is kept here but never shown.
 """
 
 from __future__ import annotations
