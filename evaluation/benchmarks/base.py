@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 IMAGE_TOKEN = "<image>"
+NUMBERED_IMAGE = r"<image\s*_?(\d+)>"  # a release's numbered placeholder: <image 1>, <image1>, <image_1>
 LETTERS = string.ascii_uppercase  # option letters; the verifier accepts A-K
 MULTIPLE_CHOICE = "multiple_choice"
 FREE_FORM = "free_form"
@@ -455,14 +456,24 @@ class SourceRow:
         """Field ``options`` as a list of strings (a list, or a list literal in a string)."""
         return parse_options(self.data.get("options"), self.where)
 
+    def question_and_options(self, options: list[str], max_images: int) -> tuple[str, list[str], list[bytes]]:
+        """Field ``question`` and ``options`` with images ``image_1`` .. ``image_<max_images>``
+        interleaved at their numbered placeholders (``interleave_parts``: question first, then the
+        options in order, so an option that is a picture gets its image at its letter); returns
+        (question, options, images in token order).  EMMA, MMMU and MMMU-Pro."""
+        (text, *choices), images = interleave_parts(
+            [self.required("question"), *options], self.numbered_images("image_", max_images), NUMBERED_IMAGE
+        )
+        return text, choices, images
+
 
 def iter_source_rows(
     files: Sequence[Path], root: Path, id_fields: Sequence[str], prefix: str = ""
 ) -> Iterator[SourceRow]:
     """The rows of ``files`` as ``SourceRow``s; the id is the first non-empty of ``id_fields``.
 
-    ``where`` starts with ``prefix`` (e.g. the subject folder) and the file's name.  A row that is not a record, or that has
-    no id, is a BenchmarkError naming the file, the row and the id field.
+    ``where`` starts with ``prefix`` (e.g. the subject folder) and the file's name.  A row that is
+    not a record, or that has no id, is a BenchmarkError naming the file, the row and the id field.
     """
     root_dir = root if root.is_dir() else root.parent
     for f in files:

@@ -32,7 +32,6 @@ from evaluation.benchmarks.base import (
     BenchmarkError,
     BenchmarkSpec,
     EvalItem,
-    interleave_parts,
     iter_source_rows,
     require_split_tables,
     set_multiple_choice,
@@ -41,7 +40,6 @@ from evaluation.benchmarks.base import (
 
 NAME = "emma"
 SUBJECTS = ("Math", "Physics", "Chemistry", "Coding")
-PLACEHOLDER = r"<image\s*_?(\d+)>"
 MAX_IMAGES = 5
 
 
@@ -62,9 +60,7 @@ def load(path: Path, variant: str | None = None) -> list[EvalItem]:
             answer = row.required("answer")
             options = row.options()
             is_mc = row.text("type").lower().startswith("multiple") or (bool(options) and not row.text("type"))
-            (text, *choices), images = interleave_parts(
-                [row.required("question"), *options], row.numbered_images("image_", MAX_IMAGES), PLACEHOLDER
-            )
+            text, choices, images = row.question_and_options(options, MAX_IMAGES)
             item = EvalItem(
                 id=f"{subject_dir or subject}/{row.id}",
                 benchmark=NAME if variant == "all" else f"{NAME}:{variant}",

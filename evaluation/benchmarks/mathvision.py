@@ -30,6 +30,7 @@ from pathlib import Path
 
 from evaluation.benchmarks.base import (
     FREE_FORM,
+    NUMBERED_IMAGE,
     BenchmarkSpec,
     EvalItem,
     interleave_images,
@@ -39,7 +40,6 @@ from evaluation.benchmarks.base import (
 )
 
 NAME = "mathvision"
-PLACEHOLDER = r"<image\s*_?(\d+)>"
 SPLITS = ("test", "testmini")
 
 
@@ -49,7 +49,7 @@ def load(path: Path, variant: str | None = None) -> list[EvalItem]:
     for row in iter_source_rows(require_split_tables(NAME, path, variant), path, ("id", "_key")):
         answer = row.required("answer")
         img = row.image("decoded_image", "image")
-        text, images = interleave_images(row.required("question"), {1: img} if img else {}, PLACEHOLDER)
+        text, images = interleave_images(row.required("question"), {1: img} if img else {}, NUMBERED_IMAGE)
         item = EvalItem(
             id=row.id,
             benchmark=NAME if variant == "test" else f"{NAME}:{variant}",

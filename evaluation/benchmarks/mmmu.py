@@ -16,9 +16,9 @@ Field mapping:
 - ``options``: a list of strings, stored in the release as a Python list literal string
   (``"['$6', '$8']"``) -> options A, B, ...;
 - images ``image_1`` .. ``image_7``: the ``<image n>`` placeholders of the question *and of the
-  options* become ``<image>`` tokens at their place (``question_and_options``), so an option that is a
-  picture (``"<image 2>"``) is rendered as ``A. <image>`` with image 2 there; images mentioned nowhere
-  go first;
+  options* become ``<image>`` tokens at their place (``SourceRow.question_and_options``), so an
+  option that is a picture (``"<image 2>"``) is rendered as ``A. <image>`` with image 2 there;
+  images mentioned nowhere go first;
 - ``question_type == "multiple-choice"``: ``answer`` is the option letter -> gold (an answer given
   as an option's text is mapped to its letter);
 - ``open``: ``answer`` is the answer, or a list literal of acceptable answers (``"['24', '24.0']"``):
@@ -45,7 +45,6 @@ from evaluation.benchmarks.base import (
     EvalItem,
     SourceRow,
     as_text,
-    interleave_parts,
     iter_source_rows,
     require_split_tables,
     set_multiple_choice,
@@ -53,7 +52,6 @@ from evaluation.benchmarks.base import (
 )
 
 NAME = "mmmu"
-PLACEHOLDER = r"<image\s*_?(\d+)>"
 MAX_IMAGES = 7
 SPLITS = ("validation", "dev")
 NUMBER_PRECISION = 2  # MMMU's scorer compares numbers rounded to 2 decimals
@@ -81,16 +79,6 @@ DISCIPLINES: dict[str, tuple[str, ...]] = {
 }
 SUBJECTS: tuple[str, ...] = tuple(sorted(s for subjects in DISCIPLINES.values() for s in subjects))
 DISCIPLINE_OF = {s: d for d, subjects in DISCIPLINES.items() for s in subjects}
-
-
-def question_and_options(row: SourceRow, options: list[str]) -> tuple[str, list[str], list[bytes]]:
-    """MMMU-style question text and options with ``image_1`` .. ``image_7`` interleaved at their
-    ``<image n>`` mentions (question first, then the options in order); returns (question, options,
-    images in token order).  Shared by MMMU and MMMU-Pro."""
-    (text, *choices), images = interleave_parts(
-        [row.required("question"), *options], row.numbered_images("image_", MAX_IMAGES), PLACEHOLDER
-    )
-    return text, choices, images
 
 
 def literal_list(answer: str) -> list[str]:
@@ -139,7 +127,7 @@ def load(path: Path, variant: str | None = None) -> list[EvalItem]:
             answer = row.required("answer")
             options = row.options()
             qtype = row.text("question_type") or ("multiple-choice" if options else "open")
-            text, choices, images = question_and_options(row, options)
+            text, choices, images = row.question_and_options(options, MAX_IMAGES)
             img_type = row.data.get("img_type")
             item = EvalItem(
                 id=row.id,

@@ -14,8 +14,9 @@ Field mapping, standard configs:
 - ``id`` -> id; ``options``: a Python list literal stored as a string (``"['6', '8', ...]"``) ->
   options A..J; ``answer`` is the option letter -> gold;
 - ``question`` and the options -> text whose ``<image k>`` placeholders become ``<image>`` tokens at
-  the same place, with ``image_1`` .. ``image_7`` put in mention order (see ``mmmu.question_and_options``,
-  shared with MMMU: an option that is a picture is rendered at its option letter);
+  the same place, with ``image_1`` .. ``image_7`` put in mention order
+  (``SourceRow.question_and_options``, as for MMMU: an option that is a picture is rendered at its
+  option letter);
 - categories: ``subject``, ``topic_difficulty``.
 
 Vision config: the question and its options are inside the screenshot ``image``; the text prompt is
@@ -38,9 +39,9 @@ from evaluation.benchmarks.base import (
     prepend_images,
     require_split_tables,
 )
-from evaluation.benchmarks.mmmu import question_and_options
 
 NAME = "mmmu_pro"
+MAX_IMAGES = 7
 VISION_QUESTION = "Answer the multiple-choice question shown in the image."
 FOLDERS = {
     "standard10": ["standard (10 options)", "standard_10", "standard10", "standard_10_options"],
@@ -83,7 +84,7 @@ def load(path: Path, variant: str | None = None) -> list[EvalItem]:
         else:
             if not options:
                 raise BenchmarkError(f"{row.where}: missing field 'options'")
-            text, choices, images = question_and_options(row, options)
+            text, choices, images = row.question_and_options(options, MAX_IMAGES)
             categories = {"subject": row.text("subject"), "topic_difficulty": row.text("topic_difficulty")}
         items.append(
             EvalItem(
