@@ -3,16 +3,24 @@ separation, image options placed at their option, and the errors for a folder in
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
 import shutil
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import eval_synth
+from eval_scripted import ScriptedEngine
 from common.data.prompts import split_question
 from evaluation.benchmarks import BenchmarkError, load_benchmark
 from evaluation.benchmarks.base import IMAGE_TOKEN
+from evaluation.generation import EngineDecoder
 from evaluation.judging import Judge
 from evaluation.prompts import build_prompt, render_question
+from evaluation.runner import EvalRunner, RunSettings
 
 
 def _check(items, truth):
@@ -57,8 +65,6 @@ def test_mathvista_github_release_under_data_dir(tmp_path):
 def test_mathvista_option_texts_that_are_letters_map_by_text(tmp_path):
     repo = tmp_path / "mv"
     eval_synth.write_mathvista_github(repo, n=3)
-    import json
-
     f = repo / "data" / "testmini.json"
     data = json.loads(f.read_text())
     data["3"]["choices"], data["3"]["answer"] = ["B", "A", "C"], "A"  # the answer is the text "A": option B
@@ -161,13 +167,11 @@ def test_emma_image_options_sit_at_their_option(tmp_path):
 
 def test_mmmu_pro_image_options_sit_at_their_option(tmp_path):
     eval_synth.write_mmmu_pro(tmp_path, n=1)
-    import pyarrow.parquet as pq
-
     f = tmp_path / "mmmu_pro" / "standard (10 options)" / "test-00000-of-00001.parquet"
     rows = pq.read_table(f).to_pylist()
     rows[0]["question"] = "[p] Which is like <image 1>?"
     rows[0]["options"] = repr(["<image 2>"] + [f"text {j}" for j in range(9)])
-    pq.write_table(__import__("pyarrow").Table.from_pylist(rows, schema=pq.read_schema(f)), f)
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(f)), f)
     (item,) = load_benchmark("mmmu_pro", tmp_path)
     assert item.question == "[p] Which is like <image>?" and item.choices[0] == IMAGE_TOKEN
     seq = _image_sequence(item)
@@ -227,3 +231,24 @@ def test_alternative_answers_are_accepted(tmp_path):
     j1, j2 = Judge(workers=0).judge([item, item], ["\\boxed{Analytic Cubism}", "\\boxed{Fauvism}"])
     assert (j1.correct, j1.rule) == (True, "alternative") and not j2.correct
     assert item.to_record()["alternatives"] == ["Analytic Cubism"]
+
+
+def test_mmmu_through_the_runner_with_picture_options_and_its_conventions(tmp_path):
+    eval_synth.write_mmmu(tmp_path / "data")
+    answers = {"[mmmu-1]": "$8", "[mmmu-2]": "12.004", "[mmmu-3]": "B", "[mmmu-4]": "Analytic Cubism"}
+    tag = re.compile(r"\[mmmu-\d\]")
+    engine = ScriptedEngine(lambda prompt, images, prefix: "\\boxed{" + answers[tag.search(prompt).group(0)] + "}")
+    runner = EvalRunner(EngineDecoder(engine), RunSettings(model="scripted", max_new_tokens=400, batch_size=3),
+                        judge=Judge(workers=0), out_dir=tmp_path / "out", progress=False)
+    summary = asyncio.run(runner.run({"mmmu": load_benchmark("mmmu", tmp_path / "data")}))
+    s = summary["benchmarks"]["mmmu"]
+    assert (s["n"], s["correct"]) == (4, 3)  # mmmu-3 answers B, gold A
+    assert {k: (v["n"], v["correct"]) for k, v in s["categories"]["discipline"].items()} == {
+        "Art and Design": (2, 1), "Business": (2, 2)}
+    recs = {r["id"]: r for r in map(json.loads, (tmp_path / "out" / "results" / "mmmu.jsonl").read_text().splitlines())}
+    assert recs["validation_Accounting_2"]["judge_rule"] == "precision"
+    assert recs["validation_Art_Theory_2"]["judge_rule"] == "alternative"
+    call = next(c for c in engine.calls if "[mmmu-3]" in c.prompt_text)  # what reached the model
+    assert call.images == [eval_synth.png(eval_synth.color_for(3, k)) for k in (1, 3, 2, 4)]
+    assert "Choices:\nA. <image>\nB. <image>\nC. <image>" in call.prompt_text
+    assert "| mmmu | 75.0 | 54.3 | 56.7 |" in (tmp_path / "out" / "summary.md").read_text()
