@@ -13,8 +13,13 @@ supports it, and each recorded as the judgement's ``rule`` (both can be switched
 - ``option_text``: a multiple-choice response whose extracted answer is exactly the text of the gold
   option (and of no other option), e.g. ``\\boxed{12}`` for "C. 12", as MathVista's and MMMU's
   scorers map answers to options;
-- ``precision``: a free-form float answer with a stated ``precision`` (MathVista) that equals the
-  gold after rounding to that many decimals, as MathVista's scorer does.
+- ``precision``: a free-form float answer with a stated ``precision`` (MathVista; MMMU's 2 decimals)
+  that equals the gold (or one of its alternatives) after rounding to that many decimals, as those
+  benchmarks' scorers do.
+
+An item with ``alternatives`` (MMMU open questions that list several acceptable answers) that the
+verifier finds wrong against ``gold`` is graded against each alternative in turn; a match is
+recorded with rule ``alternative``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from evaluation.benchmarks.base import MULTIPLE_CHOICE, EvalItem
+from evaluation.benchmarks.base import IMAGE_TOKEN, MULTIPLE_CHOICE, EvalItem
 
 
 @dataclass(slots=True)
@@ -31,7 +36,7 @@ class Judgement:
     correct: bool
     extracted: str | None
     reason: str
-    rule: str = "verifier"  # verifier | option_text | precision
+    rule: str = "verifier"  # verifier | alternative | option_text | precision
 
 
 def _fold(text: str) -> str:
@@ -46,7 +51,7 @@ def option_text_match(item: EvalItem, extracted: str | None) -> bool:
     key = _fold(extracted)
     if not key:
         return False
-    hits = [i for i, c in enumerate(item.choices) if _fold(c) == key]
+    hits = [i for i, c in enumerate(item.choices) if IMAGE_TOKEN not in c and _fold(c) == key]
     return len(hits) == 1 and item.choices[hits[0]] == item.gold_text
 
 
@@ -71,10 +76,11 @@ def precision_match(item: EvalItem, extracted: str | None) -> bool:
         digits = int(prec)
     except (TypeError, ValueError):
         return False
-    pred, gold = _as_float(extracted, item.meta.get("unit") or ""), _as_float(item.gold)
-    if pred is None or gold is None:
+    pred = _as_float(extracted, item.meta.get("unit") or "")
+    if pred is None:
         return False
-    return round(pred, digits) == round(gold, digits)
+    golds = [g for g in (_as_float(a) for a in [item.gold, *item.alternatives]) if g is not None]
+    return any(round(pred, digits) == round(g, digits) for g in golds)
 
 
 def _verdict_fields(v: Any) -> tuple[bool, str | None, str]:
@@ -121,12 +127,19 @@ class Judge:
         if not items:
             return []
         qs = list(questions) if questions is not None else [render_question(it) for it in items]
-        verdicts = self.grade_raw([(r, it.gold, q) for it, r, q in zip(items, responses, qs)])
+        verdicts = [_verdict_fields(v) for v in self.grade_raw([(r, it.gold, q) for it, r, q in zip(items, responses, qs)])]
+        # items the verifier found wrong against gold: grade against their alternatives (one batch)
+        alt = [(i, a) for i, it in enumerate(items) if not verdicts[i][0] for a in it.alternatives]
+        alt_ok: set[int] = set()
+        if alt:
+            alt_verdicts = self.grade_raw([(responses[i], a, qs[i]) for i, a in alt])
+            alt_ok = {i for (i, _), v in zip(alt, alt_verdicts) if _verdict_fields(v)[0]}
         out = []
-        for it, v in zip(items, verdicts):
-            correct, extracted, reason = _verdict_fields(v)
+        for i, (it, (correct, extracted, reason)) in enumerate(zip(items, verdicts)):
             j = Judgement(correct=correct, extracted=extracted, reason=reason)
-            if not correct:
+            if i in alt_ok:
+                j.correct, j.rule = True, "alternative"
+            elif not correct:
                 if self.option_text and option_text_match(it, extracted):
                     j.correct, j.rule = True, "option_text"
                 elif self.precision and precision_match(it, extracted):

@@ -37,7 +37,10 @@ class EvalPrompt:
 
 
 def render_question(item: EvalItem) -> str:
-    """The item's question followed by its options (when the question does not list them itself)."""
+    """The item's question followed by its options (when the question does not list them itself).
+
+    An option that is a picture is the option text ``<image>``, so its image comes at its letter
+    (``A. <image>``); the loaders order ``item.images`` question first, then options, to match."""
     if not item.choices:
         return item.question
     lines = [f"{LETTERS[i]}. {c}" for i, c in enumerate(item.choices)]

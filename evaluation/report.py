@@ -5,7 +5,9 @@ into counts and accuracies, overall and per category dimension (``categories`` o
 label or a list of labels per dimension; a record counts once under each of its labels).  With
 forced rethinking the same figures are given after rethinking (``accuracy_rethink``), with the
 flips in both directions.  ``write_report`` writes ``summary.json`` and ``summary.md`` (the
-paper-style table: one row per model / setting, one column per benchmark, plus the average).
+paper-style table: one row per model / setting, one column per benchmark, plus the average; then one
+row per benchmark with our accuracy beside the paper's Qwen2.5-VL-7B and VL-Rethinker-7B figures,
+from ``evaluation.paper``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+
+from evaluation.paper import REFERENCE_MODELS, paper_accuracy
 
 
 def _acc(correct: int, n: int) -> float | None:
@@ -89,6 +93,17 @@ def pct(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
 
+def _paper_table(model: str, benches: Mapping[str, Mapping[str, Any]], rethink: bool) -> list[str]:
+    """Our accuracy per benchmark beside the paper's figures for the reference models (evaluation.paper)."""
+    cols = [model] + ([f"{model} + rethinking"] if rethink else []) + [f"{m} (paper)" for m in REFERENCE_MODELS]
+    lines = ["", "| benchmark | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for b, s in benches.items():
+        ours = [pct(s["accuracy"])] + ([pct(s.get("accuracy_rethink"))] if rethink else [])
+        ref = [paper_accuracy(m, b) for m in REFERENCE_MODELS]
+        lines.append(f"| {b} | " + " | ".join(ours + ["-" if r is None else f"{r:.1f}" for r in ref]) + " |")
+    return lines
+
+
 def render_markdown(summary: Mapping[str, Any]) -> str:
     """The markdown report of ``summary.json``'s content."""
     benches: Mapping[str, Mapping[str, Any]] = summary["benchmarks"]
@@ -116,6 +131,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             + " | ".join(pct(benches[b]["accuracy_rethink"]) for b in names)
             + f" | {pct(ov.get('macro_accuracy_rethink'))} |"
         )
+    lines += _paper_table(model, benches, rethink)
     lines.append("")
     lines.append("| benchmark | items | correct | truncated | no answer | mean tokens |" + (" wrong->right | right->wrong |" if rethink else ""))
     lines.append("|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if rethink else ""))

@@ -14,14 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluation.benchmarks import emma, mathverse, mathvision, mathvista, mmmu_pro, virl
+from evaluation.benchmarks import emma, mathverse, mathvision, mathvista, mmmu, mmmu_pro, virl
 from evaluation.benchmarks.base import BenchmarkError, BenchmarkSpec, EvalItem, dedupe_ids, locate
 
 REGISTRY: dict[str, BenchmarkSpec] = {
-    s.name: s for s in (mathvista.SPEC, mathverse.SPEC, mathvision.SPEC, mmmu_pro.SPEC, emma.SPEC, virl.SPEC)
+    s.name: s for s in (mathvista.SPEC, mathverse.SPEC, mathvision.SPEC, mmmu_pro.SPEC, mmmu.SPEC, emma.SPEC, virl.SPEC)
 }
-ALIASES = {"synthetic": "virl", "virl39k": "virl", "mmmupro": "mmmu_pro", "math_vision": "mathvision", "math_verse": "mathverse"}
-DEFAULT_BENCHMARKS = ("mathvista", "mathverse", "mathvision", "mmmu_pro", "emma")
+ALIASES = {"synthetic": "virl", "virl39k": "virl", "mmmupro": "mmmu_pro", "math_vision": "mathvision", "math_verse": "mathverse", "mmmu_val": "mmmu"}
 
 __all__ = ["BenchRef", "BenchmarkError", "EvalItem", "REGISTRY", "parse_bench", "load_benchmark"]
 

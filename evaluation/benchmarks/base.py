@@ -4,11 +4,13 @@ A loader reads the public release of its benchmark from local files (parquet, js
 images stored inline as ``{"bytes": ..., "path": ...}`` structs or as files next to the table) and
 returns ``EvalItem``s in one canonical shape:
 
-- ``question``: the question text with one ``<image>`` placeholder per image, in the order of
-  ``images`` (the same convention as ViRL39K, so prompts are built exactly as in training);
-- ``choices``: option texts shown as ``A. ...``, ``B. ...`` (empty when the question text already
-  lists its options, or for free-form questions);
-- ``gold``: what the verifier grades against, an option letter for multiple choice.
+- ``question`` and ``choices``: the question text and the option texts (shown as ``A. ...``,
+  ``B. ...``; empty when the question text already lists its options, or for free-form questions).
+  Together, question first then the options in order, they hold one ``<image>`` placeholder per
+  image, in the order of ``images`` (the same convention as ViRL39K, so prompts are built exactly as
+  in training); an option that is a picture is the option text ``<image>``;
+- ``gold``: what the verifier grades against, an option letter for multiple choice;
+  ``alternatives``: other acceptable answers (MMMU's open questions list several).
 
 Errors in the data raise ``BenchmarkError`` naming the file, the item and the field.
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 IMAGE_TOKEN = "<image>"
+NUMBERED_IMAGE = r"<image\s*_?(\d+)>"  # a release's numbered placeholder: <image 1>, <image1>, <image_1>
 LETTERS = string.ascii_uppercase  # option letters; the verifier accepts A-K
 MULTIPLE_CHOICE = "multiple_choice"
 FREE_FORM = "free_form"
@@ -40,13 +43,14 @@ class EvalItem:
 
     id: str  # unique within its benchmark; the resume key
     benchmark: str
-    question: str  # with one "<image>" per entry of `images`, without the prompt suffix
-    images: list[bytes]  # encoded image files (PNG/JPEG/...), in placeholder order
+    question: str  # with the choices: one "<image>" per entry of `images`; without the prompt suffix
+    images: list[bytes]  # encoded image files (PNG/JPEG/...), in placeholder order (question, then choices)
     gold: str  # graded against: an option letter for multiple choice, else the answer
     question_type: str = FREE_FORM  # MULTIPLE_CHOICE | FREE_FORM
     answer_type: str = "text"  # letter | integer | float | list | text | expression ...
     choices: list[str] = field(default_factory=list)  # option texts, rendered A., B., ... by the prompt
     gold_text: str | None = None  # the correct option's text (multiple choice), for reporting
+    alternatives: list[str] = field(default_factory=list)  # other acceptable golds (graded like gold)
     categories: dict[str, str | list[str]] = field(default_factory=dict)  # breakdown dim -> label(s)
     meta: dict[str, Any] = field(default_factory=dict)  # extra fields worth keeping in the results
 
@@ -59,6 +63,7 @@ class EvalItem:
             "n_images": len(self.images),
             "gold": self.gold,
             "gold_text": self.gold_text,
+            "alternatives": list(self.alternatives),
             "question_type": self.question_type,
             "answer_type": self.answer_type,
             "choices": list(self.choices),
@@ -107,21 +112,82 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 
 TABLE_SUFFIXES = (".parquet", ".jsonl", ".json")
+SPLIT_FOLDERS = ("", "data")  # a release's tables sit at its root or in its data/ folder
 
 
-def find_tables(root: Path, patterns: Sequence[str]) -> list[Path]:
-    """The table files of a benchmark under ``root``: the first glob pattern that matches wins.
+def _split_names(splits: str | Sequence[str]) -> list[str]:
+    return [splits] if isinstance(splits, str) else list(splits)
 
-    ``root`` may also be a single table file.  Patterns are tried in order; the files of the first
-    matching pattern are returned sorted (``test-00000-of-00002.parquet``, ``test-00001-...``).
+
+def _split_stem(split: str) -> re.Pattern[str]:
+    # ``test`` or a Hugging Face shard ``test-00000-of-00002[-hash]``, never ``testmini``
+    return re.compile(re.escape(split) + r"(?:-\d+-of-\d+(?:-[0-9a-f]+)?)?", re.IGNORECASE)
+
+
+def split_tables(root: Path, splits: str | Sequence[str], folders: Sequence[str] = SPLIT_FOLDERS) -> list[Path]:
+    """The table files holding exactly one split under ``root`` (or ``root`` itself when it is a file).
+
+    A file belongs to split ``s`` when its stem is ``s`` or a Hugging Face shard ``s-00000-of-0000N``,
+    so ``test`` never picks up ``testmini`` (nor ``testmini`` its ``testmini_text_only`` sibling).
+    ``folders`` are searched in order (the root, then ``data/``), and in each folder the first
+    format present wins (parquet, then jsonl, then json), so two copies of a split in different
+    formats are never mixed.  ``splits`` lists accepted spellings of the split's name.  Returns [] when
+    nothing matches; ``require_split_tables`` turns that into an error naming what was looked for.
     """
     if root.is_file():
         return [root]
-    for pattern in patterns:
-        hits = sorted(p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in TABLE_SUFFIXES)
-        if hits:
-            return hits
+    names = _split_names(splits)
+    for folder in folders:
+        d = root / folder if folder else root
+        if not d.is_dir():
+            continue
+        for suffix in TABLE_SUFFIXES:
+            hits = sorted(
+                p
+                for p in d.iterdir()
+                if p.is_file() and p.suffix.lower() == suffix and any(_split_stem(n).fullmatch(p.stem) for n in names)
+            )
+            if hits:
+                return hits
     return []
+
+
+def split_candidates(root: Path, splits: str | Sequence[str], folders: Sequence[str] = SPLIT_FOLDERS) -> list[str]:
+    """What ``split_tables`` looks for, as paths for error messages."""
+    out = []
+    for folder in folders:
+        d = root / folder if folder else root
+        for n in _split_names(splits):
+            out += [str(d / f"{n}{s}") for s in TABLE_SUFFIXES] + [str(d / f"{n}-NNNNN-of-NNNNN.parquet")]
+    return out
+
+
+def require_split_tables(
+    bench: str, root: Path, splits: str | Sequence[str], folders: Sequence[str] = SPLIT_FOLDERS
+) -> list[Path]:
+    """``split_tables`` or a BenchmarkError that lists every file name it looked for."""
+    files = split_tables(root, splits, folders)
+    if not files:
+        raise BenchmarkError(
+            f"{bench}: no table of split {' / '.join(_split_names(splits))} under {str(root)!r}; "
+            f"looked for: {', '.join(split_candidates(root, splits, folders))}"
+        )
+    return files
+
+
+def subject_dirs(bench: str, root: Path, subjects: Sequence[str]) -> list[tuple[str, Path]]:
+    """``(subject, folder)`` for each of ``subjects`` that has a folder under ``root`` (the Hugging Face
+    layout of a benchmark with one config per subject: ``Math/``, ``Art_Theory/``...; a lower-case
+    folder name is accepted too).  BenchmarkError naming the folders looked for when there is none."""
+    out = []
+    for s in subjects:
+        for name in (s, s.lower()):
+            if (root / name).is_dir():
+                out.append((s, root / name))
+                break
+    if not out:
+        raise BenchmarkError(f"{bench}: no subject folder under {str(root)!r} (looked for {', '.join(subjects)})")
+    return out
 
 
 def locate(data_dir: Path, names: Sequence[str]) -> Path:
@@ -201,14 +267,19 @@ def choice_index(answer: str, choices: Sequence[str]) -> int | None:
 # --------------------------------------------------------------------------- images
 
 
-def set_multiple_choice(item: "EvalItem", answer: str, options: list[str], where: str) -> None:
-    """Make ``item`` a multiple-choice item whose gold is the option letter for ``answer`` (given as
-    a letter or as an option's text); BenchmarkError when it is neither."""
-    letter = normalize_letter(answer)
+def set_multiple_choice(item: "EvalItem", answer: str, options: list[str], where: str, *, by_text_only: bool = False) -> None:
+    """Make ``item`` a multiple-choice item whose gold is the option letter for ``answer``.
+
+    ``answer`` is an option letter or an option's text; with ``by_text_only`` (MathVista, whose
+    answer is always the option text, and whose options may themselves be letters) only the text is
+    looked up.  BenchmarkError when ``answer`` is neither.
+    """
+    letter = None if by_text_only else normalize_letter(answer)
     if letter is None or index_of_letter(letter) >= len(options):
         idx = choice_index(answer, options)
         if idx is None:
-            raise BenchmarkError(f"{where}: answer {answer!r} is neither an option letter nor an option")
+            what = "one of the choices" if by_text_only else "an option letter or one of the options"
+            raise BenchmarkError(f"{where}: answer {answer!r} is not {what} {options}")
         letter = letter_of(idx, where)
     item.question_type = MULTIPLE_CHOICE
     item.answer_type = "letter"
@@ -226,8 +297,10 @@ def _png_bytes(img: Any) -> bytes:
 def load_image(value: Any, base_dirs: Sequence[Path], where: str) -> bytes | None:
     """Encoded image bytes from a parquet image struct, raw bytes, a PIL image or a file path.
 
-    Relative paths are tried against each of ``base_dirs`` as given, then as ``images/<name>``.
-    Returns None for an empty value; raises ``BenchmarkError`` for a path that does not exist.
+    A relative path ``p`` is tried against each of ``base_dirs`` as ``p``, ``images/p``,
+    ``images/<file name>`` and ``<file name>`` (releases ship the images next to the table or in an
+    ``images/`` folder, and the path in the table may or may not include that folder).  Returns None
+    for an empty value; raises ``BenchmarkError`` naming every place tried when none exists.
     """
     if value is None:
         return None
@@ -243,9 +316,11 @@ def load_image(value: Any, base_dirs: Sequence[Path], where: str) -> bytes | Non
         if not value.strip():
             return None
         p = Path(value)
-        candidates = [p] if p.is_absolute() else []
+        candidates: list[Path] = [p] if p.is_absolute() else []
         for base in base_dirs:
-            candidates += [base / p, base / "images" / p.name]
+            for c in (base / p, base / "images" / p, base / "images" / p.name, base / p.name):
+                if c not in candidates:
+                    candidates.append(c)
         for c in candidates:
             if c.is_file():
                 return c.read_bytes()
@@ -255,19 +330,21 @@ def load_image(value: Any, base_dirs: Sequence[Path], where: str) -> bytes | Non
     raise BenchmarkError(f"{where}: unsupported image value of type {type(value).__name__}")
 
 
-def interleave_images(
-    text: str,
+def interleave_parts(
+    parts: Sequence[str],
     images: dict[int, bytes],
     placeholder: str,
-) -> tuple[str, list[bytes]]:
-    """Rewrite a benchmark's numbered image placeholders into ``<image>`` tokens.
+) -> tuple[list[str], list[bytes]]:
+    """Rewrite a benchmark's numbered image placeholders into ``<image>`` tokens across several texts.
 
-    ``placeholder`` is a regex with one group capturing the image number (``<image 1>`` in MMMU-Pro,
-    ``<image1>`` in MathVision, ``<image_1>`` in EMMA).  The first mention of image k becomes an
-    ``<image>`` token and image k is placed at that position; later mentions of the same image
-    become the text ``[image k]``; images the text never mentions are put first, in number order;
-    a mention of an image that does not exist is left as text.  Returns the new text and the images
-    in token order.
+    ``parts`` are the texts in prompt order: the question, then each option (an option may be an
+    image, e.g. ``"<image 2>"`` in MMMU or ``"<image_3>"`` in EMMA).  ``placeholder`` is a regex with
+    one group capturing the image number (``<image 1>`` in MMMU, ``<image1>`` in MathVision,
+    ``<image_1>`` in EMMA).  The first mention of image k becomes an ``<image>`` token and image k is
+    placed at that position, so an option's image sits at its option; later mentions of the same
+    image become the text ``[image k]``; images no text mentions are put first (before the question:
+    the question's own figure), in number order; a mention of an image that does not exist is left
+    as text.  Returns the rewritten parts and the images in token order.
     """
     order: list[int] = []
 
@@ -280,12 +357,18 @@ def interleave_images(
         order.append(k)
         return IMAGE_TOKEN
 
-    body = re.sub(placeholder, repl, text)
+    out = [re.sub(placeholder, repl, text) for text in parts]
     unmentioned = [k for k in sorted(images) if k not in order]
     head = "".join(IMAGE_TOKEN for _ in unmentioned)
-    if head and body:
-        head += "\n"
-    return head + body, [images[k] for k in unmentioned + order]
+    if out:
+        out[0] = head + ("\n" if head and out[0] else "") + out[0]
+    return out, [images[k] for k in unmentioned + order]
+
+
+def interleave_images(text: str, images: dict[int, bytes], placeholder: str) -> tuple[str, list[bytes]]:
+    """``interleave_parts`` for a question without options: the new text and the images in token order."""
+    (body,), ordered = interleave_parts([text], images, placeholder)
+    return body, ordered
 
 
 def prepend_images(text: str, images: list[bytes]) -> tuple[str, list[bytes]]:
@@ -327,9 +410,83 @@ def dedupe_ids(items: Iterable[EvalItem]) -> list[EvalItem]:
     return out
 
 
-def iter_rows(files: Sequence[Path]) -> Iterator[tuple[Path, int, dict[str, Any]]]:
+@dataclass(slots=True)
+class SourceRow:
+    """One record of a benchmark table, with what every loader needs to read it.
+
+    ``where`` ("test.jsonl row 3 (id 17)") starts every error message about the row; ``image_dirs``
+    are the folders a relative image path is resolved against: the table's folder, its parent (a
+    release whose table sits in ``data/`` with paths relative to the release root) and the folder the
+    benchmark was given as.
+    """
+
+    data: dict[str, Any]
+    file: Path
+    index: int
+    id: str
+    where: str
+    image_dirs: tuple[Path, ...]
+
+    def text(self, name: str) -> str:
+        """Field ``name`` as stripped text ("" when absent)."""
+        return as_text(self.data.get(name))
+
+    def required(self, name: str) -> str:
+        """Field ``name`` as text; BenchmarkError naming the row and field when it is absent."""
+        return as_text(require(self.data, name, self.where))
+
+    def image(self, *names: str) -> bytes | None:
+        """The first non-empty image among fields ``names`` (inline struct, bytes or relative path)."""
+        for name in names:
+            img = load_image(self.data.get(name), self.image_dirs, f"{self.where} field {name!r}")
+            if img is not None:
+                return img
+        return None
+
+    def numbered_images(self, prefix: str, count: int) -> dict[int, bytes]:
+        """Images ``<prefix>1`` .. ``<prefix><count>`` that are present, keyed by their number."""
+        found = {}
+        for k in range(1, count + 1):
+            img = self.image(f"{prefix}{k}")
+            if img is not None:
+                found[k] = img
+        return found
+
+    def options(self) -> list[str]:
+        """Field ``options`` as a list of strings (a list, or a list literal in a string)."""
+        return parse_options(self.data.get("options"), self.where)
+
+    def question_and_options(self, options: list[str], max_images: int) -> tuple[str, list[str], list[bytes]]:
+        """Field ``question`` and ``options`` with images ``image_1`` .. ``image_<max_images>``
+        interleaved at their numbered placeholders (``interleave_parts``: question first, then the
+        options in order, so an option that is a picture gets its image at its letter); returns
+        (question, options, images in token order).  EMMA, MMMU and MMMU-Pro."""
+        (text, *choices), images = interleave_parts(
+            [self.required("question"), *options], self.numbered_images("image_", max_images), NUMBERED_IMAGE
+        )
+        return text, choices, images
+
+
+def iter_source_rows(
+    files: Sequence[Path], root: Path, id_fields: Sequence[str], prefix: str = ""
+) -> Iterator[SourceRow]:
+    """The rows of ``files`` as ``SourceRow``s; the id is the first non-empty of ``id_fields``.
+
+    ``where`` starts with ``prefix`` (e.g. the subject folder) and the file's name.  A row that is
+    not a record, or that has no id, is a BenchmarkError naming the file, the row and the id field.
+    """
+    root_dir = root if root.is_dir() else root.parent
     for f in files:
+        dirs: list[Path] = []
+        for d in (f.parent, f.parent.parent, root_dir):
+            if d not in dirs:
+                dirs.append(d)
+        name = prefix + f.name
         for i, row in enumerate(read_records(f)):
             if not isinstance(row, dict):
                 raise BenchmarkError(f"{f}: row {i} is not a record")
-            yield f, i, row
+            rid = next((as_text(row.get(k)) for k in id_fields if as_text(row.get(k))), "")
+            where = f"{name} row {i} ({id_fields[0]} {rid or '?'})"
+            if not rid:
+                raise BenchmarkError(f"{where}: missing field {id_fields[0]!r}")
+            yield SourceRow(data=row, file=f, index=i, id=rid, where=where, image_dirs=tuple(dirs))

@@ -6,16 +6,17 @@ Expected local layout (the Hugging Face release, one folder per config)::
     DATA_DIR/mmmu_pro/standard (4 options)/test-*.parquet                 # variant standard4
     DATA_DIR/mmmu_pro/vision/test-*.parquet                               # variant vision
 
-(``standard_10``, ``standard10`` ... are accepted as folder names too; jsonl/json tables with image
-paths relative to the folder work as well.)
+(``standard_10``, ``standard10`` ... are accepted as folder names too; ``test.jsonl`` / ``test.json``
+tables with image paths relative to the folder work as well.)
 
 Field mapping, standard configs:
 
-- ``id`` -> id; ``question`` -> question text, whose ``<image k>`` placeholders become ``<image>``
-  tokens at the same place, with ``image_1`` .. ``image_7`` put in mention order (an image the text
-  does not mention goes first; a second mention of the same image becomes the text "[image k]");
-- ``options``: a Python list literal stored as a string (``"['6', '8', ...]"``) -> options A..J;
-  ``answer`` is the option letter -> gold;
+- ``id`` -> id; ``options``: a Python list literal stored as a string (``"['6', '8', ...]"``) ->
+  options A..J; ``answer`` is the option letter -> gold;
+- ``question`` and the options -> text whose ``<image k>`` placeholders become ``<image>`` tokens at
+  the same place, with ``image_1`` .. ``image_7`` put in mention order
+  (``SourceRow.question_and_options``, as for MMMU: an option that is a picture is rendered at its
+  option letter);
 - categories: ``subject``, ``topic_difficulty``.
 
 Vision config: the question and its options are inside the screenshot ``image``; the text prompt is
@@ -32,20 +33,14 @@ from evaluation.benchmarks.base import (
     BenchmarkError,
     BenchmarkSpec,
     EvalItem,
-    as_text,
-    find_tables,
     index_of_letter,
-    interleave_images,
-    iter_rows,
-    load_image,
+    iter_source_rows,
     normalize_letter,
-    parse_options,
     prepend_images,
-    require,
+    require_split_tables,
 )
 
 NAME = "mmmu_pro"
-PLACEHOLDER = r"<image\s*_?(\d+)>"
 MAX_IMAGES = 7
 VISION_QUESTION = "Answer the multiple-choice question shown in the image."
 FOLDERS = {
@@ -53,7 +48,6 @@ FOLDERS = {
     "standard4": ["standard (4 options)", "standard_4", "standard4", "standard_4_options"],
     "vision": ["vision"],
 }
-TABLES = ["test-*.parquet", "*.parquet", "test.jsonl", "*.jsonl", "test.json"]
 
 
 def _variant_dir(path: Path, variant: str) -> Path:
@@ -70,43 +64,31 @@ def _variant_dir(path: Path, variant: str) -> Path:
 def load(path: Path, variant: str | None = None) -> list[EvalItem]:
     variant = variant or "standard10"
     root = _variant_dir(path, variant)
-    files = find_tables(root, TABLES)
-    if not files:
-        raise BenchmarkError(f"{NAME}: no table under {root} (tried {TABLES})")
     bench = NAME if variant == "standard10" else f"{NAME}:{variant}"
     items = []
-    for f, i, row in iter_rows(files):
-        qid = as_text(row.get("id"))
-        where = f"{f.name} row {i} (id {qid or '?'})"
-        if not qid:
-            raise BenchmarkError(f"{where}: missing field 'id'")
-        answer = as_text(require(row, "answer", where))
+    for row in iter_source_rows(require_split_tables(NAME, root, "test"), root, ("id",)):
+        answer = row.required("answer")
         letter = normalize_letter(answer)
         if letter is None:
-            raise BenchmarkError(f"{where}: field 'answer' must be an option letter, got {answer!r}")
-        base = [f.parent, root if root.is_dir() else root.parent]
-        options = parse_options(row.get("options"), where)
+            raise BenchmarkError(f"{row.where}: field 'answer' must be an option letter, got {answer!r}")
+        options = row.options()
         if options and index_of_letter(letter) >= len(options):
-            raise BenchmarkError(f"{where}: answer {letter} but only {len(options)} options")
+            raise BenchmarkError(f"{row.where}: answer {letter} but only {len(options)} options")
         if variant == "vision":
-            img = load_image(require(row, "image", where), base, where)
-            text, images = prepend_images(VISION_QUESTION, [img] if img else [])
+            img = row.image("image")
+            if img is None:
+                raise BenchmarkError(f"{row.where}: missing field 'image'")
+            text, images = prepend_images(VISION_QUESTION, [img])
             choices: list[str] = []
-            categories = {"subject": as_text(row.get("subject"))}
+            categories = {"subject": row.text("subject")}
         else:
-            found = {}
-            for k in range(1, MAX_IMAGES + 1):
-                img = load_image(row.get(f"image_{k}"), base, where)
-                if img is not None:
-                    found[k] = img
-            text, images = interleave_images(as_text(require(row, "question", where)), found, PLACEHOLDER)
             if not options:
-                raise BenchmarkError(f"{where}: missing field 'options'")
-            choices = options
-            categories = {"subject": as_text(row.get("subject")), "topic_difficulty": as_text(row.get("topic_difficulty"))}
+                raise BenchmarkError(f"{row.where}: missing field 'options'")
+            text, choices, images = row.question_and_options(options, MAX_IMAGES)
+            categories = {"subject": row.text("subject"), "topic_difficulty": row.text("topic_difficulty")}
         items.append(
             EvalItem(
-                id=qid,
+                id=row.id,
                 benchmark=bench,
                 question=text,
                 images=images,
@@ -114,7 +96,7 @@ def load(path: Path, variant: str | None = None) -> list[EvalItem]:
                 question_type=MULTIPLE_CHOICE,
                 answer_type="letter",
                 choices=choices,
-                gold_text=options[index_of_letter(letter)] if options else None,
+                gold_text=choices[index_of_letter(letter)] if choices else (options[index_of_letter(letter)] if options else None),
                 categories=categories,
             )
         )

@@ -349,3 +349,180 @@ def write_all(root: Path) -> dict[str, list[dict[str, Any]]]:
         "mmmu_pro:vision": mm["vision"],
         "emma": write_emma(root),
     }
+
+
+# --------------------------------------------------------------------------- GitHub / JSON releases
+
+
+def jpeg(color: tuple[int, int, int], size: int = 8) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def write_mathvista_github(repo: Path, n: int = 6, n_test: int = 3) -> list[dict[str, Any]]:
+    """lupantech/MathVista as cloned, with images.zip unzipped into ``data/``::
+
+        repo/data/testmini.json   pid -> record, "image": "images/<pid>.jpg" (relative to data/)
+        repo/data/test.json       the test split (no answers): must never be read for testmini
+        repo/data/images/<pid>.jpg
+
+    Returns the testmini truth with each item's image ``bytes`` (as written).
+    """
+    rows, truth = mathvista_rows(n)
+    images = repo / "data" / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    data = {}
+    for r, t in zip(rows, truth):
+        r = {k: v for k, v in r.items() if k not in ("decoded_image", "query")}
+        r["image"] = f"images/{r['pid']}.jpg"
+        t["bytes"] = jpeg(t["colors"][0])
+        (repo / "data" / r["image"]).write_bytes(t["bytes"])
+        data[r["pid"]] = r
+    (repo / "data" / "testmini.json").write_text(json.dumps(data, indent=4))
+    test = {}
+    for k in range(1000, 1000 + n_test):
+        test[str(k)] = {"question": f"[mathvista-test-{k}] unanswered", "image": f"images/{k}.jpg", "choices": None,
+                        "answer": None, "question_type": "free_form", "answer_type": "integer", "pid": str(k), "metadata": {}}
+        (images / f"{k}.jpg").write_bytes(jpeg((1, 2, 3)))
+    (repo / "data" / "test.json").write_text(json.dumps(test, indent=4))
+    return truth
+
+
+def write_mathvision_github(repo: Path) -> dict[str, list[dict[str, Any]]]:
+    """mathllm/MATH-V as cloned::
+
+        repo/data/test.jsonl       "image": "images/<id>.jpg", relative to the repository root
+        repo/data/testmini.jsonl   a subset of test (ids 2 and 5 here)
+        repo/images/<id>.jpg
+
+    Returns {"test": truth, "testmini": truth}, each item with its image ``bytes``.
+    """
+    rows, truth = mathvision_rows(6)
+    (repo / "images").mkdir(parents=True, exist_ok=True)
+    (repo / "data").mkdir(parents=True, exist_ok=True)
+    lines = {"test": [], "testmini": []}
+    out: dict[str, list[dict[str, Any]]] = {"test": [], "testmini": []}
+    for r, t in zip(rows, truth):
+        r = {k: v for k, v in r.items() if k != "decoded_image"}
+        t["bytes"] = jpeg(t["colors"][0])
+        (repo / r["image"]).write_bytes(t["bytes"])
+        for split in ("test", "testmini") if r["id"] in ("2", "5") else ("test",):
+            lines[split].append(json.dumps(r))
+            out[split].append(t)
+    for split, ls in lines.items():
+        (repo / "data" / f"{split}.jsonl").write_text("\n".join(ls) + "\n")
+    return out
+
+
+def write_mathverse_json(folder: Path, images_in_folder: bool) -> list[dict[str, Any]]:
+    """The MathVerse JSON release: ``testmini.json`` (a list of records whose ``image`` is a file name)
+    with the images in ``images/`` (``images_in_folder``) or next to the json; plus
+    ``testmini_text_only.json`` beside it, which the testmini split must not read."""
+    folder.mkdir(parents=True, exist_ok=True)
+    img_dir = folder / "images" if images_in_folder else folder
+    img_dir.mkdir(parents=True, exist_ok=True)
+    records, truth = [], []
+    for s in range(1, 6):
+        mc = s % 2 == 1
+        tag = f"[mathverse-json-{s}]"
+        version = VERSIONS[s - 1]
+        q = "" if version == "Vision Only" else (
+            f"{tag} Find the angle.\nChoices:\nA:30°\nB:45°\nC:60°\nD:90°" if mc else f"{tag} Find the area.")
+        name = f"image_{s}.png"
+        data = png(color_for(s, 7))
+        (img_dir / name).write_bytes(data)
+        records.append(dict(sample_index=str(s), problem_index=str(s), problem_version=version, question=q, image=name,
+                            answer="B" if mc else "12", question_type="multi-choice" if mc else "free-form",
+                            metadata=dict(split="testmini", source="synthetic", subject="plane geometry", subfield="angle"),
+                            query_wo="...", query_cot="...", question_for_eval=q))
+        truth.append(dict(id=str(s), gold="B" if mc else "12", question_type="multiple_choice" if mc else "free_form",
+                          problem_version=version, bytes=data))
+    (folder / "testmini.json").write_text(json.dumps(records, indent=4, ensure_ascii=False))
+    text_only = [dict(r, sample_index=str(100 + i), image="", problem_version="Text Only", question=f"[mathverse-text-{i}] Find x.")
+                 for i, r in enumerate(records)]
+    (folder / "testmini_text_only.json").write_text(json.dumps(text_only, indent=4, ensure_ascii=False))
+    return truth
+
+
+# --------------------------------------------------------------------------- image options
+
+
+def write_emma_image_options(root: Path) -> dict[str, Any]:
+    """EMMA ``Coding/test-*.parquet`` with one "Code Choose Vis"-style item whose options are images:
+    the question shows ``<image_1>``, options A-D are ``<image_4>``, ``<image_2>``, ``<image_5>``,
+    ``<image_3>`` (not in number order, so only placing each image at its option is right)."""
+    imgs = {k: png(color_for(90, k)) for k in range(1, 6)}
+    row = dict(pid="1", question="[emma-img] Which plot does the code in <image_1> draw?",
+               options=["<image_4>", "<image_2>", "<image_5>", "<image_3>"], answer="C", solution="",
+               subject="Coding", task="Code Choose Vis", category="Chart", source="synthetic",
+               type="Multiple Choice", context="")
+    for k in range(1, 6):
+        row[f"image_{k}"] = {"bytes": imgs[k], "path": None}
+    _write_parquet(root / "emma" / "Coding" / "test-00000-of-00001.parquet", [row], _emma_schema())
+    return {"images": imgs, "option_images": [4, 2, 5, 3]}
+
+
+# --------------------------------------------------------------------------- MMMU
+
+
+def _mmmu_schema() -> pa.Schema:
+    fields = [("id", pa.string()), ("question", pa.string()), ("options", pa.string()), ("explanation", pa.string())]
+    fields += [(f"image_{k}", IMG_STRUCT) for k in range(1, 8)]
+    fields += [(c, pa.string()) for c in ("img_type", "answer", "topic_difficulty", "question_type", "subfield")]
+    return pa.schema(fields)
+
+
+def write_mmmu(root: Path) -> dict[str, list[dict[str, Any]]]:
+    """MMMU/MMMU's layout: one folder per subject with ``dev-*.parquet`` and ``validation-*.parquet``.
+
+    validation items (truth in file order, ``Accounting`` before ``Art_Theory``):
+    - ``validation_Accounting_1``: multiple choice, text options, ``<image 1>`` in the question;
+    - ``validation_Accounting_2``: open, numeric answer ``12``;
+    - ``validation_Art_Theory_1``: multiple choice whose options are ``<image 2>`` .. ``<image 4>``
+      and whose question shows ``<image 1>``;
+    - ``validation_Art_Theory_2``: open, answer list literal ``['Cubism', 'Analytic Cubism']``, no image
+      placeholder (its image goes first).
+    dev has one item per subject (never mixed into validation).
+    """
+    def img(k: int, n: int) -> dict[str, Any]:
+        return {"bytes": png(color_for(k, n)), "path": None}
+
+    def row(id_, question, options, answer, qtype, images, **kw):
+        r = dict(id=id_, question=question, options=repr(options), explanation="", answer=answer, question_type=qtype,
+                 img_type=kw.get("img_type", "['Diagrams']"), topic_difficulty=kw.get("difficulty", "Easy"),
+                 subfield=kw.get("subfield", "sub"))
+        for k in range(1, 8):
+            r[f"image_{k}"] = images.get(k)
+        return r
+
+    val = {
+        "Accounting": [
+            row("validation_Accounting_1", "[mmmu-1] Given <image 1>, what is the net income?", ["$6", "$8", "$10"], "B",
+                "multiple-choice", {1: img(1, 1)}, subfield="Financial Accounting", img_type="['Tables', 'Charts']"),
+            row("validation_Accounting_2", "[mmmu-2] What is the ratio in <image 1>?", [], "12", "open",
+                {1: img(2, 1)}, difficulty="Hard"),
+        ],
+        "Art_Theory": [
+            row("validation_Art_Theory_1", "[mmmu-3] Which painting has the style of <image 1>?",
+                ["<image 3>", "<image 2>", "<image 4>"], "A", "multiple-choice",
+                {k: img(3, k) for k in range(1, 5)}, img_type="['Paintings']"),
+            row("validation_Art_Theory_2", "[mmmu-4] Name the movement.", [], "['Cubism', 'Analytic Cubism']", "open", {1: img(4, 1)},
+                difficulty="Medium"),
+        ],
+    }
+    dev = {s: [row(f"dev_{s}_1", f"[mmmu-dev-{s}] dev question", ["a", "b"], "A", "multiple-choice", {})] for s in val}
+    for subject in val:
+        _write_parquet(root / "mmmu" / subject / "validation-00000-of-00001.parquet", val[subject], _mmmu_schema())
+        _write_parquet(root / "mmmu" / subject / "dev-00000-of-00001.parquet", dev[subject], _mmmu_schema())
+    truth = [
+        dict(id="validation_Accounting_1", gold="B", question_type="multiple_choice", choices=["$6", "$8", "$10"],
+             images=[(1, 1)], alternatives=[], subject="Accounting", discipline="Business"),
+        dict(id="validation_Accounting_2", gold="12", question_type="free_form", choices=[], images=[(2, 1)],
+             alternatives=[], subject="Accounting", discipline="Business"),
+        dict(id="validation_Art_Theory_1", gold="A", question_type="multiple_choice", choices=["<image>"] * 3,
+             images=[(3, 1), (3, 3), (3, 2), (3, 4)], alternatives=[], subject="Art_Theory", discipline="Art and Design"),
+        dict(id="validation_Art_Theory_2", gold="Cubism", question_type="free_form", choices=[], images=[(4, 1)],
+             alternatives=["Analytic Cubism"], subject="Art_Theory", discipline="Art and Design"),
+    ]
+    return {"validation": truth, "dev": [dict(id=f"dev_{s}_1") for s in val]}

@@ -131,7 +131,7 @@ def test_parse_bench_errors_name_the_problem():
         parse_bench("mathvoodoo")
     with pytest.raises(BenchmarkError, match="unknown variant 'hard' of mmmu_pro"):
         parse_bench("mmmu_pro:hard")
-    assert set(REGISTRY) == {"mathvista", "mathverse", "mathvision", "mmmu_pro", "emma", "virl"}
+    assert set(REGISTRY) == {"mathvista", "mathverse", "mathvision", "mmmu_pro", "mmmu", "emma", "virl"}
 
 
 def test_missing_data_and_bad_rows_are_clear_errors(tmp_path):

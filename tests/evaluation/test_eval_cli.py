@@ -22,6 +22,7 @@ def test_list_names_every_benchmark_and_its_folders():
     for name in ("mathvista", "mathverse", "mathvision", "mmmu_pro", "emma", "virl"):
         assert name in r.stdout
     assert "standard10 (default)" in r.stdout and "vision" in r.stdout
+    assert "mmmu         MMMU validation" in r.stdout and "validation (default), dev" in r.stdout
 
 
 def test_bad_benchmark_and_missing_data_are_one_line_errors(bench_root, tmp_path):
@@ -30,6 +31,9 @@ def test_bad_benchmark_and_missing_data_are_one_line_errors(bench_root, tmp_path
     assert r.returncode == 2 and "unknown benchmark 'mathvoodoo'" in r.stderr and "Traceback" not in r.stderr
     r = cli("eval", "--bench", "mathvista", "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "no data for this benchmark" in r.stderr and "Traceback" not in r.stderr
+    r = cli("eval", "--bench", f"mmmu={tmp_path}", "--out", str(tmp_path / "o"))  # a folder in no MMMU layout
+    assert r.returncode == 2 and "mmmu: no subject folder" in r.stderr and "Accounting" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_missing_model_is_a_readable_error(bench_root, tmp_path):
