@@ -169,7 +169,7 @@ class Trainer:
                 if now - t0 > self.cfg.learner.sample_timeout_s:
                     if self._drawable() > 0:
                         log.warning("sample_timeout_partial", new_groups=total - self._groups_seen, need=need)
-                        self._groups_seen = total
+                        self._groups_seen, self._eff_seen = total, int(totals.get("eff_samples", 0))
                         break
                     if now - warned_at > self.cfg.learner.sample_timeout_s:
                         warned_at = now

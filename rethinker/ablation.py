@@ -13,8 +13,8 @@ Rethinking variants (`--rethink`): ``off`` (stage 1 only), ``on`` (Forced Rethin
 policy gradient alone, to separate it from the supervised term).
 
 Outputs under ``<out>``: ``<run>/`` (each run's logs, metrics, checkpoints), ``ablation.json``
-(every run's curves and the per-combination summary; rewritten after each run, and runs already in
-it are skipped by ``--resume``), and three PNG curves (held-out accuracy, effective-response share
+(every run's curves and the per-combination summary; rewritten after each run; with ``--resume``
+the runs already in it are kept and not run again, so a second grid adds to the first), and three PNG curves (held-out accuracy, effective-response share
 and replayed share of the trained rows, each vs learner step, mean over seeds with the seeds' range).
 """
 
@@ -108,6 +108,7 @@ def run_record(spec: RunSpec, rows: list[dict[str, Any]], *, initial: float, wal
         "reward_mean": [float(r.get("reward_mean", 0.0)) for r in train],
         "replayed_samples": int(replayed),
         "trained_samples": int(trained),
+        "time": time_breakdown(rows, wall_s),
         "figures": {
             **{f"steps_to_{t}": next((s for s, a in evals if a >= t), None) for t in THRESHOLDS},
             "final_accuracy": evals[-1][1],
@@ -118,6 +119,23 @@ def run_record(spec: RunSpec, rows: list[dict[str, Any]], *, initial: float, wal
             "learner_idle_share": _mean([float(r["idle_share"]) for r in train if "idle_share" in r]),
         },
     }
+
+
+def time_breakdown(rows: list[dict[str, Any]], wall_s: float) -> dict[str, float]:
+    """Where a run's wall time went, from its learner metrics: training, waiting for rollouts
+    (idle), weight sync, periodic eval, and the rest (process start-up, first sync, shutdown)."""
+    train = [r for r in rows if r.get("prefix") == "train"]
+    evals = [r for r in rows if r.get("prefix") == "eval"]
+    parts = {
+        "train_s": sum(float(r.get("train_s", 0.0)) for r in train),
+        "idle_s": sum(float(r.get("idle_s", 0.0)) for r in train),
+        "sync_s": sum(float(r.get("sync_s", 0.0)) for r in train),
+        "eval_s": sum(float(r.get("seconds", 0.0)) for r in evals),
+        "checkpoint_s": sum(float(r.get("checkpoint_s", 0.0)) for r in train),
+    }
+    parts["other_s"] = max(0.0, wall_s - sum(parts.values()))
+    parts["step_s_mean"] = sum(float(r.get("step_s", 0.0)) for r in train) / max(len(train), 1)
+    return {k: round(v, 2) for k, v in parts.items()}
 
 
 def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -253,7 +271,8 @@ def run_ablation(
     cfg = cfg.model_copy(update={"redis": cfg.redis.model_copy(update={"url": ensure_redis(cfg.redis.url)})})
     t_start = time.monotonic()
     warm: dict[int, tuple[str, float]] = {}
-    runs: list[dict[str, Any]] = []
+    wanted = {spec.name for spec in specs}
+    runs: list[dict[str, Any]] = [r for name, r in done.items() if name not in wanted]  # other grids' runs stay
     meta = {"steps": steps, "modes": list(modes), "seeds": list(seeds), "rethink": list(rethinks),
             "config": cfg.run.name, "train_fraction": cfg.algorithm.ssr.train_fraction,
             "prompts_per_step": cfg.learner.prompts_per_step, "n": cfg.algorithm.sampling.n,
@@ -264,13 +283,8 @@ def run_ablation(
             runs.append(done[spec.name])
             continue
         if spec.seed not in warm:
-            seed_dir = out / f"warm-s{spec.seed}"
-            if seed_dir.exists():
-                shutil.rmtree(seed_dir)
-            seeded = cfg.model_copy(update={"run": cfg.run.model_copy(update={"seed": spec.seed})})
-            wcfg = warm_up(seeded, seed_dir)
-            initial = evaluate_model(wcfg, wcfg.model.path, seed_dir / "eval-initial")["accuracy"]
-            warm[spec.seed] = (wcfg.model.path, initial)
+            warm[spec.seed] = _warm_model(cfg, spec.seed, out / f"warm-s{spec.seed}", reuse=resume,
+                                          warm_up=warm_up, evaluate_model=evaluate_model)
         warm_path, initial = warm[spec.seed]
         rcfg = run_config(cfg, spec, out=out, warm_model=warm_path, steps=steps)
         if Path(rcfg.run.run_dir).exists():
@@ -295,6 +309,22 @@ def run_ablation(
     if runs:
         doc["plots"] = [str(p) for p in plot(runs, out, title=cfg.run.name)]
     return doc
+
+
+def _warm_model(cfg: RethinkerConfig, seed: int, seed_dir: Path, *, reuse: bool, warm_up: Any, evaluate_model: Any) -> tuple[str, float]:
+    """The seed's warmed-up model and its held-out accuracy (``initial.json``); with ``reuse`` a
+    complete earlier warm-up of the same seed is taken as it is (the warm-up is seeded)."""
+    done = seed_dir / "initial.json"
+    if reuse and done.exists():
+        rec = json.loads(done.read_text())
+        return str(rec["model"]), float(rec["accuracy"])
+    if seed_dir.exists():
+        shutil.rmtree(seed_dir)
+    seeded = cfg.model_copy(update={"run": cfg.run.model_copy(update={"seed": seed})})
+    wcfg = warm_up(seeded, seed_dir)
+    initial = float(evaluate_model(wcfg, wcfg.model.path, seed_dir / "eval-initial")["accuracy"])
+    done.write_text(json.dumps({"model": wcfg.model.path, "accuracy": initial}))
+    return wcfg.model.path, initial
 
 
 def _write(path: Path, meta: dict[str, Any], runs: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:

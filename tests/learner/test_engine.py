@@ -26,6 +26,9 @@ def test_batch_geometry_is_checked(make_cfg):
 
     cfg = make_cfg()
     assert samples_per_step(cfg) == 8 and grad_accum_steps(cfg, 1) == 2 and grad_accum_steps(cfg, 2) == 1
+    # the selecting modes train train_fraction (0.5) of the rollout volume, plain GRPO all of it
+    assert samples_per_step(make_cfg("algorithm.ssr.mode=filter")) == 8
+    assert samples_per_step(make_cfg("algorithm.ssr.mode=grpo")) == 16
     with pytest.raises(ConfigError, match="micro_batch_size"):
         grad_accum_steps(make_cfg("learner.micro_batch_size=3"), 1)
 

@@ -116,7 +116,8 @@ def test_demo_learns_and_every_part_takes_part(tmp_path, redis_url, tiny_model_d
     assert summary["weight_syncs"] >= 240
     assert all(v is not None and v >= 240 for v in summary["rollout_versions"]) and len(summary["rollout_versions"]) == 2
     assert summary["rethink_triggered"] > 0 and summary["rethink_kept"] > 0
-    assert summary["replayed_samples"] > 0
+    assert summary["replayed_samples"] > 0 and 0.0 < summary["replayed_share"] < 1.0
+    assert 0.0 < summary["batch_fill_mean"] <= 1.0
     assert 0.0 <= summary["learner_idle_share"] <= 1.0
     assert dashboard["status"] == 200 and "<html" in dashboard["body"].lower()
     assert (run / "learning_curve.png").stat().st_size > 10_000
