@@ -22,6 +22,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .normalize import strip_wrappers
+from .statements import TRIGGER, choice_statement, final_claim, strip_qualifier
 
 MAX_SIBLINGS = 8  # more disagreeing boxes than this in one paragraph: not credited
 MAX_SIBLING_WALK = 256  # boxes looked at before the last one (a paragraph of 40,000 boxes is hostile)
@@ -54,6 +56,7 @@ _STANCE = re.compile(
 )
 _NEGATORS = frozenset("no not nothing without never any might may could if whether for possible possibly check".split())
 _CLAUSE_BREAK = re.compile(r"[.,;:!?\n]")
+_COMMIT = re.compile(r"(?i)\b(?:answer|therefore|thus|hence|in conclusion|finally|final|I choose|I pick)\b")
 
 
 def _negated(before: str) -> bool:
@@ -134,7 +137,7 @@ def _cut_sentence(s: str) -> str:
         elif not in_math and depth == 0:
             if c in ".;!?" and (i + 1 == n or s[i + 1] in " \t\"')*"):
                 break
-            if c == "," and s[i + 1 : i + 6].lower() in (" so t", " sinc", " beca", " whic", " as i"):
+            if c == "," and s[i + 1 : i + 6].lower() in (" so t", " sinc", " beca", " whic", " as i", " not "):
                 break
             if c == " " and s[i + 1 : i + 9].lower().startswith(("because", "since ", "as the ", "which ")):
                 break
@@ -171,11 +174,14 @@ def _statements(text: str, offset: int = 0) -> list[tuple[int, str, str]]:
         before = text[max(0, m.start() - 80) : m.start()]
         if _CONDITIONAL.search(before):
             continue
-        ans = _cut_sentence(text[m.end() : m.end() + 2000])
+        ans = strip_qualifier(_cut_sentence(text[m.end() : m.end() + 2000]))
         if not ans or _NEGATED_START.match(ans):
             continue
         found.append((offset + m.start(), ans, "answer_sentence"))
         break
+    choice = choice_statement(text)
+    if choice is not None:
+        found.append((offset + choice[0], choice[1], "answer_sentence"))
     for m in reversed(list(_ANSWER_SENTENCE_AFTER.finditer(text))):
         before = text[max(0, m.start() - 80) : m.start() + 1]
         if _CONDITIONAL.search(before):
@@ -208,12 +214,43 @@ def _stance_negative(tail: str) -> bool:
     return False
 
 
-def _after_answer(tail: str, tail_offset: int) -> Extraction | None:
-    """What the text after an answer does to it: restate a new one, retract it, or nothing (None)."""
+def _last_trigger(text: str, sentence_start: bool = False) -> re.Match[str] | None:
+    """The last rethinking trigger in ``text`` (optionally only one that starts a sentence)."""
+    window_start = max(0, len(text) - STANCE_WINDOW)
+    last = None
+    for m in TRIGGER.finditer(text, window_start):
+        if sentence_start:
+            before = text[max(0, m.start() - 8) : m.start()].rstrip(" \t*_>#")
+            if before and before[-1] not in ".!?\n":
+                continue
+        last = m
+    return last
+
+
+_LETTER = re.compile(r"\s*\(?[A-Ka-k]\)?\s*\.?\s*")
+
+
+def _after_answer(tail: str, tail_offset: int, standing: str = "") -> Extraction | None:
+    """What the text after an answer does to it: restate a new one, retract it, or nothing (None).
+
+    A value stated in the closing sentence after a trigger commits to it when the continuation
+    retracted the standing answer, or when it is a conclusion ("so the area is 8"); it must answer in
+    the standing answer's form (an option letter stays an option letter).
+    """
     marker = _RECONSIDER.search(tail)
     if marker is None:
         return None
     later = [s for s in _statements(tail[marker.start() :], tail_offset + marker.start())]
+    trig = _last_trigger(tail)
+    if trig is not None:
+        cont = tail[trig.start() :]
+        claim = final_claim(cont, strict=not _stance_negative(cont))
+        if claim is not None and _LETTER.fullmatch(standing) and not _LETTER.fullmatch(claim[1]):
+            claim = None  # "The slope is 2, which matches B." keeps the option letter B
+        if claim is not None:
+            later.append((tail_offset + trig.start() + claim[0], claim[1], "claim"))
+            # an explicit statement in the same closing sentence ("The answer is 6.") is the one reported
+            later.sort(key=lambda t: (t[0], t[2] != "claim"))
     if later:
         pos, ans, source = later[-1]
         if ans == "\x00unterminated":
@@ -228,6 +265,32 @@ def _same_paragraph(between: str) -> bool:
     return "\n\n" not in between and _RECONSIDER.search(between) is None
 
 
+MAX_SEGMENTS = 64  # rethinking segments walked back for a standing answer
+
+
+def _claim_path(text: str) -> Extraction | None:
+    """A response without box, tag, answer line or answer sentence: the final statement counts.
+
+    Walks back over rethinking segments: the last segment that states a value decides; a segment
+    that retracts the standing answer without stating one leaves no answer.
+    """
+    end = len(text)
+    for _ in range(MAX_SEGMENTS):
+        seg_text = text[:end]
+        trig = _last_trigger(seg_text, sentence_start=True)
+        start = trig.start() if trig is not None else 0
+        claim = final_claim(seg_text[start:])
+        if claim is not None:
+            ans = claim[1].strip()
+            return Extraction(ans, "claim") if ans else None
+        if trig is None:
+            return None
+        if _stance_negative(seg_text[start:]):
+            return Extraction(None, "none", problem="answer retracted afterwards")
+        end = start
+    return None
+
+
 def extract_answer(text: str) -> Extraction:
     """The final answer of ``text`` (see the module docstring for the rules)."""
     boxes = find_boxes(text)
@@ -235,19 +298,22 @@ def extract_answer(text: str) -> Extraction:
         last = boxes[-1]
         if last.end is None:
             return Extraction(None, "boxed", problem="unterminated \\boxed (truncated answer)")
-        after = _after_answer(text[last.end :], last.end)
+        after = _after_answer(text[last.end :], last.end, last.content)
         if after is not None:
             return after
         content = last.content.strip()
         if not content:
             return Extraction(None, "boxed", problem="empty \\boxed{}")
         if len(content) > MAX_ANSWER_CHARS:
+            content = strip_wrappers(content)  # 1 inside 10,000 braces is still 1
+        if len(content) > MAX_ANSWER_CHARS:
             return Extraction(content[:MAX_ANSWER_CHARS], "boxed", problem="answer too long")
         siblings: list[str] = []
         nxt = last
         for box in reversed(boxes[-MAX_SIBLING_WALK:-1]):
-            if not _same_paragraph(text[box.end : nxt.start]):
-                break
+            between = text[box.end : nxt.start]
+            if not _same_paragraph(between) or (nxt is last and _COMMIT.search(between[-200:])):
+                break  # another paragraph, or the last box is committed to ("therefore the answer is \boxed{B}")
             c = box.content.strip()
             if c and c != content and c not in siblings:
                 siblings.append(c)
@@ -267,7 +333,7 @@ def extract_answer(text: str) -> Extraction:
         if source == "answer_tag":
             line_end = text.lower().find("</answer>", pos) + len("</answer>")
         if line_end >= 0:
-            after = _after_answer(text[line_end:], line_end)
+            after = _after_answer(text[line_end:], line_end, ans)
             if after is not None:
                 return after
         ans = ans.strip()
@@ -277,6 +343,9 @@ def extract_answer(text: str) -> Extraction:
             return Extraction(ans[:MAX_ANSWER_CHARS], source, problem="answer too long")
         return Extraction(ans, source)
 
+    claimed = _claim_path(text)
+    if claimed is not None:
+        return claimed
     whole = text.strip()
     if not whole:
         return Extraction(None, "none", problem="empty response")

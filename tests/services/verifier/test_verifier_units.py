@@ -94,6 +94,10 @@ def test_gold_letter_is_never_sympy() -> None:
         ("10^{-3}", Fraction(1, 1000)), ("\\frac{1}{2}", Fraction(1, 2)), ("\\frac12", Fraction(1, 2)),
         ("1\\frac{1}{2}", Fraction(3, 2)), ("3/4", Fraction(3, 4)), ("5 cm", 5), ("5\\text{ cm}^2", 5), ("30^\\circ", 30),
         ("30°", 30), ("\\$15", 15), ("x = 3", 3), ("twenty-one", 21), ("one hundred and five", 105), ("1.5 million", 1500000),
+        # locale forms and a trailing modulus
+        ("1.234,5", Fraction(2469, 2)), ("1.234.567", 1234567), ("€1.234,56", Fraction(123456, 100)), ("1'234", 1234),
+        ("1 250,5", Fraction(2501, 2)), ("3,5", Fraction(7, 2)), ("1,2", Fraction(6, 5)), ("0,25", Fraction(1, 4)),
+        ("3 \\pmod{7}", 3), ("3 \\mod 7", 3), ("4 (mod 5)", 4),
     ],
 )
 def test_parse_number(text: str, value) -> None:
@@ -101,7 +105,7 @@ def test_parse_number(text: str, value) -> None:
     assert n is not None and n.value == value, text
 
 
-@pytest.mark.parametrize("text", ["3x", "3 or 4", "1,2", "2\\pi", "\\sqrt{2}", "abc", "5e", "1/2/3", "x"])
+@pytest.mark.parametrize("text", ["3x", "3 or 4", "1,2,3", "2\\pi", "\\sqrt{2}", "abc", "5e", "1/2/3", "x"])
 def test_not_a_plain_number(text: str) -> None:
     assert parse_number(text) is None
 
@@ -210,3 +214,19 @@ def test_random_fractions_decimals_and_letters() -> None:
         for form in (f"\\boxed{{{letter}}}", f"The answer is ({letter}).", f"Answer: {letter}", f"\\boxed{{\\text{{{letter}}}}}"):
             assert grade(form, letter).correct and not grade(form, other).correct, (form, letter, other)
         assert not grade(f"\\boxed{{{letter} or {other}}}", letter).correct
+
+
+# ----------------------------------------------------------------------------- parser warm-up
+
+
+def test_warm_up_corpus_holds_no_gold_answer_of_the_suite() -> None:
+    from pathlib import Path
+
+    from services.verifier._preload import CORPUS, WARM_ITEMS
+    from services.verifier.casefile import load_cases
+    from services.verifier.normalize import compact
+
+    golds = {read_gold(c.gold).compact for c in load_cases(Path(__file__).with_name("cases.yaml"))}
+    warmed = [*CORPUS, *(g for _, g in WARM_ITEMS), *(r for r, _ in WARM_ITEMS)]
+    assert len(CORPUS) >= 40
+    assert [x for x in warmed if compact(x) in golds or read_gold(x).compact in golds] == []
