@@ -149,7 +149,7 @@ def _elementwise(gold_clean: str, a: str) -> bool | None:
 
 
 def is_list_gold(gold: Gold) -> bool:
-    """A gold listing several items (``2, 3``, ``\{1, 2, 3\}``, ``2 \pm \sqrt{3}``)."""
+    """A gold listing several items (``2, 3``, ``\\{1, 2, 3\\}``, ``2 \\pm \\sqrt{3}``)."""
     c = gold.clean
     if gold.kind != "math":
         return False
