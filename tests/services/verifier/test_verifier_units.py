@@ -10,7 +10,7 @@ from common.config import RewardConfig
 from services.verifier import count_waits, grade, reward
 from services.verifier.choice import gold_letter, parse_options, read_choice
 from services.verifier.extract import extract_answer
-from services.verifier.fastlatex import fast_parse
+from services.verifier.fastlatex import fast_container, fast_parse
 from services.verifier.grader import Verdict, read_gold
 from services.verifier.numeric import numbers_match, parse_number
 from services.verifier.symbolic import _parse, fast_compare, unsafe_reason
@@ -145,6 +145,34 @@ def test_fast_latex_agrees_with_math_verify(latex: str) -> None:
 @pytest.mark.parametrize("latex", ["1\\frac{1}{2}", "1 200", "x^23", "\\{1, 2\\}", "C", "5 cm", "(1, 2]", "e^2", "2i"])
 def test_fast_latex_leaves_ambiguous_shapes_to_math_verify(latex: str) -> None:
     assert fast_parse(latex) is None
+
+
+@pytest.mark.parametrize(
+    "latex",
+    ["2, 3", "-3, 2", "(2, 3)", "(3, 2)", "[1, 2]", "(1, 2]", "[0, 1)", "\\{1, 2, 3\\}", "(1, 2, 3)", "(1.5, -2)",
+     "(\\frac{1}{3}, \\frac{2}{3})", "(-\\infty, 3)", "[0, \\infty)", "(3, 3)", "(\\sqrt{2}, 1)", "(2x, x^2, 1)"],
+)
+def test_fast_container_agrees_with_math_verify(latex: str) -> None:
+    fast = fast_container(latex)
+    slow = _parse("\\boxed{" + latex + "}")
+    assert fast is not None and slow and fast == slow[0], (fast, slow)
+
+
+@pytest.mark.parametrize("latex", ["(x, y)", "1,200", "2,3", "[3, 1]", "\\{a\\}", "(1, \\log 2)", "x, y \\in A"])
+def test_fast_container_leaves_other_shapes_to_math_verify(latex: str) -> None:
+    assert fast_container(latex) is None
+
+
+@pytest.mark.parametrize(
+    ("gold", "answer", "same"),
+    [("(-\\infty, 3)", "x < 3", True), ("(-\\infty, 3]", "x \\le 3", True), ("(2, \\infty)", "x > 2", True),
+     ("[-1, \\infty)", "x \\geq -1", True), ("(-1, 2]", "-1 < x \\le 2", True), ("(-\\infty, 3)", "x \\le 3", False),
+     ("(2, \\infty)", "3 > x", False)],
+)
+def test_inequalities_compare_with_intervals_as_sets(gold: str, answer: str, same: bool) -> None:
+    from services.verifier.symbolic import symbolic_equal
+
+    assert symbolic_equal(gold, answer)[0] is same
 
 
 @pytest.mark.parametrize(
