@@ -30,6 +30,7 @@ MAX_SIBLING_WALK = 256  # boxes looked at before the last one (a paragraph of 40
 MAX_ANSWER_CHARS = 20_000  # a "final answer" longer than this is not an answer
 WHOLE_RESPONSE_MAX_CHARS = 80
 STANCE_WINDOW = 64_000  # how far back from the end a retraction is looked for
+MAX_SEGMENTS = 64  # rethinking segments walked back for a standing answer
 WHOLE_RESPONSE_MAX_WORDS = 6  # longer sentences are reasoning, not an answer by themselves
 
 
@@ -56,6 +57,8 @@ _STANCE = re.compile(
 )
 _NEGATORS = frozenset("no not nothing without never any might may could if whether for possible possibly check".split())
 _CLAUSE_BREAK = re.compile(r"[.,;:!?\n]")
+_SENTENCE_END = re.compile(r"[.!?](?=\s)|\n")
+_QUESTION_AFTER = re.compile(r"[^.!?\n]{0,60}\?")
 _COMMIT = re.compile(r"(?i)\b(?:answer|therefore|thus|hence|in conclusion|finally|final|I choose|I pick)\b")
 
 
@@ -192,11 +195,12 @@ def _statements(text: str, offset: int = 0) -> list[tuple[int, str, str]]:
     return found
 
 
-def _stance_negative(tail: str) -> bool:
-    """Does the text after an answer end by rejecting it ("that's wrong") rather than confirming it?
+def _stance(tail: str) -> str | None:
+    """How the text after an answer ends: "neg" (rejects it: "that's wrong"), "pos" (confirms it) or None.
 
     The last non-neutral stance word decides; it is looked for near the end first (growing windows)
     and only in the last ``STANCE_WINDOW`` characters, so a long tail full of stance words costs little.
+    Stance words in a question ("does it seem right?") are neutral.
     """
     n = len(tail)
     for window in (4_000, STANCE_WINDOW):
@@ -207,24 +211,75 @@ def _stance_negative(tail: str) -> bool:
             if _negated(before):
                 # "no mistake", "might be a mistake" are neutral; "not correct" is negative
                 kind = "neutral" if kind == "neg" else "neg"
+            if _QUESTION_AFTER.match(tail, m.end()):
+                kind = "neutral"
             if kind != "neutral":
-                return kind == "neg"
+                return kind
         if start == 0:
             break
-    return False
+    return None
 
 
-def _last_trigger(text: str, sentence_start: bool = False) -> re.Match[str] | None:
-    """The last rethinking trigger in ``text`` (optionally only one that starts a sentence)."""
-    window_start = max(0, len(text) - STANCE_WINDOW)
-    last = None
-    for m in TRIGGER.finditer(text, window_start):
+def _stance_negative(tail: str) -> bool:
+    return _stance(tail) == "neg"
+
+
+def _trigger_starts(text: str, sentence_start: bool = False) -> list[int]:
+    """Start positions of the rethinking triggers in the last ``STANCE_WINDOW`` characters of ``text``
+    (optionally only those that start a sentence), at most the last ``MAX_SEGMENTS``."""
+    starts: list[int] = []
+    for m in TRIGGER.finditer(text, max(0, len(text) - STANCE_WINDOW)):
         if sentence_start:
             before = text[max(0, m.start() - 8) : m.start()].rstrip(" \t*_>#")
             if before and before[-1] not in ".!?\n":
                 continue
-        last = m
-    return last
+        starts.append(m.start())
+    return starts[-MAX_SEGMENTS:]
+
+
+@dataclass(frozen=True, slots=True)
+class _Walk:
+    outcome: str  # claim | retracted | standing
+    pos: int = 0
+    answer: str = ""
+
+
+def _walk_back(text: str, starts: list[int], standing: str, *, head_claims: bool) -> _Walk:
+    """Read rethinking segments from the last one back (grading rule 1).
+
+    A segment that states a value decides (strictly -- a conclusion or a one-clause statement --
+    unless it retracts the standing answer); a retracting segment without a value leaves no answer;
+    a confirming one keeps the answer standing before it, so retractions before it no longer count;
+    neutral segments are skipped.  ``head_claims``: the text before the first trigger may state the
+    answer too (responses without a box).  A stated value must have the standing answer's form (a
+    number does not replace an option letter).
+    """
+    end = len(text)
+    confirmed = False
+    for st in reversed(starts):
+        seg = text[st:end]
+        stance = _stance(seg)
+        claim = final_claim(seg, strict=stance != "neg")
+        if claim is not None and not (_LETTER.fullmatch(standing) and not _LETTER.fullmatch(claim[1])):
+            return _Walk("claim", st + claim[0], claim[1].strip())
+        if stance == "neg" and not confirmed:
+            return _Walk("retracted", st)
+        confirmed = confirmed or stance == "pos"
+        end = st
+    head = text[:end]
+    if head_claims:
+        claim = final_claim(head)
+        if claim is not None:
+            return _Walk("claim", claim[0], claim[1].strip())
+    elif not confirmed:
+        # no trigger: a later sentence may still reject the answer ("\\boxed{5}. That's wrong."), the
+        # answer's own sentence does not ("\\boxed{5} cm, because the other options are wrong.")
+        nxt = _SENTENCE_END.search(head)
+        rest = head[nxt.end() :] if nxt else ""
+        marker = _RECONSIDER.search(rest)
+        if marker is not None and _stance(rest[marker.start() :]) == "neg":
+            return _Walk("retracted", nxt.end() + marker.start() if nxt else 0)
+    return _Walk("standing")
 
 
 _LETTER = re.compile(r"\s*\(?[A-Ka-k]\)?\s*\.?\s*")
@@ -233,30 +288,25 @@ _LETTER = re.compile(r"\s*\(?[A-Ka-k]\)?\s*\.?\s*")
 def _after_answer(tail: str, tail_offset: int, standing: str = "") -> Extraction | None:
     """What the text after an answer does to it: restate a new one, retract it, or nothing (None).
 
-    A value stated in the closing sentence after a trigger commits to it when the continuation
-    retracted the standing answer, or when it is a conclusion ("so the area is 8"); it must answer in
-    the standing answer's form (an option letter stays an option letter).
+    Explicit statements (answer tag, line or sentence) after a reconsideration marker and values
+    stated by rethinking segments (``_walk_back``) replace the answer, the latest one winning; a
+    retraction after the last of them leaves no answer.
     """
     marker = _RECONSIDER.search(tail)
     if marker is None:
         return None
     later = [s for s in _statements(tail[marker.start() :], tail_offset + marker.start())]
-    trig = _last_trigger(tail)
-    if trig is not None:
-        cont = tail[trig.start() :]
-        claim = final_claim(cont, strict=not _stance_negative(cont))
-        if claim is not None and _LETTER.fullmatch(standing) and not _LETTER.fullmatch(claim[1]):
-            claim = None  # "The slope is 2, which matches B." keeps the option letter B
-        if claim is not None:
-            later.append((tail_offset + trig.start() + claim[0], claim[1], "claim"))
-            # an explicit statement in the same closing sentence ("The answer is 6.") is the one reported
-            later.sort(key=lambda t: (t[0], t[2] != "claim"))
-    if later:
+    walk = _walk_back(tail, _trigger_starts(tail), standing, head_claims=False)
+    if walk.outcome == "claim":
+        # an explicit statement in the same closing sentence ("The answer is 6.") is the one reported
+        later.append((tail_offset + walk.pos, walk.answer, "claim"))
+        later.sort(key=lambda t: (t[0], t[2] != "claim"))
+    if later and not (walk.outcome == "retracted" and tail_offset + walk.pos > later[-1][0]):
         pos, ans, source = later[-1]
         if ans == "\x00unterminated":
             return Extraction(None, source, problem="unterminated <answer> tag")
         return Extraction(ans, source)
-    if _stance_negative(tail[marker.start() :]):
+    if walk.outcome == "retracted":
         return Extraction(None, "none", problem="answer retracted afterwards")
     return None
 
@@ -265,29 +315,14 @@ def _same_paragraph(between: str) -> bool:
     return "\n\n" not in between and _RECONSIDER.search(between) is None
 
 
-MAX_SEGMENTS = 64  # rethinking segments walked back for a standing answer
-
-
 def _claim_path(text: str) -> Extraction | None:
-    """A response without box, tag, answer line or answer sentence: the final statement counts.
-
-    Walks back over rethinking segments: the last segment that states a value decides; a segment
-    that retracts the standing answer without stating one leaves no answer.
-    """
-    end = len(text)
-    for _ in range(MAX_SEGMENTS):
-        seg_text = text[:end]
-        trig = _last_trigger(seg_text, sentence_start=True)
-        start = trig.start() if trig is not None else 0
-        claim = final_claim(seg_text[start:])
-        if claim is not None:
-            ans = claim[1].strip()
-            return Extraction(ans, "claim") if ans else None
-        if trig is None:
-            return None
-        if _stance_negative(seg_text[start:]):
-            return Extraction(None, "none", problem="answer retracted afterwards")
-        end = start
+    """A response without box, tag, answer line or answer sentence: the final statement counts,
+    read segment by segment from the last rethinking trigger back (``_walk_back``)."""
+    walk = _walk_back(text, _trigger_starts(text, sentence_start=True), "", head_claims=True)
+    if walk.outcome == "claim":
+        return Extraction(walk.answer, "claim") if walk.answer else None
+    if walk.outcome == "retracted":
+        return Extraction(None, "none", problem="answer retracted afterwards")
     return None
 
 

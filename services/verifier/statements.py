@@ -29,6 +29,7 @@ _CHOOSE = re.compile(
     r"(\(?[A-K]\)?|\*\*\(?[A-K]\)?\*\*)(?![A-Za-z0-9])"
 )
 _VERB = re.compile(r"(?i)(?<![A-Za-z\\])(?:is|are|was|were|equals|becomes|has|have|comes to|(?:should|must|would) be)(?![A-Za-z])|=|≈|\\approx(?![A-Za-z])")
+_WORD_VERB = re.compile(r"(?i)(?<![A-Za-z\\])(?:is|are|was|were|equals|becomes|has|have)(?![A-Za-z])")
 _HEDGE = re.compile(r"(?i)\b(?:might|may|maybe|perhaps|probably|possibly|not sure|could be|either|guess|assum\w*|suppose|if|whether|unless)\b")
 _CONCLUDE = re.compile(r"(?i)^\s*(?:so|thus|therefore|hence|finally|overall)\b[,:]?\s*")
 _QUALIFIER = re.compile(r"(?i)^(?:\s*(?:approximately|approx\.?|about|roughly|around|exactly|still|now|indeed|just|equal\s+to|then|:|=|≈|\\approx))+\s*")
@@ -111,8 +112,8 @@ def _value(rest: str) -> str | None:
     if _NUMBER_START.match(clause) or clause[:1] in "\\($[":
         words = clause.split(" ")
         tail = [w for w in words[1:] if re.search(r"[A-Za-z]", w) and not w.startswith("\\")]
-        if len(tail) > MAX_REMAINDER_WORDS or re.search(r"\d", " ".join(tail)):
-            return None
+        if len(tail) > MAX_REMAINDER_WORDS or re.search(r"\d", " ".join(tail)) or _VERB.search(" ".join(words[1:])):
+            return None  # "6 and the width is 4": more statements follow, not an answer
         # keep the value and its unit, drop the rest of the noun phrase ("7 birds in the picture" -> "7 birds")
         return _FILLER_TAIL.sub("", clause).strip()
     if _NUMBER_WORDS.fullmatch(clause):
@@ -128,7 +129,9 @@ def _committed(sent: str, verb_start: int) -> bool:
     statement of one clause ("The area is ...", "It is ...")?"""
     before = sent[:verb_start]
     clause = re.split(r"[,;:]", before)[-1]
-    if _CONCLUDE.match(clause) or _CONCLUDE.match(sent):
+    if _VERB.search(clause):
+        return False  # "The length is 6 and the width is 4": a list of facts, not one statement
+    if _CONCLUDE.match(clause) or (_CONCLUDE.match(sent) and not _VERB.search(before)):
         return True
     return bool(_DEFINITE.match(clause))
 
@@ -153,8 +156,8 @@ def final_claim(text: str, *, strict: bool = False) -> tuple[int, str] | None:
             concluded = bool(_CONCLUDE.match(lhs)) or bool(_CONCLUDE.match(sent))
             if not (_IDENT.fullmatch(lhs_core) or (concluded and lhs_core)):
                 continue
-        if strict and not _committed(sent, m.start()):
-            continue
+        if strict and (not _committed(sent, m.start()) or _WORD_VERB.search(sent, m.end())):
+            continue  # after a standing answer only the sentence's single, final statement counts
         v = _value(sent[m.end() :])
         if v is not None:
             return start, v

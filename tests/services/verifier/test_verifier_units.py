@@ -258,3 +258,75 @@ def test_warm_up_corpus_holds_no_gold_answer_of_the_suite() -> None:
     warmed = [*CORPUS, *(g for _, g in WARM_ITEMS), *(r for r, _ in WARM_ITEMS)]
     assert len(CORPUS) >= 40
     assert [x for x in warmed if compact(x) in golds or read_gold(x).compact in golds] == []
+
+
+# ----------------------------------------------------------------------------- final statements, units, exact evaluation
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("So there are 7 birds in the picture.", "7 birds"),
+        ("Wait, 5 is wrong; it is 6.", "6"),
+        ("The area is 2 \\times 4 = 8.", "8"),
+        ("The side is 5, so the area is 25, and 16 is wrong.", "25"),
+        ("x = 3.", "3"),
+        ("Therefore, the point of intersection is (2, 3).", "(2, 3)"),
+        ("The mean of 2, 3, 4 and 5 is 14 / 4 = 3.5.", "3.5"),
+        ("Yes, it is correct.", None),
+        ("Let us check by substituting: 3(2) + 1 = 7.", None),
+        ("I think the answer might be 2 but I am not sure", None),
+        ("We know x + 2 = 7, hence x = 5 and we can now continue with the rest of the problem carefully.", None),
+        ("Is it 6?", None),
+        ("answer" + " " * 5000 + "is 5", None),
+    ],
+)
+def test_final_claim_reads_the_closing_statement(text: str, value: str | None) -> None:
+    from services.verifier.statements import final_claim
+
+    got = final_claim(text)
+    assert (got[1] if got else None) == value
+
+
+def test_strict_claims_need_one_concluding_statement() -> None:
+    from services.verifier.statements import choice_statement, final_claim
+
+    assert final_claim("The length is 6 and the width is 4.", strict=True) is None
+    assert final_claim("Each side is 2 cm, and there are 3 sides.", strict=True) is None
+    assert final_claim("So the angle is 30°.", strict=True)[1] == "30°"
+    assert choice_statement("After checking, I'll go with option (C).")[1] == "(C)"
+
+
+@pytest.mark.parametrize(
+    ("text", "unit"),
+    [("5 m", "m"), ("500 cm", "cm"), ("120 \\text{ minutes}", "min"), ("2000 mm^2", "mm^2"), ("0.785 rad", "rad"),
+     ("30^\\circ", "°"), ("5 apples", None), ("60 km/h", None), ("12", None)],
+)
+def test_split_unit(text: str, unit: str | None) -> None:
+    from services.verifier.units import split_unit
+
+    u = split_unit(text)[1]
+    assert (u.name if u else None) == unit
+
+
+@pytest.mark.parametrize(
+    ("gold", "answer", "same"),
+    [("3000x", "x" + "+x" * 2999, True), ("1", "\\sqrt{" * 200 + "1" + "}" * 200, True), ("2", "\\sqrt{8}", None),
+     ("1", "\\frac{" + "9" * 5000 + "}{" + "9" * 5000 + "}", True), ("1", "\\frac{" + "9" * 5000 + "}{" + "9" * 4999 + "8}", False),
+     ("0", "x" + "-x+x" * 1000 + "-x", True), ("x^2", "-x^2", False), ("2", "2^{100}", None)],
+)
+def test_exact_evaluation_of_long_expressions(gold: str, answer: str, same: bool | None) -> None:
+    from services.verifier.arith import same_value
+
+    assert same_value(gold, answer) is same
+
+
+@pytest.mark.parametrize(
+    ("text", "inner"),
+    [("{" * 10_000 + "1" + "}" * 10_000, "1"), ("(((1)))", "1"), ("(2, 3)", "(2, 3)"), ("(1+2)(3+4)", "(1+2)(3+4)"),
+     ("{(1+2)(3+4)}", "(1+2)(3+4)"), ("\\boxed{\\text{1}}", "1"), ("{1}+{2}", "{1}+{2}")],
+)
+def test_strip_wrappers(text: str, inner: str) -> None:
+    from services.verifier.normalize import strip_wrappers
+
+    assert strip_wrappers(text) == inner
