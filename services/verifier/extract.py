@@ -2,16 +2,18 @@
 
 Order (spec section 5, made stricter): the last top-level ``\\boxed{...}``/``\\fbox{...}``; else the
 last ``<answer>...</answer>``; else the last "Answer: ..." line or final-answer sentence ("the answer
-is (C)", "B is the correct option"); else the whole response when it is short enough to be an answer
-by itself.  Not credited (``answer is None`` with a ``problem``): an empty box, an unterminated box or
-tag (a truncated answer), an answer retracted afterwards without a new one ("Wait, that's wrong"),
-and long responses whose answer only appears inside the reasoning.
+is (C)", "B is the correct option", "I choose C"); else the final statement of the answer ("So there
+are 7 birds.", ``statements.final_claim``); else the whole response when it is short enough to be an
+answer by itself.  Not credited (``answer is None`` with a ``problem``): an empty box, an unterminated
+box or tag (a truncated answer), an answer retracted afterwards without a new one ("Wait, that's
+wrong"), and long responses whose answer only appears inside the reasoning.
 
-Boxes in the same final paragraph as the last box (no blank line and no "wait"/"actually"/"but"
-between them) are returned as ``siblings``: the grader credits the response only if they all agree,
-so ``\\boxed{C} or \\boxed{D}`` is a hedge, not a correct answer.  After a reconsideration marker, a
-later explicit answer statement wins over an earlier box (forced-rethinking continuations often
-restate the answer without a box).
+The text after an answer is cut at the rethinking triggers and read from its last segment back
+(``_walk_back``, grading rule 1 of docs/verifier.md): a segment that states a value replaces the
+answer, one that retracts it without a value leaves no answer, one that confirms keeps the last
+stated answer.  Boxes in the same final paragraph as the last box are returned as ``siblings``: the
+grader credits the response only if they all agree (or together form a list gold), so ``\\boxed{C} or
+\\boxed{D}`` is a hedge, unless the last box is committed to ("therefore the answer is \\boxed{D}").
 
 All scans are linear in the response length and every regex quantifier that could overlap is
 bounded, so 400 KB responses and regex-bomb strings are handled in milliseconds.
@@ -37,7 +39,7 @@ WHOLE_RESPONSE_MAX_WORDS = 6  # longer sentences are reasoning, not an answer by
 @dataclass(frozen=True, slots=True)
 class Extraction:
     answer: str | None
-    source: str  # boxed | answer_tag | answer_line | answer_sentence | whole | none
+    source: str  # boxed | answer_tag | answer_line | answer_sentence | claim | whole | none
     siblings: tuple[str, ...] = ()
     problem: str | None = None  # why there is no creditable answer
 
@@ -218,10 +220,6 @@ def _stance(tail: str) -> str | None:
         if start == 0:
             break
     return None
-
-
-def _stance_negative(tail: str) -> bool:
-    return _stance(tail) == "neg"
 
 
 def _trigger_starts(text: str, sentence_start: bool = False) -> list[int]:

@@ -4,12 +4,16 @@ Flow: read the gold once (cached: golds repeat n times per group) into a kind --
 letter A-K), ``number``, ``text`` (words such as Yes/No/rectangle) or ``math`` -- then extract the
 response's final answer (``extract``), then compare:
 - choice: the option letter the answer selects (``choice``); a gold letter never reaches sympy;
-- number: ``numeric`` at the gold's stated precision; a closed form (``2\\sqrt{2}``) is evaluated
-  by sympy and rounded the same way;
-- text: case/punctuation-insensitive equality (never sympy, where "yes" equals "sey");
-- math: exact compact-string equality, then math-verify with the gold wrapped in ``\\boxed{}``.
+- number: ``numeric`` at the gold's stated precision; a gold stated in a unit against an answer in
+  another unit of the same quantity is converted first (``units``); a closed form (``2\\sqrt{2}``)
+  is evaluated by sympy and rounded the same way;
+- text: case/punctuation-insensitive equality, or the gold word as the head of a short phrase
+  (never sympy, where "yes" equals "sey");
+- math: exact compact-string equality, tuples/matrices with decimal entries entry by entry, then
+  symbolic equivalence (``symbolic``, math-verify with the gold wrapped in ``\\boxed{}``).
 A response that answers a non-choice question with an option letter is judged by that option's
-text when the question lists its options.  Boxed siblings in the final paragraph must all be right.
+text when the question lists its options.  Boxed siblings in the final paragraph must all be right,
+or together be the items of a list gold.
 
 ``grade`` runs in-process without a time limit; hostile input is fast by construction (linear scans,
 size and cost guards before sympy).  ``grade_many`` (``pool``) adds the hard per-item limit.
