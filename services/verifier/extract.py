@@ -53,8 +53,9 @@ _RECONSIDER = re.compile(
 )
 _STANCE = re.compile(
     r"\b(?:(?P<neg>wrong|incorrect|mistaken|mistakes?|errors?|erroneous|miscalculat\w*|oops|invalid|"
-    r"does ?n[o']t (?:seem|look) right|not (?:correct|right|valid|the answer)|is ?n't (?:correct|right|valid))|"
-    r"(?P<pos>correct|right|confirm\w*|indeed|consistent|checks out|verified|holds|valid|accurate))\b",
+    r"does ?n[o']t (?:seem|look) right|not (?:correct|right|valid|the answer)|is ?n't (?:correct|right|valid)|"
+    r"answer (?:is|was) not|answer is ?n't)|"
+    r"(?P<pos>correct|right|confirm\w*|indeed|consistent|checks out|verified|holds|valid|accurate|reasonable))\b",
     re.I,
 )
 _NEGATORS = frozenset("no not nothing without never any might may could if whether for possible possibly check".split())
@@ -85,6 +86,11 @@ _ANSWER_SENTENCE_AFTER = re.compile(
 )
 _CONDITIONAL = re.compile(r"(?i)\b(?:if|suppose|assuming|assume|whether|unless|when|check|verify|see)\b[^.\n]{0,60}$")
 _NEGATED_START = re.compile(r"(?i)^(?:not|never|unknown|unclear|undetermined|wrong)\b")
+# "the answer is correct / right / consistent ...": a verdict on the answer (a stance), not an answer
+_EVALUATION = re.compile(
+    r"(?i)^(?:indeed |still |also |now |definitely |clearly )?(?:correct|right|wrong|incorrect|accurate|inaccurate|valid|"
+    r"invalid|consistent|inconsistent|confirmed|verified|reasonable|plausible|fine|ok|okay|good|the same|unchanged|mistaken)\b"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,8 +185,9 @@ def _statements(text: str, offset: int = 0) -> list[tuple[int, str, str]]:
         before = text[max(0, m.start() - 80) : m.start()]
         if _CONDITIONAL.search(before):
             continue
-        ans = strip_qualifier(_cut_sentence(text[m.end() : m.end() + 2000]))
-        if not ans or _NEGATED_START.match(ans):
+        raw = _cut_sentence(text[m.end() : m.end() + 2000])
+        ans = strip_qualifier(raw)
+        if not ans or _NEGATED_START.match(ans) or _EVALUATION.match(raw):
             continue
         found.append((offset + m.start(), ans, "answer_sentence"))
         break
