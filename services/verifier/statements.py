@@ -29,6 +29,11 @@ _CHOOSE = re.compile(
     r"(\(?[A-K]\)?|\*\*\(?[A-K]\)?\*\*)(?![A-Za-z0-9])"
 )
 _VERB = re.compile(r"(?i)(?<![A-Za-z\\])(?:is|are|was|were|equals|becomes|has|have|comes to|(?:should|must|would) be)(?![A-Za-z])|=|≈|\\approx(?![A-Za-z])")
+# words by which a continuation corrects the earlier work (the trigger's own "mistake" is hypothetical)
+CORRECTION = re.compile(
+    r"(?i)\b(?:instead|misread|missed|forgot|overlooked|miscount\w*|miscalculat\w*|should have|incorrectly|"
+    r"(?<!might be a )mistake|(?<!might be an )error|typo|mixed up|confused|should be)\b|\?\s{0,3}No\b"
+)
 _WORD_VERB = re.compile(r"(?i)(?<![A-Za-z\\])(?:is|are|was|were|equals|becomes|has|have)(?![A-Za-z])")
 _HEDGE = re.compile(r"(?i)\b(?:might|may|maybe|perhaps|probably|possibly|not sure|could be|either|guess|assum\w*|suppose|if|whether|unless)\b")
 _CONCLUDE = re.compile(r"(?i)^\s*(?:so|thus|therefore|hence|finally|overall)\b[,:]?\s*")
@@ -124,24 +129,28 @@ def _value(rest: str) -> str | None:
 _DEFINITE = re.compile(r"(?i)^\s*(?:the|its|it|this|that|[A-Za-z]\s*=)\b")
 
 
-def _committed(sent: str, verb_start: int) -> bool:
-    """Is the statement ending at ``verb_start`` a conclusion ("so the area is") or a plain definite
-    statement of one clause ("The area is ...", "It is ...")?"""
+def _committed(sent: str, verb_start: int, corrected: bool) -> bool:
+    """Is the statement ending at ``verb_start`` a conclusion ("so the area is"), or, in a segment that
+    corrects something (``corrected``), a plain definite statement of one clause ("The area is ...")?"""
     before = sent[:verb_start]
     clause = re.split(r"[,;:]", before)[-1]
     if _VERB.search(clause):
         return False  # "The length is 6 and the width is 4": a list of facts, not one statement
     if _CONCLUDE.match(clause) or (_CONCLUDE.match(sent) and not _VERB.search(before)):
         return True
-    return bool(_DEFINITE.match(clause))
+    return corrected and bool(_DEFINITE.match(clause))
 
 
 def final_claim(text: str, *, strict: bool = False) -> tuple[int, str] | None:
     """(sentence start, answer) stated by the closing sentence of ``text`` (see the module docstring).
 
-    ``strict``: only a conclusion or a one-clause definite statement counts (used for the text after
-    an answer that was not retracted: "Each side is 2 cm, and there are 3 sides." keeps the answer).
+    ``strict`` (the text after an answer that was not retracted): only the sentence's single, final
+    statement counts, and only as a conclusion ("so the angle is 30°"), or as a one-clause definite
+    statement ("The area is 2 \\times 4 = 8.") when it recomputes the value or the text corrects
+    something ("I added the sides instead of multiplying them", "Is that right? No, it should be 7.");
+    "Each side is 2 cm, and there are 3 sides." keeps the answer.
     """
+    corrected = strict and bool(CORRECTION.search(text))
     start, sent = last_sentence(text)
     if not sent or sent.endswith("?") or _HEDGE.search(sent):
         return None
@@ -156,7 +165,8 @@ def final_claim(text: str, *, strict: bool = False) -> tuple[int, str] | None:
             concluded = bool(_CONCLUDE.match(lhs)) or bool(_CONCLUDE.match(sent))
             if not (_IDENT.fullmatch(lhs_core) or (concluded and lhs_core)):
                 continue
-        if strict and (not _committed(sent, m.start()) or _WORD_VERB.search(sent, m.end())):
+        recomputed = "=" in sent[m.end() :]  # "The area is 6 \\times 4 = 24.": a recomputation states its result
+        if strict and (not _committed(sent, m.start(), corrected or recomputed) or _WORD_VERB.search(sent, m.end())):
             continue  # after a standing answer only the sentence's single, final statement counts
         v = _value(sent[m.end() :])
         if v is not None:
