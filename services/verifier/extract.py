@@ -172,7 +172,10 @@ def _statements(text: str, offset: int = 0) -> list[tuple[int, str, str]]:
             found.append((offset + i, text[i + 8 : j], "answer_tag"))
         else:
             found.append((offset + i, "\x00unterminated", "answer_tag"))
-    for m in reversed(list(_ANSWER_LINE.finditer(text))):
+    # each pattern needs a keyword: skip the regex pass over a long text without it
+    has_answer = "answer" in lo
+    has_sentence = has_answer or "option" in lo or "choice" in lo
+    for m in reversed(list(_ANSWER_LINE.finditer(text)) if has_answer else []):
         rest = text[m.end() : m.end() + 2000]
         line = rest.split("\n", 1)[0].strip()
         if not line.strip("*_ \t"):
@@ -181,7 +184,7 @@ def _statements(text: str, offset: int = 0) -> list[tuple[int, str, str]]:
             line = nxt[0].strip() if nxt else ""
         found.append((offset + m.start(), _cut_sentence(line) or line, "answer_line"))
         break
-    for m in reversed(list(_ANSWER_SENTENCE.finditer(text))):
+    for m in reversed(list(_ANSWER_SENTENCE.finditer(text)) if has_sentence else []):
         before = text[max(0, m.start() - 80) : m.start()]
         if _CONDITIONAL.search(before):
             continue
@@ -194,7 +197,7 @@ def _statements(text: str, offset: int = 0) -> list[tuple[int, str, str]]:
     choice = choice_statement(text)
     if choice is not None:
         found.append((offset + choice[0], choice[1], "answer_sentence"))
-    for m in reversed(list(_ANSWER_SENTENCE_AFTER.finditer(text))):
+    for m in reversed(list(_ANSWER_SENTENCE_AFTER.finditer(text)) if has_sentence else []):
         before = text[max(0, m.start() - 80) : m.start() + 1]
         if _CONDITIONAL.search(before):
             continue
