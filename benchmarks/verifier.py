@@ -4,7 +4,10 @@ Prints ONE JSON line.  Figures (all measured in this run):
 
 - ``accuracy``: share of the labelled cases (tests/services/verifier/cases.yaml, ordinary and
   hostile) whose verdict matches the label, each graded through a 1-worker ``GradePool`` with the
-  production limit (``--timeout-s``, default 1.0 s); a timeout counts as "wrong".
+  production limit (``--timeout-s``, default 1.0 s); a timeout and a known miss count as misses.
+- ``accuracy_rethink`` / ``accuracy_retraction`` / ``accuracy_blind``: the same on the rethinking
+  format (kind ``rethink`` or a response containing the "\n\nWait" trigger), on the cases tagged
+  ``retraction`` and on the cases tagged ``blind``; ``misses``: the ids graded wrong.
 - ``accuracy_ordinary`` / ``mathverify_accuracy_ordinary``: the same on the ordinary (non-hostile)
   cases, for us and for the public code's check (math-verify's ``parse`` on the whole response,
   gold wrapped as ``\\boxed{gold}``, ``verify``), both through a 1-worker pool with the same limit.
@@ -51,6 +54,14 @@ def _throughput(items: list[tuple], *, baseline: bool, timeout_s: float, repeats
     return best, outs
 
 
+def _subsets(case) -> list[str]:
+    names = []
+    if case.kind == "rethink" or "\n\nWait" in case.response[:100_000]:
+        names.append("rethink")
+    names += [t for t in ("retraction", "blind") if t in case.tags]
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", default=str(CASES))
@@ -66,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     # accuracy and worst case: every case alone through a 1-worker pool with the real limit
     right = 0
     right_ord = 0
+    subsets: dict[str, list[int]] = {"rethink": [0, 0], "retraction": [0, 0], "blind": [0, 0]}
+    misses: list[str] = []
     worst = (0.0, "")
     timeouts = 0
     with GradePool(1) as pool:
@@ -79,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
             ok = v.correct == c.expected
             right += ok
             right_ord += ok and not c.hostile
+            if not ok:
+                misses.append(c.id)
+            for name in _subsets(c):
+                subsets[name][0] += ok
+                subsets[name][1] += 1
             worst = max(worst, (dt, c.id))
 
     # throughput on the ordinary cases: ours vs math-verify, one worker each
@@ -96,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
                 "hostile_cases": len(cases) - len(ordinary),
                 "accuracy": round(right / len(cases), 4),
                 "accuracy_ordinary": round(right_ord / len(ordinary), 4),
+                **{f"accuracy_{k}": round(r / n, 4) if n else None for k, (r, n) in subsets.items()},
+                **{f"{k}_cases": n for k, (_, n) in subsets.items()},
+                "known_misses": sum(1 for c in cases if c.known_miss),
+                "misses": misses,
                 "mathverify_accuracy_ordinary": round(mv_right / len(ordinary), 4),
                 "items_per_s": round(ours_ips, 1),
                 "mathverify_items_per_s": round(mv_ips, 1),

@@ -9,15 +9,28 @@ for a timeout -- start warm.  Workers started without the fork server warm thems
 
 from __future__ import annotations
 
+# Generic expressions of the shapes answers take (numbers, fractions, roots, logs, trig, polynomials,
+# relations, intervals, sets, tuples, complex numbers, matrices, units).  They are deliberately not the
+# gold answers of the test suite (tests/services/verifier/test_verifier_units.py checks this), so the
+# benchmark measures a parser warmed on the shapes, not on the answers it is asked about.
 CORPUS = (
-    "5", "-3", "0.25", "1,200", "\\frac{1}{2}", "\\dfrac{3}{4}", "-\\frac{5}{2}", "\\frac{\\sqrt{3}}{2}", "2\\sqrt{3}",
-    "\\sqrt[3]{2}", "\\pi", "\\frac{\\pi}{3}", "2\\pi r", "e^{2}", "e^{-x}", "\\ln 2", "\\log_2 8", "\\sin x", "\\cos^2 x",
-    "\\tan(\\theta)", "x^2 + 2x + 1", "(x+1)^2", "(x-1)(x+2)", "\\frac{a+b}{2}", "\\frac{1}{x}", "x^{-1}", "3x - 2y",
-    "x = 3", "y = 2x + 1", "x = 2 \\text{ or } x = 3", "x < 3", "x \\geq -1", "-1 < x \\le 2", "(1, 2]", "[0, \\infty)",
-    "(-\\infty, 3) \\cup (5, \\infty)", "\\{1, 2, 3\\}", "(3, 4)", "(2, -1)", "2, 3", "3 + 4i", "-i", "\\sqrt{-1}",
-    "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "\\begin{bmatrix} 1 \\\\ 0 \\end{bmatrix}", "30^\\circ",
-    "45^{\\circ}", "50\\%", "1.6 \\times 10^{-19}", "10^{6}", "2^{10}", "5!", "\\binom{4}{2}", "\\infty", "\\text{Yes}",
-    "\\frac{3\\sqrt{3}}{4}", "10\\pi", "\\sqrt{5}", "a^2 + b^2 = c^2", "\\angle ABC", "\\overline{AB}", "f(x) = x^2",
+    "19", "-12", "0.45", "3,400", "\\frac{5}{7}", "\\dfrac{2}{9}", "-\\frac{7}{3}", "\\frac{\\sqrt{5}}{3}", "4\\sqrt{7}",
+    "\\sqrt[3]{5}", "\\frac{\\pi}{5}", "3\\pi t^2", "e^{3}", "e^{-2t}", "\\ln 5", "\\log_3 9", "\\log_{5}(7)",
+    "\\frac{\\ln 7}{\\ln 3}", "\\exp(t)", "\\sin 2t", "\\cos^2 t", "\\tan(\\alpha)", "t^2 - 3t + 2", "(t-2)^2",
+    "(a+3)(a-1)", "\\frac{m-n}{3}", "\\frac{2}{y}", "y^{-2}", "5p + 2q", "t = 4", "y = 3x - 2", "t = 1 \\text{ or } t = 5",
+    "t > 7", "y \\leq 4", "-3 \\le t < 1", "[2, 5)", "(-\\infty, 1]", "(-\\infty, -2) \\cup (4, \\infty)", "\\{4, 5, 6\\}",
+    "(7, 1)", "(-3, 5)", "(0.4, 0.6)", "4, 9", "2 \\pm \\sqrt{5}", "2 - 5i", "3i", "\\sqrt{-4}",
+    "\\begin{pmatrix} 5 & 6 \\\\ 7 & 8 \\end{pmatrix}", "\\begin{bmatrix} 0 \\\\ 2 \\end{bmatrix}", "75^\\circ", "15^{\\circ}",
+    "35\\%", "2.5 \\times 10^{-7}", "10^{9}", "3^{4}", "6!", "\\binom{6}{3}", "-\\infty", "\\text{maybe}",
+    "\\frac{5\\sqrt{2}}{6}", "8\\pi", "\\sqrt{11}", "x^2 + y^2 = r^2", "\\angle PQR", "\\overline{CD}", "g(t) = t^3",
+)
+
+# (response, gold) pairs graded once by every worker before it says it is ready (every path of
+# ``grade``); generic too, for the same reason.
+WARM_ITEMS = (
+    ("\\boxed{3,400}", "3400"),
+    ("\\boxed{\\frac{\\sqrt{3}}{3}}", "\\frac{1}{\\sqrt{3}}"),
+    ("\\boxed{\\frac{2}{5}}", "0.4"),
 )
 
 WARMED = False

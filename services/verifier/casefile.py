@@ -1,9 +1,13 @@
 """Labelled grading cases (YAML/JSONL) for the verifier's test suite and benchmark.
 
-A case is ``{id, kind, response, gold, expected, question?, note?, hostile?}``.  ``response``,
+A case is ``{id, kind, response, gold, expected, question?, note?, hostile?, tags?, known_miss?}``.  ``response``,
 ``gold`` and ``question`` are strings or *text specs* that build large hostile inputs without
 storing them: ``{repeat: S, times: N}`` is ``S * N`` and ``{concat: [spec, ...]}`` joins specs.
-``expected`` is the careful human grader's verdict (true = credit the response).
+``expected`` is the careful human grader's verdict under the grading rules of docs/verifier.md
+(true = credit the response), never what the grader happens to do.  ``tags`` name subsets (``blind``:
+written from the rules without running the grader; ``retraction``: a rethinking continuation that
+retracts the first answer).  ``known_miss`` is the reason the grader still gets the case wrong; the
+case keeps its label and counts as a miss.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ class Case:
     question: str | None = None
     note: str = ""
     hostile: bool = False
+    tags: tuple[str, ...] = ()
+    known_miss: str | None = None
 
 
 def build_text(spec: Any, *, where: str = "") -> str:
@@ -74,6 +80,12 @@ def load_cases(path: str | Path) -> list[Case]:
         if "expected" not in rec or not isinstance(rec["expected"], bool):
             raise ValueError(f"{p}: case {cid} needs expected: true/false")
         q = rec.get("question")
+        tags = rec.get("tags", [])
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise ValueError(f"{p}: case {cid} tags must be a list of names")
+        miss = rec.get("known_miss")
+        if miss is not None and (not isinstance(miss, str) or not miss.strip()):
+            raise ValueError(f"{p}: case {cid} known_miss must be a reason")
         out.append(
             Case(
                 id=cid,
@@ -84,6 +96,8 @@ def load_cases(path: str | Path) -> list[Case]:
                 question=None if q is None else build_text(q, where=cid),
                 note=str(rec.get("note", "")),
                 hostile=bool(rec.get("hostile", kind == "hostile")),
+                tags=tuple(tags),
+                known_miss=miss,
             )
         )
     return out

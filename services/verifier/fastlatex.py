@@ -7,6 +7,10 @@ meaning depends on context), ``+ - * / ^``, parentheses and braces, ``\\frac``/`
 ``\\sqrt``/``\\sqrt[n]``, ``\\pi``, ``\\cdot``/``\\times`` and ``\\left``/``\\right``.  Anything else
 returns None and goes to math-verify.  Variables are ``Symbol(name, real=True)``, exactly as
 latex2sympy makes them, so objects from both readers compare.
+
+``fast_container`` reads lists of such expressions the way math-verify does: ``a, b`` and
+``\\{a, b\\}`` are sets, ``(a, b)`` / ``[a, b]`` / ``(a, b]`` with numbers ``a < b`` are intervals
+(``\\infty`` allowed), other parenthesised lists are tuples; anything else returns None.
 """
 
 from __future__ import annotations
@@ -170,3 +174,78 @@ def fast_parse(latex: str) -> Any | None:
     if not isinstance(expr, sympy.Expr):
         return None
     return expr
+
+
+_INFTY = {"\\infty": "oo", "+\\infty": "oo", "-\\infty": "-oo"}
+MAX_ITEMS = 32
+
+
+def _split_items(s: str) -> list[str] | None:
+    """Top-level comma-separated items of ``s`` (commas inside brackets stay), or None without one."""
+    items: list[str] = []
+    depth = 0
+    start = 0
+    for i, c in enumerate(s):
+        if c in "({[":
+            depth += 1
+        elif c in ")}]":
+            depth -= 1
+            if depth < 0:
+                return None
+        elif c == "," and depth == 0:
+            items.append(s[start:i].strip())
+            start = i + 1
+    items.append(s[start:].strip())
+    return items if len(items) >= 2 and all(items) and len(items) <= MAX_ITEMS else None
+
+
+def _item(s: str) -> Any | None:
+    import sympy
+
+    inf = _INFTY.get(s.replace(" ", ""))
+    if inf is not None:
+        return sympy.oo if inf == "oo" else -sympy.oo
+    return fast_parse(s)
+
+
+def _finite_set(vals: list[Any]) -> Any:
+    """math-verify's set class (it keeps the written order for its own comparisons)."""
+    try:
+        from latex2sympy2_extended.sets import FiniteSet
+    except ImportError:  # pragma: no cover - math-verify always brings it
+        from sympy import FiniteSet
+    return FiniteSet(*vals)
+
+
+@lru_cache(maxsize=8192)
+def fast_container(latex: str) -> Any | None:
+    """A sympy set, interval or tuple for a list of simple expressions, or None (module docstring)."""
+    import sympy
+
+    s = latex.strip()
+    if not s or len(s) > MAX_CHARS * 2:
+        return None
+    if s.startswith("\\{") and s.endswith("\\}"):
+        items = _split_items(s[2:-2])
+        vals = None if items is None else [_item(x) for x in items]
+        return _finite_set(vals) if vals and all(v is not None for v in vals) else None
+    if s[0] in "([" and s[-1] in ")]":
+        items = _split_items(s[1:-1])
+        if items is None:
+            return None
+        vals = [_item(x) for x in items]
+        if any(v is None for v in vals):
+            return None
+        if len(vals) == 2:
+            a, b = vals
+            if not (a.is_number and b.is_number and a.is_extended_real and b.is_extended_real):
+                return None
+            if bool(a < b):
+                return sympy.Interval(a, b, left_open=s[0] == "(", right_open=s[-1] == ")")
+            return sympy.Tuple(a, b) if s[0] == "(" and s[-1] == ")" else None
+        return sympy.Tuple(*vals) if s[0] == "(" and s[-1] == ")" else None
+    if ", " not in s or "\\" in s.replace("\\frac", "").replace("\\sqrt", "").replace("\\pi", ""):
+        return None
+    items = _split_items(s)
+    vals = None if items is None else [_item(x) for x in items]
+    return _finite_set(vals) if vals and all(v is not None for v in vals) else None

@@ -124,3 +124,52 @@ def fold_text(s: str) -> str:
     s = _PUNCT.sub(" ", s).strip()
     s = _ARTICLE.sub("", s)
     return s
+
+
+_WRAP_OPENER = re.compile(r"\\(?:boxed|fbox|framebox|text|textbf|textrm|mathrm|mathbf|mbox|operatorname)[ \t]{0,4}\{|\{|\(|\\left\(")
+_BRACKETS = re.compile(r"\\[{}]|\\.|[{}()]", re.S)
+MAX_WRAP_LAYERS = 100_000
+
+
+def strip_wrappers(s: str) -> str:
+    """``s`` without redundant outer layers: ``{{{1}}}``, ``((1))``, ``\\boxed{\\text{1}}`` -> ``1``.
+
+    One pass: each leading opener whose bracket is closed by the matching character at the very end
+    is a redundant layer.  Parentheses around a comma stay (``(2, 3)`` is a tuple).  Linear time.
+    """
+    s = s.strip()
+    layers: list[int] = []  # position of each leading opener's bracket
+    pos = 0
+    while len(layers) < MAX_WRAP_LAYERS:
+        m = _WRAP_OPENER.match(s, pos)
+        if m is None:
+            break
+        layers.append(m.end() - 1)
+        pos = m.end()
+    if not layers:
+        return s
+    match: dict[int, int] = {}
+    stack: list[tuple[str, int]] = []
+    wanted = set(layers)
+    for m in _BRACKETS.finditer(s):
+        tok = m.group()
+        if len(tok) == 2:
+            continue  # escaped brace or a command character
+        if tok in "{(":
+            stack.append((tok, m.start()))
+        elif stack and stack[-1][0] == ("{" if tok == "}" else "("):
+            _, start = stack.pop()
+            if start in wanted:
+                match[start] = m.start()
+        else:
+            return s  # unbalanced: not a wrapped value
+    k = 0
+    n = len(s)
+    while k < len(layers) and match.get(layers[k]) == n - 1 - k:
+        k += 1
+    if k == 0:
+        return s
+    inner = s[layers[k - 1] + 1 : n - k].strip()
+    if s[layers[k - 1]] == "(" and "," in inner:
+        return s
+    return inner

@@ -47,6 +47,29 @@ _APPROX = re.compile(r"^(?:\\approx|≈|~|=)[ \t]{0,3}")
 _PERCENT = re.compile(r"(?:[ \t]{0,3}\\?%|[ \t]{1,3}percent|[ \t]{1,3}per[ \t]cent)$", re.I)
 _DEGREE = re.compile(r"\^[ \t]{0,3}\{?[ \t]{0,3}\\circ[ \t]{0,3}\}?|°|\\degree\b|\\circ\b|[ \t]{1,3}degrees?\b|\{\}\^\{\\circ\}", re.I)
 _CURRENCY = re.compile(r"^(?:\\\$|\$|USD|US\$|€|£|¥|\\euro)[ \t]{0,2}")
+_MODULUS = re.compile(r"[ \t]{0,3}(?:\\pmod[ \t]{0,2}\{?[ \t]{0,2}\d{1,12}[ \t]{0,2}\}?|\([ \t]{0,2}\\?mod[ \t]{1,3}\d{1,12}[ \t]{0,2}\)|\\bmod[ \t]{0,2}\d{1,12}|\\mod[ \t]{0,2}\d{1,12}|mod[ \t]{1,3}\d{1,12})$")
+# locale forms: 1.234,5 / 1.234.567 / 1 234,5 / 1'234 / a lone decimal comma (3,5 and 2,1875; not 1,234)
+_LOCALE_DOT_GROUPS_COMMA = re.compile(r"([-+]?)(\d{1,3}(?:\.\d{3})+),(\d{1,30})(?![\d.,])")
+_LOCALE_DOT_GROUPS = re.compile(r"([-+]?)(\d{1,3}(?:\.\d{3}){2,})(?![\d.,])")
+_LOCALE_SPACE_COMMA = re.compile(r"([-+]?)(\d{1,3}(?:[ '’]\d{3})+),(\d{1,30})(?![\d.,])")
+_LOCALE_APOSTROPHE = re.compile(r"([-+]?)(\d{1,3}(?:['’]\d{3})+)(?![\d,'’])")
+_LOCALE_COMMA = re.compile(r"([-+]?)(\d{1,30}),(\d{1,2}|\d{4,30})(?![\d.,])")
+
+
+def _locale(t: str) -> str:
+    """A number written with European/Swiss separators in the plain form (``1.234,5`` -> ``1234.5``)."""
+    m = _LOCALE_DOT_GROUPS_COMMA.match(t) or _LOCALE_SPACE_COMMA.match(t)
+    if m:
+        return m.group(1) + re.sub(r"[. '’]", "", m.group(2)) + "." + m.group(3) + t[m.end() :]
+    m = _LOCALE_DOT_GROUPS.match(t) or _LOCALE_APOSTROPHE.match(t)
+    if m:
+        return m.group(1) + re.sub(r"[.'’]", "", m.group(2)) + t[m.end() :]
+    m = _LOCALE_COMMA.match(t)
+    if m and not t[m.end() :].lstrip().startswith(","):
+        return m.group(1) + m.group(2) + "." + m.group(3) + t[m.end() :]
+    return t
+
+
 _THIN = re.compile(r"\{,\}|\\[,;:! ]|~|[\u2009\u202f\u00a0]")
 
 _NUM = re.compile(
@@ -172,6 +195,8 @@ def _prepare(s: str) -> tuple[str, bool] | None:
         t = t[: m.start()].strip()
     t = _CURRENCY.sub("", t, count=1).strip()
     t = t.rstrip(".").strip()
+    t = _MODULUS.sub("", t).strip()
+    t = _locale(t)
     return t, percent
 
 

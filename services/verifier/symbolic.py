@@ -19,7 +19,8 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
-from .fastlatex import fast_parse
+from .arith import same_value
+from .fastlatex import fast_container, fast_parse
 from .normalize import brace_depth
 
 MAX_SYMBOLIC_CHARS = 600
@@ -97,6 +98,8 @@ def _parse(latex: str) -> tuple[Any, ...]:
 def _read(latex: str) -> tuple[Any, ...]:
     """(sympy object, text): the fast reader for simple expressions, else math-verify on ``\\boxed{..}``."""
     expr = fast_parse(latex)
+    if expr is None:
+        expr = fast_container(latex)
     if expr is not None:
         return (expr, latex)
     return _parse("\\boxed{" + latex + "}")
@@ -117,6 +120,10 @@ def symbolic_equal(gold: str, answer: str) -> tuple[bool, str]:
     """(equal, reason) by math-verify's ``verify`` on the wrapped gold and answer."""
     why = unsafe_reason(answer) or unsafe_reason(gold)
     if why:
+        if why.startswith(("expression too long", "expression nested")):
+            same = same_value(gold, answer)  # long or deep but simple: exact iterative evaluation
+            if same is not None:
+                return same, "exact evaluation match" if same else "exact evaluation mismatch"
         return False, why
     if _PROSE.search(_LATEX_CMD.sub(" ", answer)) and not _PROSE.search(_LATEX_CMD.sub(" ", gold)):
         return False, "answer is prose, not an expression"
@@ -214,6 +221,11 @@ def fast_compare(g: Any, a: Any) -> bool | None:
     import sympy
 
     try:
+        gi, ai = _as_interval(g), _as_interval(a)
+        if (gi is not None or ai is not None) and (isinstance(g, sympy.Interval) or isinstance(a, sympy.Interval)):
+            if gi is None or ai is None:
+                return None
+            g, a = gi, ai  # an inequality in one variable against an interval: compare the sets
         if isinstance(g, sympy.Equality) and isinstance(a, sympy.Equality):
             # two assignments to the same variable (y = f(x) vs y = g(x)): compare the right sides
             if isinstance(g.lhs, sympy.Symbol) and g.lhs == a.lhs and g.lhs not in (g.rhs.free_symbols | a.rhs.free_symbols):
@@ -232,7 +244,10 @@ def fast_compare(g: Any, a: Any) -> bool | None:
         if isinstance(g, sympy.Interval) and isinstance(a, sympy.Interval):
             if (g.left_open, g.right_open) != (a.left_open, a.right_open):
                 return False if _numbers(g.args[:2] + a.args[:2]) else None
-            return _all_equal([g.start, g.end], [a.start, a.end])
+            same = [x == y for x, y in ((g.start, a.start), (g.end, a.end))]  # covers the infinite ends
+            if all(same):
+                return True
+            return _all_equal([x for x, ok in zip((g.start, g.end), same) if not ok], [y for y, ok in zip((a.start, a.end), same) if not ok])
         if isinstance(g, sympy.FiniteSet) and isinstance(a, sympy.FiniteSet):
             if not _numbers(list(g) + list(a)):
                 return None
@@ -248,6 +263,35 @@ def fast_compare(g: Any, a: Any) -> bool | None:
     except Exception:  # noqa: BLE001 - undecided; math-verify gets its turn
         return None
     return None
+
+
+def _as_interval(e: Any) -> Any | None:
+    """The interval of an inequality in one variable with numeric bounds (``x < 3``, ``-1 < x \\le 2``)."""
+    import sympy
+
+    if isinstance(e, sympy.Interval):
+        return e
+    if isinstance(e, sympy.And) and len(e.args) == 2:
+        parts = [_as_interval(x) for x in e.args]
+        if any(p is None for p in parts):
+            return None
+        syms = {s for x in e.args for s in x.free_symbols}
+        return parts[0].intersect(parts[1]) if len(syms) == 1 else None
+    if not isinstance(e, (sympy.StrictLessThan, sympy.LessThan, sympy.StrictGreaterThan, sympy.GreaterThan)):
+        return None
+    lhs, rhs = e.lhs, e.rhs
+    if isinstance(rhs, sympy.Symbol) and lhs.is_number:
+        lhs, rhs = rhs, lhs
+        e = e.reversed
+    if not (isinstance(lhs, sympy.Symbol) and rhs.is_number and rhs.is_real):
+        return None
+    if isinstance(e, sympy.StrictLessThan):
+        return sympy.Interval(-sympy.oo, rhs, True, True)
+    if isinstance(e, sympy.LessThan):
+        return sympy.Interval(-sympy.oo, rhs, True, False)
+    if isinstance(e, sympy.StrictGreaterThan):
+        return sympy.Interval(rhs, sympy.oo, True, True)
+    return sympy.Interval(rhs, sympy.oo, False, True)
 
 
 def _numbers(xs: list[Any]) -> bool:
@@ -304,10 +348,11 @@ def numeric_value(s: str, *, gold: bool = False) -> Fraction | None:
 
 
 def mathverify_warmup() -> None:
-    from ._preload import warm  # the same parser warm-up as our workers get: a fair baseline
+    from ._preload import WARM_ITEMS, warm  # the same parser warm-up as our workers get: a fair baseline
 
     warm()
-    mathverify_baseline("\\boxed{\\frac{1}{2}}", "0.5")
+    for response, gold in WARM_ITEMS:
+        mathverify_baseline(response, gold)
 
 
 def mathverify_baseline(response: str, gold: str, question: str | None = None) -> bool:

@@ -169,7 +169,8 @@ def test_hostile_items_answer_quickly_and_never_500(server) -> None:
     r = _post(url, {"items": items})
     elapsed = time.perf_counter() - t0
     assert r.status_code == 200
-    assert [x["correct"] for x in r.json()["results"]] == [True, False, False, False, False, False, False]
+    # 1 inside 10,000 braces equals the gold 1 (the grading rules: value, not spelling)
+    assert [x["correct"] for x in r.json()["results"]] == [True, False, True, False, False, False, False]
     assert not any(x["timed_out"] for x in r.json()["results"])
     assert elapsed < 6.0
 

@@ -10,7 +10,7 @@ from common.config import RewardConfig
 from services.verifier import count_waits, grade, reward
 from services.verifier.choice import gold_letter, parse_options, read_choice
 from services.verifier.extract import extract_answer
-from services.verifier.fastlatex import fast_parse
+from services.verifier.fastlatex import fast_container, fast_parse
 from services.verifier.grader import Verdict, read_gold
 from services.verifier.numeric import numbers_match, parse_number
 from services.verifier.symbolic import _parse, fast_compare, unsafe_reason
@@ -94,6 +94,10 @@ def test_gold_letter_is_never_sympy() -> None:
         ("10^{-3}", Fraction(1, 1000)), ("\\frac{1}{2}", Fraction(1, 2)), ("\\frac12", Fraction(1, 2)),
         ("1\\frac{1}{2}", Fraction(3, 2)), ("3/4", Fraction(3, 4)), ("5 cm", 5), ("5\\text{ cm}^2", 5), ("30^\\circ", 30),
         ("30°", 30), ("\\$15", 15), ("x = 3", 3), ("twenty-one", 21), ("one hundred and five", 105), ("1.5 million", 1500000),
+        # locale forms and a trailing modulus
+        ("1.234,5", Fraction(2469, 2)), ("1.234.567", 1234567), ("€1.234,56", Fraction(123456, 100)), ("1'234", 1234),
+        ("1 250,5", Fraction(2501, 2)), ("3,5", Fraction(7, 2)), ("1,2", Fraction(6, 5)), ("0,25", Fraction(1, 4)),
+        ("3 \\pmod{7}", 3), ("3 \\mod 7", 3), ("4 (mod 5)", 4),
     ],
 )
 def test_parse_number(text: str, value) -> None:
@@ -101,7 +105,7 @@ def test_parse_number(text: str, value) -> None:
     assert n is not None and n.value == value, text
 
 
-@pytest.mark.parametrize("text", ["3x", "3 or 4", "1,2", "2\\pi", "\\sqrt{2}", "abc", "5e", "1/2/3", "x"])
+@pytest.mark.parametrize("text", ["3x", "3 or 4", "1,2,3", "2\\pi", "\\sqrt{2}", "abc", "5e", "1/2/3", "x"])
 def test_not_a_plain_number(text: str) -> None:
     assert parse_number(text) is None
 
@@ -141,6 +145,34 @@ def test_fast_latex_agrees_with_math_verify(latex: str) -> None:
 @pytest.mark.parametrize("latex", ["1\\frac{1}{2}", "1 200", "x^23", "\\{1, 2\\}", "C", "5 cm", "(1, 2]", "e^2", "2i"])
 def test_fast_latex_leaves_ambiguous_shapes_to_math_verify(latex: str) -> None:
     assert fast_parse(latex) is None
+
+
+@pytest.mark.parametrize(
+    "latex",
+    ["2, 3", "-3, 2", "(2, 3)", "(3, 2)", "[1, 2]", "(1, 2]", "[0, 1)", "\\{1, 2, 3\\}", "(1, 2, 3)", "(1.5, -2)",
+     "(\\frac{1}{3}, \\frac{2}{3})", "(-\\infty, 3)", "[0, \\infty)", "(3, 3)", "(\\sqrt{2}, 1)", "(2x, x^2, 1)"],
+)
+def test_fast_container_agrees_with_math_verify(latex: str) -> None:
+    fast = fast_container(latex)
+    slow = _parse("\\boxed{" + latex + "}")
+    assert fast is not None and slow and fast == slow[0], (fast, slow)
+
+
+@pytest.mark.parametrize("latex", ["(x, y)", "1,200", "2,3", "[3, 1]", "\\{a\\}", "(1, \\log 2)", "x, y \\in A"])
+def test_fast_container_leaves_other_shapes_to_math_verify(latex: str) -> None:
+    assert fast_container(latex) is None
+
+
+@pytest.mark.parametrize(
+    ("gold", "answer", "same"),
+    [("(-\\infty, 3)", "x < 3", True), ("(-\\infty, 3]", "x \\le 3", True), ("(2, \\infty)", "x > 2", True),
+     ("[-1, \\infty)", "x \\geq -1", True), ("(-1, 2]", "-1 < x \\le 2", True), ("(-\\infty, 3)", "x \\le 3", False),
+     ("(2, \\infty)", "3 > x", False)],
+)
+def test_inequalities_compare_with_intervals_as_sets(gold: str, answer: str, same: bool) -> None:
+    from services.verifier.symbolic import symbolic_equal
+
+    assert symbolic_equal(gold, answer)[0] is same
 
 
 @pytest.mark.parametrize(
@@ -210,3 +242,91 @@ def test_random_fractions_decimals_and_letters() -> None:
         for form in (f"\\boxed{{{letter}}}", f"The answer is ({letter}).", f"Answer: {letter}", f"\\boxed{{\\text{{{letter}}}}}"):
             assert grade(form, letter).correct and not grade(form, other).correct, (form, letter, other)
         assert not grade(f"\\boxed{{{letter} or {other}}}", letter).correct
+
+
+# ----------------------------------------------------------------------------- parser warm-up
+
+
+def test_warm_up_corpus_holds_no_gold_answer_of_the_suite() -> None:
+    from pathlib import Path
+
+    from services.verifier._preload import CORPUS, WARM_ITEMS
+    from services.verifier.casefile import load_cases
+    from services.verifier.normalize import compact
+
+    golds = {read_gold(c.gold).compact for c in load_cases(Path(__file__).with_name("cases.yaml"))}
+    warmed = [*CORPUS, *(g for _, g in WARM_ITEMS), *(r for r, _ in WARM_ITEMS)]
+    assert len(CORPUS) >= 40
+    assert [x for x in warmed if compact(x) in golds or read_gold(x).compact in golds] == []
+
+
+# ----------------------------------------------------------------------------- final statements, units, exact evaluation
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("So there are 7 birds in the picture.", "7 birds"),
+        ("Wait, 5 is wrong; it is 6.", "6"),
+        ("The area is 2 \\times 4 = 8.", "8"),
+        ("The side is 5, so the area is 25, and 16 is wrong.", "25"),
+        ("x = 3.", "3"),
+        ("Therefore, the point of intersection is (2, 3).", "(2, 3)"),
+        ("The mean of 2, 3, 4 and 5 is 14 / 4 = 3.5.", "3.5"),
+        ("Yes, it is correct.", None),
+        ("Let us check by substituting: 3(2) + 1 = 7.", None),
+        ("I think the answer might be 2 but I am not sure", None),
+        ("We know x + 2 = 7, hence x = 5 and we can now continue with the rest of the problem carefully.", None),
+        ("Is it 6?", None),
+        ("answer" + " " * 5000 + "is 5", None),
+    ],
+)
+def test_final_claim_reads_the_closing_statement(text: str, value: str | None) -> None:
+    from services.verifier.statements import final_claim
+
+    got = final_claim(text)
+    assert (got[1] if got else None) == value
+
+
+def test_strict_claims_need_one_concluding_statement() -> None:
+    from services.verifier.statements import choice_statement, final_claim
+
+    assert final_claim("The length is 6 and the width is 4.", strict=True) is None
+    assert final_claim("Each side is 2 cm, and there are 3 sides.", strict=True) is None
+    assert final_claim("So the angle is 30°.", strict=True)[1] == "30°"
+    assert choice_statement("After checking, I'll go with option (C).")[1] == "(C)"
+
+
+@pytest.mark.parametrize(
+    ("text", "unit"),
+    [("5 m", "m"), ("500 cm", "cm"), ("120 \\text{ minutes}", "min"), ("2000 mm^2", "mm^2"), ("0.785 rad", "rad"),
+     ("30^\\circ", "°"), ("5 apples", None), ("60 km/h", None), ("12", None)],
+)
+def test_split_unit(text: str, unit: str | None) -> None:
+    from services.verifier.units import split_unit
+
+    u = split_unit(text)[1]
+    assert (u.name if u else None) == unit
+
+
+@pytest.mark.parametrize(
+    ("gold", "answer", "same"),
+    [("3000x", "x" + "+x" * 2999, True), ("1", "\\sqrt{" * 200 + "1" + "}" * 200, True), ("2", "\\sqrt{8}", None),
+     ("1", "\\frac{" + "9" * 5000 + "}{" + "9" * 5000 + "}", True), ("1", "\\frac{" + "9" * 5000 + "}{" + "9" * 4999 + "8}", False),
+     ("0", "x" + "-x+x" * 1000 + "-x", True), ("x^2", "-x^2", False), ("2", "2^{100}", None)],
+)
+def test_exact_evaluation_of_long_expressions(gold: str, answer: str, same: bool | None) -> None:
+    from services.verifier.arith import same_value
+
+    assert same_value(gold, answer) is same
+
+
+@pytest.mark.parametrize(
+    ("text", "inner"),
+    [("{" * 10_000 + "1" + "}" * 10_000, "1"), ("(((1)))", "1"), ("(2, 3)", "(2, 3)"), ("(1+2)(3+4)", "(1+2)(3+4)"),
+     ("{(1+2)(3+4)}", "(1+2)(3+4)"), ("\\boxed{\\text{1}}", "1"), ("{1}+{2}", "{1}+{2}")],
+)
+def test_strip_wrappers(text: str, inner: str) -> None:
+    from services.verifier.normalize import strip_wrappers
+
+    assert strip_wrappers(text) == inner
