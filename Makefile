@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: venv demo test test-fast test-vllm-api lock bench docs clean
+.PHONY: venv demo test test-fast test-vllm-api lock bench ablation ablation-quick docs clean
 
 venv: $(STAMP)
 
@@ -53,7 +53,19 @@ docs: venv
 
 bench: venv
 	@REDIS_URL=$$($(BIN)/python -m rethinker.local_redis) || exit 1; \
-	for b in benchmarks/*.py; do echo "== $$b"; REDIS_URL=$$REDIS_URL $(BIN)/python $$b || exit 1; done
+	for b in benchmarks/*.py; do [ $$b = benchmarks/ablation.py ] && continue; echo "== $$b"; REDIS_URL=$$REDIS_URL $(BIN)/python $$b || exit 1; done
+
+# Opt-in slow lane (not CI): the SSR ablation through the whole system (docs/ablation.md).
+# `make ablation` runs the 3 modes x 3 seeds grid (about an hour and more on 2 cores), then the
+# rethinking variants of SSR; `make ablation-quick` one seed of 100 steps per mode (one JSON line).
+ablation: venv
+	@REDIS_URL=$$($(BIN)/python -m rethinker.local_redis) || exit 1; \
+	REDIS_URL=$$REDIS_URL $(BIN)/rethinker ablate -c configs/ablation-cpu.yaml --modes grpo,filter,ssr --seeds 3 --rethink off --resume && \
+	REDIS_URL=$$REDIS_URL $(BIN)/rethinker ablate -c configs/ablation-cpu.yaml --modes ssr --seed-list 0 --rethink on,nll0 --resume
+
+ablation-quick: venv
+	@REDIS_URL=$$($(BIN)/python -m rethinker.local_redis) || exit 1; \
+	REDIS_URL=$$REDIS_URL $(BIN)/python benchmarks/ablation.py --quick
 
 clean:
 	rm -rf .cache runs .pytest_cache

@@ -481,7 +481,7 @@ def write_mmmu(root: Path) -> dict[str, list[dict[str, Any]]]:
     - ``validation_Accounting_2``: open, numeric answer ``12``;
     - ``validation_Art_Theory_1``: multiple choice whose options are ``<image 2>`` .. ``<image 4>``
       and whose question shows ``<image 1>``;
-    - ``validation_Art_Theory_2``: open, answer list literal ``['Cubism', 'Analytic Cubism']``, no image
+    - ``validation_Art_Theory_2``: open, answer list literal ``['Cubism', 'Cubist painting']``, no image
       placeholder (its image goes first).
     dev has one item per subject (never mixed into validation).
     """
@@ -507,7 +507,7 @@ def write_mmmu(root: Path) -> dict[str, list[dict[str, Any]]]:
             row("validation_Art_Theory_1", "[mmmu-3] Which painting has the style of <image 1>?",
                 ["<image 3>", "<image 2>", "<image 4>"], "A", "multiple-choice",
                 {k: img(3, k) for k in range(1, 5)}, img_type="['Paintings']"),
-            row("validation_Art_Theory_2", "[mmmu-4] Name the movement.", [], "['Cubism', 'Analytic Cubism']", "open", {1: img(4, 1)},
+            row("validation_Art_Theory_2", "[mmmu-4] Name the movement.", [], "['Cubism', 'Cubist painting']", "open", {1: img(4, 1)},
                 difficulty="Medium"),
         ],
     }
@@ -523,6 +523,6 @@ def write_mmmu(root: Path) -> dict[str, list[dict[str, Any]]]:
         dict(id="validation_Art_Theory_1", gold="A", question_type="multiple_choice", choices=["<image>"] * 3,
              images=[(3, 1), (3, 3), (3, 2), (3, 4)], alternatives=[], subject="Art_Theory", discipline="Art and Design"),
         dict(id="validation_Art_Theory_2", gold="Cubism", question_type="free_form", choices=[], images=[(4, 1)],
-             alternatives=["Analytic Cubism"], subject="Art_Theory", discipline="Art and Design"),
+             alternatives=["Cubist painting"], subject="Art_Theory", discipline="Art and Design"),
     ]
     return {"validation": truth, "dev": [dict(id=f"dev_{s}_1") for s in val]}

@@ -42,9 +42,11 @@ def task(i: int, answer: str) -> PromptTask:
     )
 
 
-def build(cfg, verifier_url, tasks):
+def build(cfg, verifier_url, tasks, engine_cls=None):
+    """GroupBuilder.build of ``tasks`` with the config's engine (or ``engine_cls(cfg)``) and a real verifier."""
+
     async def run():
-        engine = make_engine(cfg)
+        engine = make_engine(cfg) if engine_cls is None else engine_cls(cfg)
         await engine.start()
         scorer = HttpScorer(cfg, base_url=verifier_url)
         gb = GroupBuilder(cfg, engine, scorer, server_id="test")
@@ -181,20 +183,6 @@ def scripted_continuations(text: str, *, eos: bool = True):
     return Scripted
 
 
-def build_with(engine_cls, cfg, verifier_url, tasks):
-    async def run():
-        engine = engine_cls(cfg)
-        await engine.start()
-        scorer = HttpScorer(cfg, base_url=verifier_url)
-        gb = GroupBuilder(cfg, engine, scorer, server_id="test")
-        try:
-            return await gb.build(tasks), gb.stats, engine
-        finally:
-            await scorer.close()
-
-    return asyncio.run(run())
-
-
 def test_the_continuation_temperature_reaches_the_engine(cfg_factory, sft_model_dir, verifier_url):
     from services.rollout.engines.hf import HFEngine
 
@@ -203,7 +191,7 @@ def test_the_continuation_temperature_reaches_the_engine(cfg_factory, sft_model_
 
     cfg = cfg_factory(*RETHINK, "algorithm.rethink.temperature=0.9", "algorithm.sampling.temperature=1.0",
                       model_dir=sft_model_dir)
-    [out], stats, engine = build_with(Recording, cfg, verifier_url, [task(6, "3")])
+    [out], stats, engine = build(cfg, verifier_url, [task(6, "3")], Recording)
     assert stats.rethink.triggered == 4
     first = {(s, t, m) for cont, s, t, m in engine.seen if not cont}
     cont = {(s, t, m) for c, s, t, m in engine.seen if c}
@@ -219,15 +207,15 @@ def test_the_keep_rule_counts_generated_tokens_without_eos(cfg_factory, sft_mode
     k = len(load_processor(str(sft_model_dir)).tokenizer.encode(text, add_special_tokens=False))
     # y2 is k generated tokens + EOS: kept when k > min, too short when k == min (EOS not counted)
     cfg = cfg_factory(*RETHINK, f"algorithm.rethink.min_continuation_tokens={k}", model_dir=sft_model_dir)
-    [out], stats, _ = build_with(scripted_continuations(text), cfg, verifier_url, [task(7, "3")])
+    [out], stats, _ = build(cfg, verifier_url, [task(7, "3")], scripted_continuations(text))
     assert out.group.rethink_kept == 0 and stats.rethink.dropped == {"too_short": 4}
     cfg = cfg_factory(*RETHINK, f"algorithm.rethink.min_continuation_tokens={k - 1}", model_dir=sft_model_dir)
-    [out], stats, _ = build_with(scripted_continuations(text), cfg, verifier_url, [task(7, "3")])
+    [out], stats, _ = build(cfg, verifier_url, [task(7, "3")], scripted_continuations(text))
     assert out.group.rethink_kept == 2
     # and the upper bound: k tokens + EOS is kept under max = k + 1 (k + 1 would be too long if EOS counted)
     cfg = cfg_factory(*RETHINK, f"algorithm.rethink.min_continuation_tokens={k - 1}",
                       f"algorithm.rethink.max_continuation_tokens={k + 1}", model_dir=sft_model_dir)
-    [out], stats, _ = build_with(scripted_continuations(text), cfg, verifier_url, [task(7, "3")])
+    [out], stats, _ = build(cfg, verifier_url, [task(7, "3")], scripted_continuations(text))
     assert out.group.rethink_kept == 2 and "too_long" not in stats.rethink.dropped
 
 
@@ -238,9 +226,9 @@ def test_a_wrong_to_right_rethinking_changes_the_stored_advantages(cfg_factory, 
 
     engine_cls = scripted_continuations(" no, the count is 4. The answer is \\boxed{4}.")
     off = cfg_factory(*RETHINK, "algorithm.rethink.enabled=false", model_dir=sft_model_dir)
-    [plain], _, _ = build_with(engine_cls, off, verifier_url, [task(8, "4")])
+    [plain], _, _ = build(off, verifier_url, [task(8, "4")], engine_cls)
     on = cfg_factory(*RETHINK, model_dir=sft_model_dir)
-    [rethought], stats, _ = build_with(engine_cls, on, verifier_url, [task(8, "4")])
+    [rethought], stats, _ = build(on, verifier_url, [task(8, "4")], engine_cls)
     assert [s.reward for s in plain.group.samples] == [0.0] * 4
     g = rethought.group
     assert g.rethink_kept == 2 and stats.rethink.y2_correct == 4
