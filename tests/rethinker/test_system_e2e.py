@@ -67,6 +67,7 @@ def args_for(overrides: list[str]) -> list[str]:
 
 @pytest.mark.e2e
 @pytest.mark.slow
+@pytest.mark.timeout(1260)  # the demo subprocess has its own 1200 s limit (about 7 min on an idle 2-core machine)
 def test_demo_learns_and_every_part_takes_part(tmp_path, redis_url, tiny_model_dir):
     overrides = system_overrides(tmp_path, redis_url, tiny_model_dir) + [
         "learner.total_steps=260",
