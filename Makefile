@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: venv demo test test-fast test-vllm-api lock bench ablation ablation-quick docs clean
+.PHONY: venv demo test test-fast test-vllm-api lock bench bench-async-sync ablation ablation-quick docs clean
 
 venv: $(STAMP)
 
@@ -54,6 +54,12 @@ docs: venv
 bench: venv
 	@REDIS_URL=$$($(BIN)/python -m rethinker.local_redis) || exit 1; \
 	for b in benchmarks/*.py; do [ $$b = benchmarks/ablation.py ] && continue; echo "== $$b"; REDIS_URL=$$REDIS_URL $(BIN)/python $$b || exit 1; done
+
+# Opt-in lane (not CI): the asynchronous pipeline against the synchronous on-policy baseline on the
+# demo task, same step count in both modes (one JSON line; about 10 minutes on 2 cores).
+bench-async-sync: venv
+	@REDIS_URL=$$($(BIN)/python -m rethinker.local_redis) || exit 1; \
+	REDIS_URL=$$REDIS_URL $(BIN)/python benchmarks/async_vs_sync.py
 
 # Opt-in slow lane (not CI): the SSR ablation through the whole system (docs/ablation.md).
 # `make ablation` runs the 3 modes x 3 seeds grid (about an hour and more on 2 cores), then the

@@ -268,6 +268,7 @@ class RolloutConfig(Section):
     partial_rollouts: bool = False
     device: str = "auto"  # hf engine: "auto" (cuda if available), "cpu", "cuda:0", ...
     hf_max_batch_rows: int = Field(64, ge=1)  # hf engine: rows (prompt x sample) per generate call
+    hf_shared_prefill: bool = True  # hf engine: one prefill per distinct prompt, its KV cache repeated for the n rows
     claim_block_ms: int = Field(1000, ge=0)  # how long one claim waits for prompt tasks
     shutdown_grace_s: float = Field(60.0, ge=0.0)  # SIGTERM: finish the current batch within this, else return its tasks
     max_task_deliveries: int = Field(5, ge=1)  # a task whose batch failed this often is acked without a group
@@ -311,6 +312,12 @@ class LearnerConfig(Section):
     prompts_per_step: int = Field(512, ge=1)  # rollout volume: prompts x n responses
     micro_batch_size: int = Field(4, ge=1)
     sync_every: int = Field(1, ge=1)
+    # async: rollout servers generate ahead with weights up to algorithm.ssr.staleness_bound versions
+    #        old while the learner trains (the decoupled actor-learner pipeline);
+    # sync:  the on-policy baseline: a round of prompts is published only once the learner has
+    #        trained the previous one, and rollouts generate it only with the newest weights
+    #        (staleness bound 0; needs sync_every = 1).
+    sync_mode: Literal["async", "sync"] = "async"
     checkpoint_every: int = Field(50, ge=1)
     checkpoint_dir: str = "runs/latest/checkpoints"
     keep_checkpoints: int = 2
@@ -327,6 +334,14 @@ class LearnerConfig(Section):
     tensorboard_dir: str | None = None  # default: <run_dir>/tensorboard
     wandb_project: str | None = None
     weight_sync: WeightSyncConfig = WeightSyncConfig()
+
+    @model_validator(mode="after")
+    def _sync_mode(self) -> "LearnerConfig":
+        if self.sync_mode == "sync" and self.sync_every != 1:
+            raise ValueError(
+                f"sync_mode 'sync' needs sync_every = 1 (rollouts wait for the newest weights), got sync_every={self.sync_every}"
+            )
+        return self
 
 
 class EvalConfig(Section):
@@ -358,6 +373,7 @@ class LauncherConfig(Section):
     # OMP/MKL threads of each child process (0 = leave unset).  On a small CPU box several torch
     # processes with default thread pools oversubscribe the cores and run ~10x slower.
     child_threads: int = Field(1, ge=0)
+    progress_every_s: float = Field(30.0, gt=0.0)  # plain progress line period when the output is not a terminal
     warmup_sft_steps: int = 0  # CPU demo: short format warm-up before RL
     warmup_sft_lr: float | None = None  # learning rate of the warm-up (default learner.lr)
     demo_data_kinds: list[str] = ["dominant_color"]  # synthetic question kinds the demo generates

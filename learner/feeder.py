@@ -1,6 +1,6 @@
 """Prompt feeding: the learner owns the dataset and publishes ``PromptTask``s at the pace it trains.
 
-Pacing (staleness bound ``k = algorithm.ssr.staleness_bound``): by the time the learner has finished
+Pacing (staleness bound ``k``, ``common.staleness.staleness_bound``): by the time the learner has finished
 step ``s`` it has published at most ``prompts_per_step * (s + 1 + k + extra)`` tasks in total, so
 rollout servers never run more than ``k`` versions ahead of what the learner can train on; ``extra``
 counts rounds whose groups all had zero advantage (nothing drawable: the vanishing-advantages end
@@ -24,6 +24,7 @@ from common.config import RethinkerConfig
 from common.data.schema import DataRow
 from common.logging import get_logger
 from common.schemas import PromptTask
+from common.staleness import staleness_bound
 
 log = get_logger("learner.feeder")
 
@@ -65,7 +66,7 @@ class PromptFeeder:
     # ---- pacing
     def quota(self, step: int) -> int:
         """Tasks the learner may still publish before finishing ``step`` (0-based: the step in progress)."""
-        lc, k = self.cfg.learner, self.cfg.algorithm.ssr.staleness_bound
+        lc, k = self.cfg.learner, staleness_bound(self.cfg)
         return max(0, lc.prompts_per_step * (step + 1 + k + self.state.extra_rounds) - self.state.published)
 
     def grant_round(self) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 from common.config import RethinkerConfig
 from common.logging import get_logger
 from rethinker.launcher import clean_env
+from rethinker.progress import ProgressReporter
 
 log = get_logger("demo")
 
@@ -41,7 +42,22 @@ def prepare_data(cfg: RethinkerConfig) -> None:
         raise FileNotFoundError(f"data.train_path {train} was not produced by the synthetic generator in {out}")
 
 
-def warm_up(cfg: RethinkerConfig, run_dir: Path) -> RethinkerConfig:
+def last_sft_step(log_path: Path) -> int:
+    """The last `sft_step` the warm-up logged (0 before the first)."""
+    step = 0
+    try:
+        for line in log_path.read_text(errors="replace").splitlines():
+            if '"sft_step"' in line:
+                try:
+                    step = int(json.loads(line).get("step", step))
+                except ValueError:
+                    continue
+    except OSError:
+        pass
+    return step
+
+
+def warm_up(cfg: RethinkerConfig, run_dir: Path, progress: ProgressReporter | None = None) -> RethinkerConfig:
     """The format warm-up (`launcher.warmup_sft_steps` SFT steps, its own process so that its
     DeepSpeed state stays there) into `<run_dir>/warm-model`; returns the config training from it."""
     from common.config import config_to_yaml
@@ -49,13 +65,25 @@ def warm_up(cfg: RethinkerConfig, run_dir: Path) -> RethinkerConfig:
 
     warm = run_dir / "warm-model"
     run_dir.mkdir(parents=True, exist_ok=True)
-    log.info("demo_warmup", steps=cfg.launcher.warmup_sft_steps, out=str(warm))
+    steps = cfg.launcher.warmup_sft_steps
+    log.info("demo_warmup", steps=steps, out=str(warm))
     (run_dir / "warmup-config.yaml").write_text(config_to_yaml(cfg))
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "logs" / "warmup.log", "wb") as fh:
+    log_path = run_dir / "logs" / "warmup.log"
+    with open(log_path, "wb") as fh:
         argv = rethinker_argv("sft-warmup", "--config", str(run_dir / "warmup-config.yaml"), "--out", str(warm))
-        if subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env=clean_env(cfg.launcher.child_threads)).returncode != 0:
-            raise RuntimeError(f"format warm-up failed; see {run_dir / 'logs' / 'warmup.log'}")
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=clean_env(cfg.launcher.child_threads))
+        try:
+            while proc.poll() is None:
+                if progress is not None:
+                    progress.note_every(f"format warm-up: step {last_sft_step(log_path)}/{steps}")
+                time.sleep(0.5)
+        finally:
+            if proc.poll() is None:  # interrupted: do not leave the warm-up running
+                proc.terminate()
+                proc.wait()
+        if proc.returncode != 0:
+            raise RuntimeError(f"format warm-up failed; see {log_path}")
     return cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": str(warm), "build_tiny_if_missing": False})})
 
 
@@ -153,26 +181,35 @@ def plot_curve(rows: list[dict[str, Any]], initial: float, final: float | None, 
     plt.close(fig)
 
 
-def run_demo(cfg: RethinkerConfig) -> dict[str, Any]:
+def run_demo(cfg: RethinkerConfig, progress: ProgressReporter | None = None) -> dict[str, Any]:
     from common.model_loading import ensure_model
     from rethinker.launcher import read_learner_metrics, run_system
+
+    def note(text: str) -> None:
+        if progress is not None:
+            progress.note(text)
 
     t0 = time.monotonic()
     run_dir = Path(cfg.run.run_dir)
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a demo run always starts fresh (no resume of an older run)
     run_dir.mkdir(parents=True)
+    note("demo: preparing the synthetic data and the tiny model")
     prepare_data(cfg)
     ensure_model(cfg.model)
-    cfg = warm_up(cfg, run_dir)
+    note(f"demo: format warm-up, {cfg.launcher.warmup_sft_steps} SFT steps")
+    cfg = warm_up(cfg, run_dir, progress)
+    note("demo: held-out accuracy of the warmed-up model")
     initial = evaluate_model(cfg, cfg.model.path, run_dir / "eval-initial")["accuracy"]
     log.info("demo_initial_eval", accuracy=initial)
+    note(f"demo: initial accuracy {initial:.3f}; starting the services and the learner")
     from rethinker.local_redis import ensure_redis
 
     cfg = cfg.model_copy(update={"redis": cfg.redis.model_copy(update={"url": ensure_redis(cfg.redis.url)})})
     log.info("demo_reset_namespace", namespace=cfg.redis.namespace, keys_deleted=reset_namespace(cfg))
-    result = run_system(cfg)
+    result = run_system(cfg, on_tick=progress.tick if progress is not None else None)
     final_model = latest_export(cfg)
+    note("demo: held-out accuracy of the final checkpoint")
     final = evaluate_model(cfg, final_model, run_dir / "eval-final")["accuracy"] if final_model else None
     summary = summarize(cfg, run_dir, initial=initial, final=final, result=result, wall_s=time.monotonic() - t0)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -186,7 +223,8 @@ def cmd_demo(args: Any) -> int:
     cfg = config_from_args(args)
     if args.steps is not None:
         cfg.learner.total_steps = args.steps
-    summary = run_demo(cfg)
+    with ProgressReporter(cfg.learner.total_steps, interval_s=cfg.launcher.progress_every_s) as progress:
+        summary = run_demo(cfg, progress)
     run_dir = Path(cfg.run.run_dir)
     print(json.dumps({k: summary[k] for k in (
         "initial_eval_accuracy", "final_eval_accuracy", "steps", "wall_s", "weight_syncs",

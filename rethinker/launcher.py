@@ -25,6 +25,7 @@ import httpx
 
 from common.config import RethinkerConfig, config_to_yaml
 from common.logging import get_logger
+from rethinker.progress import LearnerProgress, ProgressReporter, read_learner_status, status_line
 
 log = get_logger("launcher")
 
@@ -189,32 +190,6 @@ def read_learner_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def read_learner_status(run_dir: Path) -> dict[str, Any]:
-    """The learner's last train row, with the last held-out accuracy as `eval_accuracy`."""
-    status: dict[str, Any] = {}
-    for row in read_learner_metrics(run_dir):
-        if row.get("prefix") == "train":
-            status.update(row)
-        elif row.get("prefix") == "eval" and "accuracy" in row:
-            status["eval_accuracy"] = row["accuracy"]
-    return status
-
-
-def status_line(learner: dict[str, Any], stats: dict[str, Any]) -> str:
-    def f(key: str, d: dict[str, Any], fmt: str = "{:.3f}") -> str:
-        v = d.get(key)
-        return fmt.format(v) if isinstance(v, (int, float)) else "-"
-
-    sizes = stats.get("sizes", {}) if isinstance(stats.get("sizes"), dict) else {}
-    return (
-        f"step {learner.get('step', '-')} | reward {f('reward_mean', learner)} | "
-        f"eval {f('eval_accuracy', learner)} | eff {f('effective_share', learner)} | "
-        f"v{stats.get('policy_version', learner.get('policy_version', '-'))} | "
-        f"buffer fresh {sizes.get('fresh', '-')} replay {sizes.get('replay', '-')} | "
-        f"tok/s {f('tokens_per_s', learner, '{:.0f}')}"
-    )
-
-
 def run_system(
     cfg: RethinkerConfig,
     *,
@@ -227,6 +202,7 @@ def run_system(
 
     run_dir = Path(cfg.run.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    progress = LearnerProgress(run_dir)
     if not answering(cfg.redis.url):
         if not cfg.launcher.start_redis:
             raise RedisUnavailable(f"Redis at {cfg.redis.url} does not answer and launcher.start_redis is false")
@@ -277,7 +253,7 @@ def run_system(
                 stats = http.get(f"{cfg.buffer.base_url()}/v1/stats").json()
             except (httpx.HTTPError, ValueError):
                 stats = {}
-            status = read_learner_status(run_dir)
+            status = progress.poll()
             if on_tick:
                 on_tick(status, stats)
             time.sleep(1.0)
@@ -301,22 +277,15 @@ def run_system(
 
 
 def cmd_up(args: Any) -> int:
-    """`rethinker up`: run the whole system with a live status line."""
-    from rich.console import Console
-    from rich.live import Live
-
+    """`rethinker up`: run the whole system with a live status line (a plain line every
+    `launcher.progress_every_s` seconds when stderr is not a terminal)."""
     from rethinker.cli import config_from_args
 
     cfg = config_from_args(args)
     if args.steps is not None:
         cfg.learner.total_steps = args.steps
-    console = Console(stderr=True)
-    with Live(console=console, refresh_per_second=2, transient=False) as live:
-        def tick(status: dict[str, Any], stats: dict[str, Any]) -> None:
-            done = status.get("step", 0) or 0
-            live.update(f"[bold]{done}/{cfg.learner.total_steps}[/bold]  {status_line(status, stats)}")
-
-        result = run_system(cfg, learner=not args.no_learner, on_tick=tick)
-    final = read_learner_status(Path(cfg.run.run_dir))
-    console.print(f"run dir: {cfg.run.run_dir}  logs: {cfg.run.run_dir}/logs  final: {status_line(final, {})}")
+    with ProgressReporter(cfg.learner.total_steps, stream=sys.stderr, interval_s=cfg.launcher.progress_every_s) as progress:
+        result = run_system(cfg, learner=not args.no_learner, on_tick=progress.tick)
+        final = read_learner_status(Path(cfg.run.run_dir))
+        progress.note(f"run dir: {cfg.run.run_dir}  logs: {cfg.run.run_dir}/logs  final: {status_line(final, {})}")
     return result.returncode

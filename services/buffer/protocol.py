@@ -23,6 +23,7 @@ from common.codec import CodecError, decode, encode
 from common.config import RethinkerConfig
 from common.redis_keys import RedisKeys
 from common.schemas import Group, PolicyVersion, PromptTask, Sample
+from common.staleness import staleness_bound
 from services.buffer.fastcodec import check_sample_fields, check_task_fields, encode_sample, sample_kwargs
 
 MODES = ("ssr", "filter", "grpo")
@@ -295,7 +296,7 @@ def sample_args(
         raise BadArgumentError(f"policy_version must be an integer >= 0, got {policy_version!r}")
     ssr, buf = cfg.algorithm.ssr, cfg.buffer
     return [
-        n, mode, policy_version, ssr.staleness_bound, ssr.reuse_cap, ssr.replay_capacity,
+        n, mode, policy_version, staleness_bound(cfg), ssr.reuse_cap, ssr.replay_capacity,
         repr(float(ssr.replay_eps)), mix_seed(seed), buf.request_ttl_s, repr(float(buf.series_interval_s)), buf.stats_window,
         ssr.replay_max_age,
     ]

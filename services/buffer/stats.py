@@ -15,6 +15,7 @@ import msgpack
 
 from common.config import RethinkerConfig
 from common.schemas import PolicyVersion
+from common.staleness import staleness_bound
 
 STATS_MAX_LAG = 8  # staleness histogram bins: lag 0..8, then "older"
 ADV_BINS, ADV_LO, ADV_HI = 20, -2.5, 2.5  # must match the Lua library
@@ -163,7 +164,7 @@ def build_stats(
         },
         "servers": {"live": len(live), "ids": sorted(live)},
         "config": {
-            "mode": ssr.mode, "alpha": ssr.alpha, "replay_eps": ssr.replay_eps, "staleness_bound": ssr.staleness_bound,
+            "mode": ssr.mode, "alpha": ssr.alpha, "replay_eps": ssr.replay_eps, "staleness_bound": staleness_bound(cfg),
             "reuse_cap": ssr.reuse_cap, "std_normalize": cfg.algorithm.grpo.std_normalize,
         },
     }

@@ -44,6 +44,7 @@ import numpy as np
 from common.config import RethinkerConfig
 from common.logging import get_logger
 from common.schemas import Group, PromptTask, Sample, group_id_for
+from common.staleness import staleness_bound
 from services.rollout import rethink
 from services.rollout.engines.base import Completion, Engine, GenerationRequest, GenerationResult, PromptInputs, SamplingParams
 
@@ -442,7 +443,7 @@ class Actor:
         pv = await self.buffer.policy_version()
         learner = pv.version if pv is not None else 0
         lag = learner - self.engine.loaded_version
-        if lag > self.cfg.algorithm.ssr.staleness_bound:
+        if lag > staleness_bound(self.cfg):
             if self.on_lag is not None:
                 await self.on_lag(learner)
             return f"stale_weights(learner={learner}, loaded={self.engine.loaded_version})"
@@ -477,6 +478,8 @@ class Actor:
                         log.warning("claim_failed", server_id=self.server_id, error=f"{type(exc).__name__}: {exc}")
                         claimed = []
                         await self._sleep(poll)
+                    if claimed and await self._stale_after_claim(claimed):
+                        continue
                     if claimed:
                         await self.process(claimed)
         except asyncio.CancelledError:
@@ -484,6 +487,24 @@ class Actor:
             raise
         finally:
             self.stats.in_flight_tasks = 0
+
+    async def _stale_after_claim(self, claimed: list[Any]) -> bool:
+        """A claim can wait (``rollout.claim_block_ms``) across a learner step: if the loaded weights
+        now lag beyond the staleness bound, give the tasks back untouched and let the loop pause."""
+        try:
+            reason = await self.pause_reason()
+        except Exception:  # noqa: BLE001 - Redis blip: generate with what was checked before the claim
+            return False
+        if reason is None:
+            return False
+        for c in claimed:
+            try:
+                await self.buffer.release_task(c.entry_id)
+                self.stats.tasks_released += 1
+            except Exception as exc:  # noqa: BLE001 - reclaimed after the idle time
+                log.warning("release_failed", entry_id=c.entry_id, error=f"{type(exc).__name__}: {exc}")
+        log.info("claim_given_back", server_id=self.server_id, tasks=len(claimed), reason=reason)
+        return True
 
     async def process(self, claimed: list[Any]) -> None:
         """Build, store and ack one batch; on failure release what is not acked and back off."""

@@ -51,3 +51,20 @@ def test_pacing_backpressure_epochs_and_resume(make_cfg, synth_rows):
     old = PromptFeeder(cfg, rows, publish=client.publish_tasks, can_publish=client.can_publish, batch=2)
     assert old.top_up(0, version=0) == 3 and old.state.duplicates == 3
     assert client.inflight_tasks() == 0
+
+
+def test_sync_mode_publishes_one_round_per_step(make_cfg, synth_rows):
+    """learner.sync_mode=sync: the staleness bound is 0 whatever algorithm.ssr.staleness_bound says,
+    so the feeder publishes exactly the round of the step in progress."""
+    from common.staleness import staleness_bound
+    from services.buffer.client import BufferClient
+
+    cfg = make_cfg("algorithm.ssr.staleness_bound=3", "learner.prompts_per_step=2", "learner.sync_mode=sync")
+    assert staleness_bound(cfg) == 0
+    assert staleness_bound(make_cfg("algorithm.ssr.staleness_bound=3")) == 3
+    client = BufferClient(cfg)
+    feeder = PromptFeeder(cfg, synth_rows[:5], publish=client.publish_tasks, can_publish=client.can_publish)
+    assert feeder.top_up(0, version=0) == 2
+    assert feeder.top_up(0, version=0) == 0
+    _claim_all(client)
+    assert feeder.top_up(1, version=1) == 2 and feeder.top_up(1, version=1) == 0

@@ -6,7 +6,10 @@ and weight swaps are naturally serialized.
 
 Batching: every request is expanded into ``n`` rows; rows with equal sampling parameters are
 left-padded into batches of at most ``rollout.hf_max_batch_rows`` and generated together (pixel
-values of the rows are concatenated, which is how the Qwen2.5-VL processor batches images).  A
+values of the rows are concatenated, which is how the Qwen2.5-VL processor batches images).  With
+``rollout.hf_shared_prefill`` (default) the ``n`` rows of a prompt share one prefill: the distinct
+prompts run once and their KV cache is repeated per row before decoding, so a group of 8 pays for
+its prompt (and image) once instead of 8 times.  A
 continuation row is ``prompt + prefix`` with ``mm_token_type_ids`` extended by zeros; the prefix's
 log-probs under the current weights come from one extra teacher-forced forward per continuation.
 Sampler log-probs are ``log_softmax`` of the raw logits (``output_logits=True``), which match the
@@ -63,6 +66,7 @@ class HFEngine(Engine):
         self.model_path = model_path or cfg.model.path
         self.device = resolve_device(device or cfg.rollout.device)
         self.max_rows = cfg.rollout.hf_max_batch_rows
+        self.shared_prefill = cfg.rollout.hf_shared_prefill
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf-engine")
         self._model: Any = None
         self._pad_id = 0
@@ -212,12 +216,16 @@ class HFEngine(Engine):
             gc = self._gen_config_for(params)
             for c0 in range(0, len(rows), self.max_rows):
                 chunk = rows[c0 : c0 + self.max_rows]
-                batch = self._rows_inputs([(requests[i].prompt, requests[i].prefix_token_ids) for i, _ in chunk])
                 seed = requests[chunk[0][0]].params.seed
-                if seed is not None:
-                    torch.manual_seed(seed + c0)
-                out = self._model.generate(**batch, generation_config=gc)
-                width = batch["input_ids"].shape[1]
+                out = width = None
+                if self.shared_prefill and len({i for i, _ in chunk}) < len(chunk):
+                    out, width = self._generate_shared_prompts(requests, chunk, gc, seed, c0)
+                if out is None:
+                    batch = self._rows_inputs([(requests[i].prompt, requests[i].prefix_token_ids) for i, _ in chunk])
+                    if seed is not None:
+                        torch.manual_seed(seed + c0)
+                    out = self._model.generate(**batch, generation_config=gc)
+                    width = batch["input_ids"].shape[1]
                 seqs = out.sequences[:, width:].cpu()
                 logits = torch.stack(out.logits, dim=1)  # (rows, steps, vocab)
                 lps = torch.log_softmax(logits.float(), dim=-1).gather(-1, seqs.to(logits.device).unsqueeze(-1))
@@ -248,6 +256,50 @@ class HFEngine(Engine):
             )
             for i, r in enumerate(requests)
         ]
+
+    def _generate_shared_prompts(
+        self, requests: list[GenerationRequest], chunk: list[tuple[int, int]], gc: Any, seed: int | None, c0: int
+    ) -> tuple[Any, int | None]:
+        """Generate ``chunk`` with one prefill per distinct prompt: the prompts (all but their last
+        token) run once, their KV cache and 3D-rope offsets are repeated for each of the prompt's
+        rows, and ``generate`` continues from there.  Same rows, padding and positions as the plain
+        path, so the same tokens and log-probs up to float rounding.  Returns ``(None, None)`` when
+        the installed transformers cannot continue from a given cache (the caller falls back to the
+        plain path and this path stays off)."""
+        order: list[int] = []
+        for i, _ in chunk:
+            if not order or order[-1] != i:
+                order.append(i)
+        if len(order) != len(set(order)):
+            return None, None  # rows of one request are not contiguous: plain path
+        uniq = self._rows_inputs([(requests[i].prompt, requests[i].prefix_token_ids) for i in order])
+        counts = torch.tensor([sum(1 for i, _ in chunk if i == u) for u in order])
+        index = torch.repeat_interleave(torch.arange(len(order)), counts).to(self.device)
+        ids, mask, mm = uniq["input_ids"], uniq["attention_mask"], uniq["mm_token_type_ids"]
+        try:
+            pre = self._model(
+                input_ids=ids[:, :-1], attention_mask=mask[:, :-1], mm_token_type_ids=mm[:, :-1],
+                pixel_values=uniq.get("pixel_values"), image_grid_thw=uniq.get("image_grid_thw"), use_cache=True,
+            )
+            cache = getattr(pre, "cache", None) or getattr(pre, "past_key_values", None)
+            inner = getattr(self._model, "model", self._model)
+            deltas = getattr(inner, "rope_deltas", None)
+            if cache is None or deltas is None or not hasattr(cache, "batch_select_indices"):
+                raise EngineError("the model returned no KV cache / rope offsets to continue from")
+            cache.batch_select_indices(index)
+            inner.rope_deltas = deltas.index_select(0, index.to(deltas.device))
+            if seed is not None:
+                torch.manual_seed(seed + c0)
+            kwargs = {"cache" if "cache" in _forward_params(self._model) else "past_key_values": cache}
+            out = self._model.generate(
+                input_ids=ids.index_select(0, index), attention_mask=mask.index_select(0, index),
+                mm_token_type_ids=mm.index_select(0, index), generation_config=gc, **kwargs,
+            )
+        except Exception as exc:  # noqa: BLE001 - an unsupported transformers version: plain path from now on
+            self.shared_prefill = False
+            log.warning("shared_prefill_off", error=f"{type(exc).__name__}: {exc}")
+            return None, None
+        return out, int(ids.shape[1])
 
     def _prefix_logprobs(self, requests: list[GenerationRequest]) -> dict[int, np.ndarray]:
         """Teacher-forced log-probs of each continuation's prefix under the current weights."""
@@ -286,6 +338,12 @@ class HFEngine(Engine):
             n += 1
         if n == 0:
             raise EngineError("no weights given")
+
+
+def _forward_params(model: Any) -> frozenset[str]:
+    import inspect
+
+    return frozenset(inspect.signature(model.forward).parameters)
 
 
 def resolve_param_name(name: str, params: Any) -> str | None:

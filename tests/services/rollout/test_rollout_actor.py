@@ -218,3 +218,43 @@ def test_verifier_outage_releases_then_rejects(cfg_factory):
     stats, qs, group = asyncio.run(run())
     assert stats.batch_errors == 2 and stats.tasks_released == 1 and stats.tasks_acked == 1
     assert "verifier" in stats.last_error and group is None and qs.inflight == 0
+
+
+def test_sync_mode_never_generates_with_weights_older_than_the_learner(cfg_factory, verifier_url, sft_model_dir):
+    """learner.sync_mode=sync (staleness bound 0): a batch claimed while the learner moved to a newer
+    version is given back untouched, and the tasks are generated only with the newest weights."""
+    cfg = cfg_factory(*BASE, "learner.sync_mode=sync", "algorithm.ssr.staleness_bound=4", "rollout.claim_block_ms=5000")
+    ts = tasks(2, prefix="sy")
+
+    async def run():
+        buf = AsyncBufferClient(cfg)
+        await buf.publish_policy_version(PolicyVersion(version=0, step=0))
+        server = server_for(cfg, verifier_url, receive_weights=False)
+        await server.start()
+        try:
+            await asyncio.sleep(1.5)  # the actor now waits in a claim with weights of version 0 (lag 0)
+            assert server.status()["actor"]["paused"] is None
+            await buf.publish_policy_version(PolicyVersion(version=1, step=1))
+            await buf.publish_tasks(ts)
+
+            async def given_back():
+                return server.stats.tasks_released == 2
+
+            await wait_for(given_back, timeout_s=30)
+            paused = server.status()
+            await server.swap_weights(dict(load_model(sft_model_dir).state_dict()), 1)
+
+            async def done():
+                return server.stats.tasks_acked == 2
+
+            await wait_for(done)
+            return paused, [await buf.get_group(group_id_for(t)) for t in ts]
+        finally:
+            await server.stop()
+            await buf.close()
+
+    paused, groups = asyncio.run(run())
+    assert paused["actor"]["paused"].startswith("stale_weights")  # lag 1 > bound 0 (not the ssr bound 4)
+    assert paused["actor"]["tasks_acked"] == 0 and paused["actor"]["samples"] == 0
+    for g in groups:
+        assert g.policy_version == 1 and all(s.policy_version == 1 for s in g.samples)

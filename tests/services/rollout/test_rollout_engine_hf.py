@@ -63,6 +63,27 @@ def test_batched_generation_logprobs_match_the_learner(engine):
     # same seed, same samples
     again = asyncio.run(engine.generate(reqs))
     assert [c.token_ids.tolist() for c in again[0].completions] == [c.token_ids.tolist() for c in res[0].completions]
+    assert engine.shared_prefill  # the rows of each prompt shared one prefill (no fallback happened)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_shared_prefill_gives_the_plain_batch_results(engine, temperature):
+    """One prefill per prompt with its KV cache repeated per row produces the same tokens and
+    log-probs as prefilling every row (prompts of different lengths: left padding, image sizes)."""
+    p1, p2 = _prompts(engine)
+    reqs = [
+        GenerationRequest("a", p1, SamplingParams(n=3, max_new_tokens=12, temperature=temperature, seed=7)),
+        GenerationRequest("b", p2, SamplingParams(n=4, max_new_tokens=12, temperature=temperature, seed=7)),
+        GenerationRequest("c", p1, SamplingParams(n=1, max_new_tokens=12, temperature=temperature, seed=7)),
+    ]
+    shared = asyncio.run(engine.generate(reqs))
+    assert engine.shared_prefill
+    engine.shared_prefill = False
+    plain = asyncio.run(engine.generate(reqs))
+    for s, p in zip(shared, plain):
+        assert [c.token_ids.tolist() for c in s.completions] == [c.token_ids.tolist() for c in p.completions]
+        for cs, cp in zip(s.completions, p.completions):
+            assert np.abs(cs.logprobs - cp.logprobs).max() < 1e-5
 
 
 def test_continuation_from_prefix(engine):
