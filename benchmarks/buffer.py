@@ -10,7 +10,9 @@ prompt tokens, ~3 KB of text):
   is what a training step asks of the store, one step's groups in (BATCH // GROUP = 32 groups,
   one insert call each, as rollout servers send them) and one batch out (``sample(256)``, mode
   ssr, decoded ``Sample`` objects and their tasks).  ``step_ms_p50`` (ours), ``raw_step_ms_p50``,
-  ``raw_bytes_step_ms_p50``, each split in ``*_step_insert_ms_p50`` and ``*sample_ms_p50_1e4_1k``.
+  ``raw_bytes_step_ms_p50``, each split in ``*_step_insert_ms_p50`` and ``*sample_ms_p50_1e4_1k``;
+  ``step_lua_insert_ms_p50`` / ``step_lua_sample_ms_p50``: the server-side time of ours' Redis
+  Functions in a step (its inserts, its sample), from Redis' command statistics.
 - ``raw_redis_ratio`` = total step time of ours / of the raw-Redis baseline (``RawStore``: the
   same codec, the same task cache and the same round trips as the buffer, without its
   bookkeeping); ``insert_ratio`` and ``sample_ratio`` split it; ``raw_redis_ratio_step_p10`` /
@@ -302,6 +304,7 @@ def main() -> int:
         per_step = BATCH // GROUP
         sides = {"ours": [], "raw": [], "bytes": []}
         parts = {"ours": ([], []), "raw": ([], []), "bytes": ([], [])}
+        lua_steps: tuple[list[float], list[float]] = ([], [])  # ms of FCALL per step: inserts, sample
         for k in range(steps):
             order = list(sides)
             order = order[k % 3 :] + order[: k % 3]
@@ -309,35 +312,49 @@ def main() -> int:
                 new = [make_group(f"t{side}{k}-", j, big, rng) for j in range(per_step)]
                 if side == "bytes":
                     new = [rawb.pre_encode(g) for g in new]
-                t0 = time.perf_counter()
                 if side == "ours":
+                    # Redis' own count of FCALL time, read outside the timed parts
+                    u0 = lua_usec(r)
+                    t0 = time.perf_counter()
                     for g in new:
                         c.add_group(g)
-                    t1 = time.perf_counter()
+                    t_ins = time.perf_counter() - t0
+                    u1 = lua_usec(r)
+                    t0 = time.perf_counter()
                     batch = c.sample(BATCH, policy_version=0, seed=k)
+                    t_smp = time.perf_counter() - t0
+                    lua_steps[0].append((u1 - u0) * 1e-3)
+                    lua_steps[1].append((lua_usec(r) - u1) * 1e-3)
                     n_out = len(batch)
                     assert len(batch.tasks) > 0
                 elif side == "raw":
+                    t0 = time.perf_counter()
                     for g in new:
                         raw.insert(g)
-                    t1 = time.perf_counter()
+                    t_ins = time.perf_counter() - t0
+                    t0 = time.perf_counter()
                     samples, tasks = raw.sample(BATCH, rng)
+                    t_smp = time.perf_counter() - t0
                     n_out = len(samples)
                     assert len(tasks) > 0
                 else:
+                    t0 = time.perf_counter()
                     for pe in new:
                         rawb.insert(pe)
-                    t1 = time.perf_counter()
+                    t_ins = time.perf_counter() - t0
+                    t0 = time.perf_counter()
                     n_out = len(rawb.sample(BATCH, rng))
-                t2 = time.perf_counter()
+                    t_smp = time.perf_counter() - t0
                 assert n_out == BATCH, (side, n_out)
-                sides[side].append(t2 - t0)
-                parts[side][0].append(t1 - t0)
-                parts[side][1].append(t2 - t1)
+                sides[side].append(t_ins + t_smp)
+                parts[side][0].append(t_ins)
+                parts[side][1].append(t_smp)
         for side, key in (("ours", ""), ("raw", "raw_"), ("bytes", "raw_bytes_")):
             out[f"{key}step_ms_p50"] = statistics.median(sides[side]) * 1e3
             out[f"{key}step_insert_ms_p50"] = statistics.median(parts[side][0]) * 1e3
             out[f"{key}sample_ms_p50_1e4_1k"] = statistics.median(parts[side][1]) * 1e3
+        out["step_lua_insert_ms_p50"] = statistics.median(lua_steps[0])
+        out["step_lua_sample_ms_p50"] = statistics.median(lua_steps[1])
         out["step_ms_p10"] = sorted(sides["ours"])[int(0.1 * (steps - 1))] * 1e3
         out["step_ms_p90"] = sorted(sides["ours"])[int(0.9 * (steps - 1))] * 1e3
         out["steps"] = steps

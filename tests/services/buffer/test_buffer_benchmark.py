@@ -21,7 +21,7 @@ def test_benchmark_quick_prints_one_json_line():
     for key in ("insert_groups_per_s", "sample_ms_p50_1e4", "sample_ms_p50_1e6", "flatness", "raw_redis_ratio",
                 "raw_bytes_ratio", "insert_ratio", "sample_ratio", "step_ms_p50", "raw_step_ms_p50",
                 "raw_bytes_step_ms_p50", "lua_ms_p50_1e4", "lua_ms_p50_1e6", "raw_redis_ratio_step_p10",
-                "raw_redis_ratio_step_p90"):
+                "raw_redis_ratio_step_p90", "step_lua_insert_ms_p50", "step_lua_sample_ms_p50"):
         assert isinstance(res[key], (int, float)) and res[key] > 0, key
     # a training step: one step's groups in, one batch out, for every side
     assert res["step_groups_in"] * 8 == res["step_batch_out"] == 256 and res["steps"] > 0
