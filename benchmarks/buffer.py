@@ -12,7 +12,8 @@ prompt tokens, ~3 KB of text):
   ssr, decoded ``Sample`` objects and their tasks).  ``step_ms_p50`` (ours), ``raw_step_ms_p50``,
   ``raw_bytes_step_ms_p50``, each split in ``*_step_insert_ms_p50`` and ``*sample_ms_p50_1e4_1k``;
   ``step_lua_insert_ms_p50`` / ``step_lua_sample_ms_p50``: the server-side time of ours' Redis
-  Functions in a step (its inserts, its sample), from Redis' command statistics.
+  Functions in a step (its inserts, its sample), from Redis' command statistics (meaningful on the
+  private redis-server only: a shared Redis counts other clients' calls too).
 - ``raw_redis_ratio`` = total step time of ours / of the raw-Redis baseline (``RawStore``: the
   same codec, the same task cache and the same round trips as the buffer, without its
   bookkeeping); ``insert_ratio`` and ``sample_ratio`` split it; ``raw_redis_ratio_step_p10`` /
@@ -101,16 +102,19 @@ class RawStore:
     (an LRU of ``buffer.task_cache_size`` decoded tasks by group id: cached tasks are not fetched
     again), the same round trips: one pipelined write
     per group (MSET payloads, SET header, HSET sample -> group), and per batch one HMGET of the
-    drawn ids (the draw: uniform in Python) then one pipelined MGET of payloads and missing headers.
-    No validation, no advantages, no pools, no eviction, no reuse or staleness bookkeeping.
+    drawn ids (the draw: uniform in Python over the newest ``capacity`` responses, the set the
+    buffer draws from) then one pipelined MGET of payloads and missing headers.  No validation, no
+    advantages, no pools, no eviction (older keys are left in Redis, only no longer drawn), no reuse
+    or staleness bookkeeping.
     """
 
-    def __init__(self, r: redis.Redis, ns: str, task_cache_size: int) -> None:
+    def __init__(self, r: redis.Redis, ns: str, task_cache_size: int, capacity: int) -> None:
         self.r = r
         self.ns = ns
         self.ids_key = f"{ns}:{{s}}:ids"
         self.ids: list[str] = []
         self.tasks = TaskCache(task_cache_size)
+        self.capacity = capacity
 
     def skey(self, sid: str) -> str:
         return f"{self.ns}:{{s}}:sd:{sid}"
@@ -127,7 +131,8 @@ class RawStore:
         self.ids.extend(s.sample_id for s in g.samples)
 
     def sample(self, n: int, rng: random.Random) -> tuple[list[Sample], dict[str, PromptTask]]:
-        pick = [rng.choice(self.ids) for _ in range(n)]
+        lo, hi = max(0, len(self.ids) - self.capacity), len(self.ids)
+        pick = [self.ids[rng.randrange(lo, hi)] for _ in range(n)]
         gids = [g.decode() for g in self.r.hmget(self.ids_key, pick)]
         missing = [g for g in dict.fromkeys(gids) if self.tasks.get(g) is None]
         with self.r.pipeline(transaction=False) as p:
@@ -148,13 +153,15 @@ class RawStore:
 
 class BytesStore:
     """The bytes-only floor: pre-encoded payloads, one HSET per group, one HMGET of the drawn
-    payloads per batch; nothing encoded, decoded, validated or drawn server-side."""
+    payloads (uniform over the newest ``capacity``) per batch; nothing encoded, decoded, validated
+    or drawn server-side."""
 
-    def __init__(self, r: redis.Redis, ns: str) -> None:
+    def __init__(self, r: redis.Redis, ns: str, capacity: int) -> None:
         self.r = r
         self.hash = f"{ns}:{{s}}:samples"
         self.groups = f"{ns}:{{s}}:groups"
         self.ids: list[str] = []
+        self.capacity = capacity
 
     @staticmethod
     def pre_encode(g: Group) -> tuple[str, dict[str, bytes], bytes]:
@@ -169,7 +176,8 @@ class BytesStore:
         self.ids.extend(payloads)
 
     def sample(self, n: int, rng: random.Random) -> list[bytes]:
-        vals = self.r.hmget(self.hash, [rng.choice(self.ids) for _ in range(n)])
+        lo, hi = max(0, len(self.ids) - self.capacity), len(self.ids)
+        vals = self.r.hmget(self.hash, [self.ids[rng.randrange(lo, hi)] for _ in range(n)])
         assert all(v is not None for v in vals)
         return vals
 
@@ -272,8 +280,8 @@ def main() -> int:
         c.ensure_library()
         raw_ns = f"bench-raw-{uuid.uuid4().hex[:8]}"
         namespaces.append(raw_ns)
-        raw = RawStore(r, raw_ns, cfg.buffer.task_cache_size)
-        rawb = BytesStore(r, raw_ns)
+        raw = RawStore(r, raw_ns, cfg.buffer.task_cache_size, capacity=n_ins * GROUP)
+        rawb = BytesStore(r, raw_ns, capacity=n_ins * GROUP)
         groups = [make_group("i", i, big, rng) for i in range(n_ins)]
         pre = [rawb.pre_encode(g) for g in groups]
         t_ins = t_raw_ins = t_rawb_ins = 0.0
