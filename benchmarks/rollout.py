@@ -7,15 +7,19 @@ Figures (same run, same machine):
   ``n`` samples per prompt, up to ``new_tokens`` tokens each (random weights: EOS is rare; the
   tokens counted are the tokens actually generated), median of ``repeats`` timed batches after one
   warm-up.
-- ``rethink_overhead``: wall time of building groups (generate + score + Forced Rethinking) with
-  rethinking on, over the same with rethinking off (baseline), for a tiny model fine-tuned for a
-  few seconds to end its answers with EOS (rethinking only triggers on EOS-ended responses); the
-  recipe's probabilities (skip 0.35, truncate 0.5, ...) are used; scoring is in-process
-  (``LocalScorer``) so that verifier HTTP latency does not blur the ratio.
+- ``rethink_overhead``: median wall time of building groups (generate + score + Forced Rethinking)
+  with rethinking on, over the same with rethinking off (baseline), for a tiny model fine-tuned
+  for a few seconds to end its answers with EOS (rethinking only triggers on EOS-ended
+  responses); the recipe's probabilities (skip 0.35, truncate 0.5, ...) are used; scoring is
+  in-process (``LocalScorer``) so that verifier HTTP latency does not blur the ratio.  Both
+  builders are warmed up, then on and off alternate repeat by repeat; ``ratio_rounds`` gives the
+  ratio of each repeat.
+- ``batching_tiny``: tokens/s of the same workload as one engine call (prompts x n rows) vs one
+  call per prompt (tiny model), alternated, median over repeats.
 - On a machine with a GPU and vLLM installed: ``vllm_tokens_per_s`` (same workload, small model)
   and ``vllm_over_hf`` (over the hf engine on the same GPU); otherwise ``null`` with a reason.
 
-Usage: python benchmarks/rollout.py [--prompts 4] [--n 8] [--new-tokens 32] [--repeats 3]
+Usage: python benchmarks/rollout.py [--prompts 4] [--n 8] [--new-tokens 32] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -112,38 +116,102 @@ def teach_eos(src: Path, out: Path, steps: int = 100) -> Path:
     return out
 
 
+def batching(model_dir: Path, args: argparse.Namespace) -> dict:
+    """Tokens/s of the workload as one engine call (prompts x n rows) vs one call per prompt, same
+    engine, alternated call by call (even repeats batched first), median over repeats after one
+    warm-up of each."""
+    from services.rollout.engines import GenerationRequest, SamplingParams, make_engine
+
+    cfg = config(model_dir, "rollout.engine=hf")
+
+    async def run() -> dict:
+        engine = make_engine(cfg)
+        await engine.start()
+        try:
+            prompts = [engine.encode_question("<image>How many shapes are there?", [png((40 * i, 0, 200))], cfg.data.prompt_suffix)
+                       for i in range(args.prompts)]
+
+            def reqs(rep: int, tag: str) -> list:
+                return [GenerationRequest(f"{tag}{rep}-{i}", p, SamplingParams(n=args.n, max_new_tokens=args.new_tokens, seed=rep))
+                        for i, p in enumerate(prompts)]
+
+            async def one_call(rep: int) -> float:
+                t0 = time.perf_counter()
+                res = await engine.generate(reqs(rep, "b"))
+                return sum(len(c.token_ids) for r in res for c in r.completions) / (time.perf_counter() - t0)
+
+            async def per_prompt(rep: int) -> float:
+                t0 = time.perf_counter()
+                tokens = 0
+                for r_ in reqs(rep, "s"):
+                    res = await engine.generate([r_])
+                    tokens += sum(len(c.token_ids) for r in res for c in r.completions)
+                return tokens / (time.perf_counter() - t0)
+
+            batched, single = [], []
+            for rep in range(args.repeats + 1):
+                if rep % 2 == 0:
+                    b, s_ = await one_call(rep), await per_prompt(rep)
+                else:
+                    s_, b = await per_prompt(rep), await one_call(rep)
+                if rep > 0:
+                    batched.append(b)
+                    single.append(s_)
+            return {"batched_tokens_per_s": round(statistics.median(batched), 1),
+                    "per_prompt_tokens_per_s": round(statistics.median(single), 1),
+                    "ratio": round(statistics.median(batched) / statistics.median(single), 3),
+                    "ratio_rounds": [round(a / b, 3) for a, b in zip(batched, single)]}
+        finally:
+            await engine.close()
+
+    return asyncio.run(run())
+
+
 def rethink_overhead(model_dir: Path, args: argparse.Namespace) -> dict:
+    """Group building with rethinking on vs off: two builders (one engine each) warmed up, then
+    alternated repeat by repeat (even repeats off first), the same tasks for both in a repeat."""
     from common.config import PROMPT_SUFFIX
     from common.schemas import PromptTask
     from services.rollout.actor import GroupBuilder
     from services.rollout.engines import make_engine
     from services.rollout.scoring import LocalScorer
 
-    def tasks(rep: int) -> list[PromptTask]:
-        return [PromptTask(task_id=f"b{rep}-{i}", prompt_id=f"b{i}", question="<image>How many shapes are there?",
+    def tasks(rep: int, tag: str) -> list[PromptTask]:
+        return [PromptTask(task_id=f"{tag}{rep}-{i}", prompt_id=f"b{i}", question="<image>How many shapes are there?",
                            answer="3" if i % 2 == 0 else "4", images=[png((255, 0, 0))], prompt_suffix=PROMPT_SUFFIX)
                 for i in range(args.prompts)]
 
-    async def run(enabled: bool) -> tuple[float, dict]:
-        cfg = config(model_dir, f"algorithm.rethink.enabled={str(enabled).lower()}", f"algorithm.sampling.n={args.n}",
-                     "algorithm.sampling.max_new_tokens=48")
-        engine = make_engine(cfg)
-        await engine.start()
-        gb = GroupBuilder(cfg, engine, LocalScorer(cfg), "bench")
-        times = []
+    async def run() -> dict:
+        builders, engines = {}, []
+        for enabled in (False, True):
+            cfg = config(model_dir, f"algorithm.rethink.enabled={str(enabled).lower()}", "algorithm.rethink.start_version=0",
+                         f"algorithm.sampling.n={args.n}", "algorithm.sampling.max_new_tokens=48")
+            engine = make_engine(cfg)
+            await engine.start()
+            engines.append(engine)
+            builders[enabled] = GroupBuilder(cfg, engine, LocalScorer(cfg), "bench")
+        times: dict[bool, list[float]] = {False: [], True: []}
         try:
             for rep in range(args.repeats + 1):
-                t0 = time.perf_counter()
-                await gb.build(tasks(rep))
-                if rep > 0:
-                    times.append(time.perf_counter() - t0)
+                for enabled in ((False, True) if rep % 2 == 0 else (True, False)):
+                    t0 = time.perf_counter()
+                    await builders[enabled].build(tasks(rep, "on" if enabled else "off"))
+                    if rep > 0:
+                        times[enabled].append(time.perf_counter() - t0)
         finally:
-            await engine.close()
-        return statistics.median(times), gb.stats.rethink.as_dict()
+            for engine in engines:
+                await engine.close()
+        stats = builders[True].stats.rethink.as_dict()
+        if not stats["triggered"]:
+            raise SystemExit(f"benchmarks/rollout.py: rethinking never triggered ({stats}), so its overhead is not measured")
+        on, off = statistics.median(times[True]), statistics.median(times[False])
+        return {"with_s": round(on, 4), "without_s": round(off, 4), "ratio": round(on / off, 3),
+                "ratio_rounds": [round(a / b, 3) for a, b in zip(times[True], times[False])],
+                "with_s_range": [round(min(times[True]), 4), round(max(times[True]), 4)],
+                "without_s_range": [round(min(times[False]), 4), round(max(times[False]), 4)],
+                "stats": stats}
 
-    off, _ = asyncio.run(run(False))
-    on, stats = asyncio.run(run(True))
-    return {"with_s": round(on, 4), "without_s": round(off, 4), "ratio": round(on / off, 3), "stats": stats}
+    return asyncio.run(run())
 
 
 def vllm_figures(model_dir: Path, args: argparse.Namespace) -> tuple[float | None, float | None, str]:
@@ -165,7 +233,7 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
 
     import torch
@@ -180,6 +248,7 @@ def main() -> None:
         small_tps = hf_tokens_per_s(small, args)
         eos_model = teach_eos(Path(tiny), tmp_p / "tiny-eos")
         overhead = rethink_overhead(eos_model, args)
+        batch = batching(tiny, args)
         vllm_tps, vllm_ratio, vllm_note = vllm_figures(small, args)
     print(json.dumps({
         "benchmark": "rollout",
@@ -189,6 +258,7 @@ def main() -> None:
         "hf_tokens_per_s": {"tiny": round(tiny_tps, 1), "small": round(small_tps, 1)},
         "rethink_overhead": overhead["ratio"],
         "rethink": overhead,
+        "batching_tiny": batch,
         "vllm_tokens_per_s": vllm_tps,
         "vllm_over_hf": vllm_ratio,
         "vllm_note": vllm_note,
