@@ -438,15 +438,22 @@ class Actor:
         except asyncio.TimeoutError:
             pass
 
-    async def pause_reason(self) -> str | None:
-        """Why the actor should not claim now (None: go)."""
+    async def _lagging(self) -> tuple[int, str | None]:
+        """``(learner version, reason)``: reason is set while the loaded weights lag the learner by
+        more than the staleness bound."""
         pv = await self.buffer.policy_version()
         learner = pv.version if pv is not None else 0
-        lag = learner - self.engine.loaded_version
-        if lag > staleness_bound(self.cfg):
-            if self.on_lag is not None:
+        if learner - self.engine.loaded_version > staleness_bound(self.cfg):
+            return learner, f"stale_weights(learner={learner}, loaded={self.engine.loaded_version})"
+        return learner, None
+
+    async def pause_reason(self) -> str | None:
+        """Why the actor should not claim now (None: go)."""
+        learner, reason = await self._lagging()
+        if reason is not None:
+            if self.on_lag is not None:  # outside any batch: a weight load it starts can swap at once
                 await self.on_lag(learner)
-            return f"stale_weights(learner={learner}, loaded={self.engine.loaded_version})"
+            return reason
         # The buffer's own backpressure is the bounded prompt queue (buffer.max_inflight_tasks):
         # when the learner does not publish, claim_tasks simply returns nothing.
         return None
@@ -490,9 +497,11 @@ class Actor:
 
     async def _stale_after_claim(self, claimed: list[Any]) -> bool:
         """A claim can wait (``rollout.claim_block_ms``) across a learner step: if the loaded weights
-        now lag beyond the staleness bound, give the tasks back untouched and let the loop pause."""
+        now lag beyond the staleness bound, give the tasks back untouched and let the loop pause.
+        Runs inside the batch's gate, so it only checks: a weight load started here would wait for
+        this very batch to end."""
         try:
-            reason = await self.pause_reason()
+            _, reason = await self._lagging()
         except Exception:  # noqa: BLE001 - Redis blip: generate with what was checked before the claim
             return False
         if reason is None:

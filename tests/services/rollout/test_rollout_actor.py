@@ -222,7 +222,9 @@ def test_verifier_outage_releases_then_rejects(cfg_factory):
 
 def test_sync_mode_never_generates_with_weights_older_than_the_learner(cfg_factory, verifier_url, sft_model_dir):
     """learner.sync_mode=sync (staleness bound 0): a batch claimed while the learner moved to a newer
-    version is given back untouched, and the tasks are generated only with the newest weights."""
+    version is given back untouched, and the tasks are generated only with the newest weights.  The
+    catch-up a lagging server starts (a checkpoint load: a gated weight swap) is started outside the
+    batch, so it never waits for the batch that is giving its tasks back."""
     cfg = cfg_factory(*BASE, "learner.sync_mode=sync", "algorithm.ssr.staleness_bound=4", "rollout.claim_block_ms=5000")
     ts = tasks(2, prefix="sy")
 
@@ -231,6 +233,20 @@ def test_sync_mode_never_generates_with_weights_older_than_the_learner(cfg_facto
         await buf.publish_policy_version(PolicyVersion(version=0, step=0))
         server = server_for(cfg, verifier_url, receive_weights=False)
         await server.start()
+        swaps: list[str] = []
+
+        async def gated_swap() -> None:
+            async with server.actor.gate.swap():
+                pass
+
+        async def catch_up(version: int) -> None:  # what a checkpoint load does: one gated swap
+            try:
+                await asyncio.wait_for(gated_swap(), timeout=5.0)
+                swaps.append("ok")
+            except asyncio.TimeoutError:
+                swaps.append("deadlock")
+
+        server.actor.on_lag = catch_up
         try:
             await asyncio.sleep(1.5)  # the actor now waits in a claim with weights of version 0 (lag 0)
             assert server.status()["actor"]["paused"] is None
@@ -241,6 +257,11 @@ def test_sync_mode_never_generates_with_weights_older_than_the_learner(cfg_facto
                 return server.stats.tasks_released == 2
 
             await wait_for(given_back, timeout_s=30)
+
+            async def caught_up():
+                return bool(swaps)
+
+            await wait_for(caught_up, timeout_s=30)
             paused = server.status()
             await server.swap_weights(dict(load_model(sft_model_dir).state_dict()), 1)
 
@@ -248,12 +269,13 @@ def test_sync_mode_never_generates_with_weights_older_than_the_learner(cfg_facto
                 return server.stats.tasks_acked == 2
 
             await wait_for(done)
-            return paused, [await buf.get_group(group_id_for(t)) for t in ts]
+            return paused, [await buf.get_group(group_id_for(t)) for t in ts], swaps
         finally:
             await server.stop()
             await buf.close()
 
-    paused, groups = asyncio.run(run())
+    paused, groups, swaps = asyncio.run(run())
+    assert swaps and "deadlock" not in swaps
     assert paused["actor"]["paused"].startswith("stale_weights")  # lag 1 > bound 0 (not the ssr bound 4)
     assert paused["actor"]["tasks_acked"] == 0 and paused["actor"]["samples"] == 0
     for g in groups:
