@@ -102,7 +102,7 @@ GPU_WHEELS: tuple[tuple[str, str, bool], ...] = (
 )
 WHEEL_PYTHON = "3.12"
 WHEEL_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
-REDIS_DIR = "redis"  # <wheels>/redis/{bin/redis-server, lib/*.so*}
+REDIS_DIR = "redis"  # <wheels>/redis/{bin/redis-server (wrapper), libexec/redis-server, lib/*.so*}
 SYSTEM_LIBS = ("libc.so", "libm.so", "libpthread.so", "libdl.so", "librt.so", "ld-linux", "linux-vdso")
 
 
@@ -147,14 +147,26 @@ def folder_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 2**20
 
 
+REDIS_WRAPPER = """#!/bin/sh
+# redis-server carried by `make gpu-wheels` (Debian 12 build, needs glibc >= 2.36): its own
+# libraries are put on the library path of this process only.
+D=$(cd "$(dirname "$0")/.." && pwd)
+LD_LIBRARY_PATH="$D/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$D/libexec/redis-server" "$@"
+"""
+
+
 def copy_redis(out: Path) -> None:
-    """``redis-server`` and the shared libraries it links that are not the C library itself."""
+    """``redis-server`` and the shared libraries it links that are not the C library itself, behind a
+    wrapper (``bin/redis-server``) that points the library path at them for redis alone."""
     src = shutil.which("redis-server")
     if src is None:
         raise SystemExit("gpu_check wheels: no redis-server on PATH to carry (apt-get install redis-server, or --no-redis)")
-    (out / "bin").mkdir(parents=True, exist_ok=True)
-    (out / "lib").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(os.path.realpath(src), out / "bin" / "redis-server")
+    for sub in ("bin", "lib", "libexec"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(os.path.realpath(src), out / "libexec" / "redis-server")
+    wrapper = out / "bin" / "redis-server"
+    wrapper.write_text(REDIS_WRAPPER)
+    wrapper.chmod(0o755)
     ldd = subprocess.run(["ldd", src], capture_output=True, text=True, check=True).stdout
     for line in ldd.splitlines():
         parts = line.split("=>")

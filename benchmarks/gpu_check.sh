@@ -18,8 +18,7 @@ SITE=${GPU_SITE:-$REPO/.gpu-site}
 export PYTHONPATH="$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 # a redis-server carried in the wheel folder, used only when the machine has none
 if ! command -v redis-server >/dev/null && [ -x "$WHEELS/redis/bin/redis-server" ]; then
-  export PATH="$WHEELS/redis/bin:$PATH"
-  export LD_LIBRARY_PATH="$WHEELS/redis/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export PATH="$WHEELS/redis/bin:$PATH"  # a wrapper: the carried libraries serve redis-server only
 fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false RAY_USAGE_STATS_ENABLED=0
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$REPO/.cache/torch_extensions}
