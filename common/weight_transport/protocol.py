@@ -16,8 +16,8 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections import deque
-from pathlib import Path
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch

@@ -255,6 +255,34 @@ def test_a_failed_load_in_one_worker_keeps_the_version(redis_url, tmp_path):
     asyncio.run(main())
 
 
+def test_a_round_inviting_only_some_ranks_is_received_and_dropped(redis_url, tmp_path):
+    """Tensor-parallel ranks hold one weight set: when the sender leaves one worker out (as after its
+    failures, ``max_failure_backoff``), the others take part but load nothing."""
+    cfg = _cfg(redis_url, tmp_path)
+
+    async def main() -> None:
+        rig = Rig(cfg, n_workers=2)
+        try:
+            await rig.start()
+            w1 = _weights(1)
+            assert (await rig.send(w1, 1)).ok
+            rig.tx._sit_out["srv/w1"] = 10**6  # the sender's backoff state after failures of w1
+            rep = await rig.send(_weights(2), 2, wait=False)
+            assert rep.ok and rep.joined == ["srv/w0"] and rep.failed == []
+            deadline = time.monotonic() + 5
+            while "dropped" not in rig.rx.last_error and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert "dropped" in rig.rx.last_error
+            assert rig.rx.loaded_version == 1 and rig.engine.loaded_version == 1
+            assert ("weight_sync_receive" , "discard") in [(m, a[1]) for m, a in rig.llm.calls if m == "weight_sync_receive"]
+            for worker in rig.workers:  # both ranks still hold version 1
+                assert all(_bitwise_equal(worker.model.state[n], t) for n, t in w1.items())
+        finally:
+            await rig.stop()
+
+    asyncio.run(main())
+
+
 def test_stream_staging_loads_while_receiving(redis_url, tmp_path):
     cfg = _cfg(redis_url, tmp_path, staging="stream")
 
