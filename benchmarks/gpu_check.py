@@ -562,19 +562,37 @@ def part_ipc_sync(a: argparse.Namespace, model_dir: Path, cache: Path) -> dict[s
     }
 
 
-def system_command(a: argparse.Namespace, run_dir: Path) -> list[str]:
-    """``rethinker up`` on the tiny CPU config, moved to the device."""
+SYSTEM_CONFIG = REPO / "configs" / "tiny-cpu.yaml"
+
+
+def system_sets(a: argparse.Namespace, run_dir: Path, cache: Path) -> list[str]:
+    """The overrides of ``configs/tiny-cpu.yaml`` for the system part: the device, the weight-sync
+    backend, free ports, a private Redis namespace, the model and data in the check's cache."""
     on_gpu = a.device != "cpu"
-    sets = [
-        f"run.run_dir={run_dir}", f"redis.url={os.environ.get('REDIS_URL', 'redis://127.0.0.1:6379/0')}",
+    return [
+        f"run.run_dir={run_dir}", f"model.path={cache / 'models' / 'tiny-seed0'}",
+        f"data.train_path={cache / 'sysdata' / 'train.parquet'}", f"data.eval_path={cache / 'sysdata' / 'eval.parquet'}", f"redis.url={os.environ.get('REDIS_URL', 'redis://127.0.0.1:6379/0')}",
         f"redis.namespace=gpu-check-sys-{uuid.uuid4().hex[:6]}", f"rollout.device={'cuda' if on_gpu else 'cpu'}",
         f"learner.weight_sync.backend={a.system_backend or ('cuda_ipc' if on_gpu else 'gloo')}",
         "learner.checkpoint_every=1000", "learner.eval_every=0",
+        *(f"{svc}.port={free_port()}" for svc in ("verifier", "buffer", "rollout")),
     ]
-    cmd = [sys.executable, "-m", "rethinker.cli", "up", "-c", str(REPO / "configs" / "tiny-cpu.yaml"), "--steps", str(a.system_steps)]
+
+
+def system_command(a: argparse.Namespace, sets: list[str]) -> list[str]:
+    """``rethinker up`` on the tiny CPU config with ``sets``, for ``--system-steps`` steps."""
+    cmd = [sys.executable, "-m", "rethinker.cli", "up", "-c", str(SYSTEM_CONFIG), "--steps", str(a.system_steps)]
     for s in sets:
         cmd += ["--set", s]
     return cmd
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def step_rate(metrics_jsonl: Path) -> tuple[int, float | None]:
@@ -596,12 +614,20 @@ def step_rate(metrics_jsonl: Path) -> tuple[int, float | None]:
 
 
 def part_system(a: argparse.Namespace, model_dir: Path, cache: Path) -> dict[str, Any]:
+    from common.config import load_config
+    from common.model_loading import ensure_model
+    from rethinker.demo import prepare_data
+
     run_dir = Path(tempfile.mkdtemp(prefix="gpu-check-sys-"))
+    sets = system_sets(a, run_dir, cache)
+    cfg = load_config(str(SYSTEM_CONFIG), sets)
+    prepare_data(cfg)  # the synthetic task, as `rethinker demo` makes it
+    ensure_model(cfg.model)  # the tiny model, built once into the cache
     env = dict(os.environ)
     if a.device != "cpu":
         env.pop("DS_ACCELERATOR", None)
     t0 = time.perf_counter()
-    res = subprocess.run(system_command(a, run_dir), cwd=REPO, env=env, capture_output=True, text=True,
+    res = subprocess.run(system_command(a, sets), cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=max(10.0, a.part_timeout - 10))
     wall = time.perf_counter() - t0
     done, rate = step_rate(run_dir / "learner_metrics.jsonl")

@@ -142,12 +142,18 @@ def test_fingerprint_tells_contents_apart():
 
 
 def test_system_command_and_step_rate(tmp_path):
+    from common.config import load_config
+
     a = gc.parse_args(["part", "system", "--model-dir", str(tmp_path), "--device", "cpu", "--system-steps", "3"])
-    cmd = gc.system_command(a, tmp_path / "run")
+    sets = gc.system_sets(a, tmp_path / "run", tmp_path / "cache")
+    cmd = gc.system_command(a, sets)
     assert cmd[1:4] == ["-m", "rethinker.cli", "up"] and cmd[cmd.index("--steps") + 1] == "3"
     assert "learner.weight_sync.backend=gloo" in cmd and "rollout.device=cpu" in cmd
+    cfg = load_config(str(gc.SYSTEM_CONFIG), sets)  # every override names a real field
+    assert cfg.data.train_path == str(tmp_path / "cache" / "sysdata" / "train.parquet")
+    assert len({cfg.verifier.port, cfg.buffer.port, cfg.rollout.port}) == 3
     a = gc.parse_args(["part", "system", "--model-dir", str(tmp_path)])
-    assert "learner.weight_sync.backend=cuda_ipc" in gc.system_command(a, tmp_path)
+    assert "learner.weight_sync.backend=cuda_ipc" in gc.system_sets(a, tmp_path, tmp_path)
     jl = tmp_path / "learner_metrics.jsonl"
     rows = [{"step": s, "prefix": "train", "time": 100.0 + 2 * s} for s in range(1, 6)]
     rows.insert(2, {"step": 2, "prefix": "eval", "time": 103.0})
@@ -160,7 +166,8 @@ def test_system_command_and_step_rate(tmp_path):
 def test_cpu_run_of_the_parts(tmp_path, redis_url):
     """learner, hf_engine and ipc_sync end to end on CPU with the tiny model (the system part is the
     demo's path and has its own end-to-end test)."""
-    env = dict(os.environ, REDIS_URL=redis_url, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = dict(os.environ, REDIS_URL=redis_url, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
     out = tmp_path / "gpu.json"
     res = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "run", "--device", "cpu", "--parts", "learner,hf_engine,ipc_sync",
@@ -173,7 +180,8 @@ def test_cpu_run_of_the_parts(tmp_path, redis_url):
     line = json.loads(lines[0])
     assert json.loads(out.read_text()) == line
     assert gc.check_schema(line) == []
-    assert res.returncode == 0 and line["ok"], line
+    failed = {p: line[p]["error"] for p in ("learner", "hf_engine", "ipc_sync") if not line[p]["ok"]}
+    assert res.returncode == 0 and line["ok"] and not failed, failed
     assert line["learner"]["tokens_per_step"] == 4 * 16 and line["learner"]["tokens_per_s"] > 0
     assert line["hf_engine"]["tokens"] > 0 and line["hf_engine"]["tokens_per_s"] > 0
     assert line["ipc_sync"]["backend"] == "gloo" and line["ipc_sync"]["verified_equal"] is True
