@@ -570,7 +570,8 @@ def system_sets(a: argparse.Namespace, run_dir: Path, cache: Path) -> list[str]:
     backend, free ports, a private Redis namespace, the model and data in the check's cache."""
     on_gpu = a.device != "cpu"
     return [
-        f"run.run_dir={run_dir}", f"model.path={cache / 'models' / 'tiny-seed0'}",
+        f"run.run_dir={run_dir}", f"learner.checkpoint_dir={run_dir / 'checkpoints'}",  # a fresh run, never a resume
+        f"model.path={cache / 'models' / 'tiny-seed0'}",
         f"data.train_path={cache / 'sysdata' / 'train.parquet'}", f"data.eval_path={cache / 'sysdata' / 'eval.parquet'}", f"redis.url={os.environ.get('REDIS_URL', 'redis://127.0.0.1:6379/0')}",
         f"redis.namespace=gpu-check-sys-{uuid.uuid4().hex[:6]}", f"rollout.device={'cuda' if on_gpu else 'cpu'}",
         f"learner.weight_sync.backend={a.system_backend or ('cuda_ipc' if on_gpu else 'gloo')}",

@@ -151,6 +151,7 @@ def test_system_command_and_step_rate(tmp_path):
     assert "learner.weight_sync.backend=gloo" in cmd and "rollout.device=cpu" in cmd
     cfg = load_config(str(gc.SYSTEM_CONFIG), sets)  # every override names a real field
     assert cfg.data.train_path == str(tmp_path / "cache" / "sysdata" / "train.parquet")
+    assert cfg.learner.checkpoint_dir == str(tmp_path / "run" / "checkpoints")  # never resumes another run
     assert len({cfg.verifier.port, cfg.buffer.port, cfg.rollout.port}) == 3
     a = gc.parse_args(["part", "system", "--model-dir", str(tmp_path)])
     assert "learner.weight_sync.backend=cuda_ipc" in gc.system_sets(a, tmp_path, tmp_path)
