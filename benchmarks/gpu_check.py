@@ -352,6 +352,24 @@ def base_overrides(a: argparse.Namespace, model_dir: Path) -> list[str]:
     ]
 
 
+def drop_namespace(ns: str) -> None:
+    """Delete every Redis key of a namespace this check made (best effort)."""
+    try:
+        import redis
+
+        r = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+        batch = []
+        for key in r.scan_iter(f"{ns}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                r.delete(*batch)
+                batch = []
+        if batch:
+            r.delete(*batch)
+    except Exception:  # noqa: BLE001 - a leftover namespace is harmless
+        pass
+
+
 def cuda_peak_gb() -> float | None:
     import torch
 
@@ -538,6 +556,7 @@ def part_ipc_sync(a: argparse.Namespace, model_dir: Path, cache: Path) -> dict[s
             proc.kill()
             proc.wait()
         shutil.rmtree(work, ignore_errors=True)
+        drop_namespace(ns)
     # the baseline: one raw device-to-device copy of the same bytes in this process
     src = torch.empty(nbytes, dtype=torch.uint8, device=dev).random_(0, 255)
     dst = torch.empty_like(src)
@@ -572,7 +591,8 @@ def system_sets(a: argparse.Namespace, run_dir: Path, cache: Path) -> list[str]:
     return [
         f"run.run_dir={run_dir}", f"learner.checkpoint_dir={run_dir / 'checkpoints'}",  # a fresh run, never a resume
         f"model.path={cache / 'models' / 'tiny-seed0'}",
-        f"data.train_path={cache / 'sysdata' / 'train.parquet'}", f"data.eval_path={cache / 'sysdata' / 'eval.parquet'}", f"redis.url={os.environ.get('REDIS_URL', 'redis://127.0.0.1:6379/0')}",
+        f"data.train_path={cache / 'sysdata' / 'train.parquet'}", f"data.eval_path={cache / 'sysdata' / 'eval.parquet'}",
+        f"redis.url={os.environ.get('REDIS_URL', 'redis://127.0.0.1:6379/0')}",
         f"redis.namespace=gpu-check-sys-{uuid.uuid4().hex[:6]}", f"rollout.device={'cuda' if on_gpu else 'cpu'}",
         f"learner.weight_sync.backend={a.system_backend or ('cuda_ipc' if on_gpu else 'gloo')}",
         "learner.checkpoint_every=1000", "learner.eval_every=0",
@@ -628,8 +648,11 @@ def part_system(a: argparse.Namespace, model_dir: Path, cache: Path) -> dict[str
     if a.device != "cpu":
         env.pop("DS_ACCELERATOR", None)
     t0 = time.perf_counter()
-    res = subprocess.run(system_command(a, sets), cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=max(10.0, a.part_timeout - 10))
+    try:
+        res = subprocess.run(system_command(a, sets), cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=max(10.0, a.part_timeout - 10))
+    finally:
+        drop_namespace(cfg.redis.namespace)
     wall = time.perf_counter() - t0
     done, rate = step_rate(run_dir / "learner_metrics.jsonl")
     out = {"steps": a.system_steps, "steps_done": done, "steps_per_s": rate, "wall_s": round(wall, 1),

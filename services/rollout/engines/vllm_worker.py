@@ -22,7 +22,7 @@ take each rank's shard and map the Hugging Face names).  The rollout server coor
 
 ``load_checkpoint(path)`` loads a safetensors folder (cold start, resync from the published
 checkpoint).  ``self`` is vLLM's worker (``self.model_runner``, ``self.device``, ``self.rank``).
-Imports vLLM nothing and torch only inside methods, so this module is importable without vLLM.
+It imports nothing from vLLM, and torch only inside methods: importable without vLLM.
 """
 
 from __future__ import annotations
