@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: venv demo test test-fast test-vllm-api lock bench bench-async-sync ablation ablation-quick docs clean
+.PHONY: venv demo test test-fast test-vllm-api lock bench bench-async-sync ablation ablation-quick docs clean gpu-wheels gpu-check
 
 venv: $(STAMP)
 
@@ -43,6 +43,15 @@ test-vllm-api:
 	@test -x .venv-vllm/bin/python || $(PYTHON) -m venv .venv-vllm
 	.venv-vllm/bin/python -m pip install -q "vllm==0.33.0" pytest
 	.venv-vllm/bin/python -m pytest -q tests/services/rollout/vllm_api_check.py
+
+# The GPU check (BENCHMARKS.md, "GPU"): `make gpu-wheels` here downloads into .gpu-wheels/ (git-ignored,
+# < 60 MB) the wheels a GPU machine lacks and a redis-server; carry the repository with that folder to the
+# GPU machine and run `make gpu-check` (benchmarks/gpu_check.sh) there: one JSON line within 8 minutes.
+gpu-wheels: venv
+	$(BIN)/python benchmarks/gpu_check.py wheels --dest .gpu-wheels
+
+gpu-check:
+	benchmarks/gpu_check.sh
 
 lock: venv
 	{ echo "# Exact pins of the CPU environment (python 3.11, x86_64). Regenerate: make lock"; \

@@ -4,6 +4,10 @@
 (rollout servers) build the backend named by ``cfg.learner.weight_sync.backend``: ``gloo`` (CPU/TCP),
 ``nccl`` (GPU, multi-node), ``cuda_ipc`` (learner and rollout on the same GPU).  The API is documented
 in ``common/weight_transport/base.py`` and docs/weight-sync.md.
+
+Engines whose model lives in worker processes (vLLM) receive in the workers: each worker holds a
+``RoundParticipant`` on ``make_backend(name)`` and the server coordinates with
+``WorkerRoundReceiver`` (``common/weight_transport/workers.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ __all__ = [
     "plan_buckets",
     "specs_of",
     "read_sync_state",
+    "make_backend",
 ]
 
 
@@ -58,6 +63,24 @@ def make_sender(cfg: RethinkerConfig, *, redis: Any = None, backend: str | None 
         from common.weight_transport.cuda_ipc import CudaIpcSender
 
         return CudaIpcSender(cfg, redis=redis)
+    raise ValueError(f"learner.weight_sync.backend: unknown backend {name!r} (gloo, nccl, cuda_ipc)")
+
+
+def make_backend(name: str, *, device: Any = None) -> Any:
+    """The data path of one backend (``protocol.Backend``), for a ``RoundParticipant`` in a worker.
+    ``device``: where received tensors live for nccl/cuda_ipc (default: the current CUDA device)."""
+    if name == "gloo":
+        from common.weight_transport.gloo import GlooBackend
+
+        return GlooBackend()
+    if name == "nccl":
+        from common.weight_transport.nccl import NcclBackend
+
+        return NcclBackend(device)
+    if name == "cuda_ipc":
+        from common.weight_transport.cuda_ipc import CudaIpcBackend
+
+        return CudaIpcBackend(device)
     raise ValueError(f"learner.weight_sync.backend: unknown backend {name!r} (gloo, nccl, cuda_ipc)")
 
 

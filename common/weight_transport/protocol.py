@@ -16,8 +16,9 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections import deque
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -476,6 +477,140 @@ class RoundSender(WeightSender):
         self._closed = True
 
 
+# --------------------------------------------------------------------------- participant
+
+
+@dataclass
+class JoinOutcome:
+    """What one participant did in one round (JSON-able: it crosses process boundaries)."""
+
+    member_id: str
+    round_id: str
+    version: int
+    joined: bool = False  # was given a rank (False: not invited, or too late)
+    ok: bool = False  # every bucket received, the round confirmed, and ``deliver`` returned
+    tensors: int = 0
+    num_bytes: int = 0
+    seconds: float = 0.0
+    error: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> "JoinOutcome":
+        return JoinOutcome(**{k: data[k] for k in JoinOutcome.__dataclass_fields__ if k in data})
+
+
+class RoundParticipant:
+    """The receiving half of one round, without Redis: dial the round's store, show the token (the
+    store prefix), take the rank from ``final``, receive every bucket, confirm, hand the weights over.
+
+    Used by ``RoundReceiver`` (the round received in the rollout server's own process) and by rollout
+    engines whose workers receive themselves (the vLLM worker extension: one participant per
+    tensor-parallel rank, each a member of its own).  ``deliver(weights)`` gets what ``on_weights``
+    gets (see base.py): after the confirmation a ``dict`` of views into the receive buffers
+    (``staging == "full"``), or an iterator that receives bucket by bucket (``"stream"``).
+    """
+
+    def __init__(self, backend: Backend, *, token: str | None, staging: str = "full") -> None:
+        if staging not in ("full", "stream"):
+            raise ValueError(f"staging must be 'full' or 'stream', got {staging!r}")
+        self.backend = backend
+        self.token = token
+        self.staging = staging
+        self._rx_buffers: list[torch.Tensor] = []
+        self._rx_signature: tuple | None = None
+
+    def release_buffers(self) -> None:
+        """Drop the receive buffers kept for the next round (CPU only keeps them)."""
+        self._rx_buffers, self._rx_signature = [], None
+
+    def receive(self, desc: RoundDescriptor, member_id: str, deliver: Callable[[Any], None]) -> JoinOutcome:
+        """Take part in ``desc`` as ``member_id``.  Returns ``joined=False`` when the sender did not rank
+        us (too late); raises on a failed round (timeout, lost peer, bad round, ``deliver`` raising)."""
+        t0 = time.perf_counter()
+        out = JoinOutcome(member_id=member_id, round_id=desc.round_id, version=desc.version)
+        if member_id not in desc.members:
+            return out
+        channel: Channel | None = None
+        store = None
+        try:
+            store = dist.TCPStore(
+                desc.master_addr,
+                desc.master_port,
+                None,
+                False,
+                timeout=datetime.timedelta(seconds=desc.join_timeout_s + 1.0),
+                wait_for_workers=False,
+            )
+            pstore = dist.PrefixStore(round_secret(self.token, desc.round_id), store)
+            pstore.set(f"joined/{member_id}", b"1")
+            final = json.loads(pstore.get("final"))
+            if member_id not in final["ranks"]:
+                return out
+            out.joined = True
+            rank, world = int(final["ranks"][member_id]), int(final["world"])
+            store.set_timeout(datetime.timedelta(seconds=desc.timeout_s))
+            channel = self.backend.open(dist.PrefixStore("pg", pstore), rank, world, desc.timeout_s)
+            specs = manifest_from_json(desc.manifest)
+            plan = plan_buckets(specs, desc.bucket_bytes)
+            device = self.backend.device()
+            if self.staging == "stream":
+                self._receive_stream(channel, specs, plan, device, deliver)
+            else:
+                signature = tuple((b.dtype, b.numel) for b in plan)
+                flats = self._rx_buffers if self._rx_signature == signature else None
+                if flats is None:
+                    self.release_buffers()  # free the old set first
+                    flats = [torch.empty(b.numel, dtype=dtype_of(b.dtype), device=device) for b in plan]
+                works = [channel.irecv(flat, b) for b, flat in enumerate(flats)]  # all posted: gloo pipelines them
+                for w in works:
+                    w.wait()
+                if channel.confirm(0) != 0:
+                    raise WeightSyncError("round reported bad by a participant")
+                weights: dict[str, torch.Tensor] = {}
+                for flat, bucket in zip(flats, plan):
+                    weights.update(_bucket_views(flat, specs, bucket))
+                if device.type == "cpu":  # kept for the next round: tensors are valid during deliver only
+                    self._rx_buffers, self._rx_signature = flats, signature
+                deliver(weights)
+            out.ok = True
+            out.tensors = len(specs)
+            out.num_bytes = sum(s.nbytes for s in specs)
+            return out
+        finally:
+            out.seconds = time.perf_counter() - t0
+            if channel is not None:
+                channel.close()
+            del store
+
+    def _receive_stream(
+        self, channel: Channel, specs: list[TensorSpec], plan: list[Bucket], device: torch.device, deliver: Callable[[Any], None]
+    ) -> None:
+        state = {"next": 0}
+
+        def gen() -> Iterator[tuple[str, torch.Tensor]]:
+            while state["next"] < len(plan):
+                b = state["next"]
+                flat = torch.empty(plan[b].numel, dtype=dtype_of(plan[b].dtype), device=device)
+                channel.recv(flat, b)
+                state["next"] += 1
+                yield from _bucket_views(flat, specs, plan[b])
+
+        err: Exception | None = None
+        try:
+            deliver(gen())
+        except Exception as exc:  # noqa: BLE001
+            err = exc
+        while state["next"] < len(plan):  # the consumer stopped early: drain so the sender is not stuck
+            b = state["next"]
+            channel.recv(torch.empty(plan[b].numel, dtype=dtype_of(plan[b].dtype), device=device), b)
+            state["next"] += 1
+        if channel.confirm(1 if err else 0) != 0:
+            raise WeightSyncError(f"round reported bad ({err!r})")
+
+
 # --------------------------------------------------------------------------- receiver
 
 
@@ -509,8 +644,7 @@ class RoundReceiver(WeightReceiver):
         self._lock = threading.Lock()
         self.rounds_ok = 0
         self.rounds_failed = 0
-        self._rx_buffers: list[torch.Tensor] = []
-        self._rx_signature: tuple | None = None
+        self._participant = RoundParticipant(backend, token=self.wcfg.token, staging=self.wcfg.staging)
 
     # ---- public
     @property
@@ -537,7 +671,7 @@ class RoundReceiver(WeightReceiver):
         hb = threading.Thread(target=self._heartbeat_loop, name=f"wsync-hb-{self.server_id}", daemon=True)
         rx = threading.Thread(target=self._round_loop, name=f"wsync-rx-{self.server_id}", daemon=True)
         self._threads = [hb, rx]
-        if desc is not None and self.server_id not in desc.members:
+        if desc is not None and not self._invited(desc):
             self._last_round = desc.round_id
         for t in self._threads:
             t.start()
@@ -549,26 +683,31 @@ class RoundReceiver(WeightReceiver):
             t.join(timeout=self.wcfg.timeout_s + self.wcfg.join_timeout_s + 5)
         self._threads = []
         try:
-            self.r.hdel(self.keys.sync_members, self.server_id)
+            self.r.hdel(self.keys.sync_members, *self._member_ids())
         except Exception:  # noqa: BLE001
             pass
 
-    def load_latest_checkpoint(self) -> int | None:
-        """Load the published checkpoint if it is newer than ``loaded_version``; returns its version."""
+    def published_checkpoint(self) -> tuple[str, int] | None:
+        """``(path, version)`` of the checkpoint the learner published last, or None."""
         raw = self.r.hget(self.keys.sync_round, CHECKPOINT_FIELD)
         if not raw:
             return None
         ck = json.loads(raw)
-        version = int(ck["version"])
-        if version <= self.loaded_version:
+        return str(ck["path"]), int(ck["version"])
+
+    def load_latest_checkpoint(self) -> int | None:
+        """Load the published checkpoint if it is newer than ``loaded_version``; returns its version."""
+        ck = self.published_checkpoint()
+        if ck is None or ck[1] <= self.loaded_version:
             return None
-        weights = load_checkpoint_weights(ck["path"])
+        path, version = ck
+        weights = load_checkpoint_weights(path)
         if self.wcfg.staging == "stream":
             self.on_weights(iter(list(weights.items())), version)
         else:
             self.on_weights(weights, version)
         self._version.set(version)
-        log.info("checkpoint_loaded", server_id=self.server_id, version=version, path=ck["path"])
+        log.info("checkpoint_loaded", server_id=self.server_id, version=version, path=path)
         self._heartbeat()
         return version
 
@@ -588,9 +727,20 @@ class RoundReceiver(WeightReceiver):
             **{k: v for k, v in self._backend.member_extra().items() if k in JoinRecord.__dataclass_fields__},
         )
 
+    def _records(self) -> list[JoinRecord]:
+        """The join records this receiver keeps fresh (one: its own)."""
+        return [self._record()]
+
+    def _member_ids(self) -> list[str]:
+        return [self.server_id]
+
+    def _invited(self, desc: RoundDescriptor) -> bool:
+        return self.server_id in desc.members
+
     def _heartbeat(self) -> None:
         with self._lock:
-            self.r.hset(self.keys.sync_members, self.server_id, self._record().to_json())
+            recs = self._records()
+            self.r.hset(self.keys.sync_members, mapping={rec.server_id: rec.to_json() for rec in recs})
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.wcfg.heartbeat_s):
@@ -621,7 +771,7 @@ class RoundReceiver(WeightReceiver):
                 if desc is None or desc.round_id == self._last_round:
                     continue
                 self._last_round = desc.round_id
-                if self.server_id not in desc.members:
+                if not self._invited(desc):
                     continue
                 if redis_now(self.r) > desc.created_at + desc.join_timeout_s:
                     continue  # too late to join; the next round will invite us again
@@ -643,47 +793,12 @@ class RoundReceiver(WeightReceiver):
 
     def _join(self, desc: RoundDescriptor) -> None:
         t0 = time.perf_counter()
-        channel: Channel | None = None
-        store = None
         try:
-            store = dist.TCPStore(
-                desc.master_addr,
-                desc.master_port,
-                None,
-                False,
-                timeout=datetime.timedelta(seconds=desc.join_timeout_s + 1.0),
-                wait_for_workers=False,
-            )
-            pstore = dist.PrefixStore(round_secret(self.wcfg.token, desc.round_id), store)
-            pstore.set(f"joined/{self.server_id}", b"1")
-            final = json.loads(pstore.get("final"))
-            if self.server_id not in final["ranks"]:
+            outcome = self._participant.receive(desc, self.server_id, lambda w: self.on_weights(w, desc.version))
+            if not outcome.joined:
                 return
-            rank, world = int(final["ranks"][self.server_id]), int(final["world"])
-            store.set_timeout(datetime.timedelta(seconds=desc.timeout_s))
-            channel = self._backend.open(dist.PrefixStore("pg", pstore), rank, world, desc.timeout_s)
-            specs = manifest_from_json(desc.manifest)
-            plan = plan_buckets(specs, desc.bucket_bytes)
-            device = self._backend.device()
-            if self.wcfg.staging == "stream":
-                self._join_stream(channel, specs, plan, device, desc)
-            else:
-                signature = tuple((b.dtype, b.numel) for b in plan)
-                flats = self._rx_buffers if self._rx_signature == signature else None
-                if flats is None:
-                    self._rx_buffers, self._rx_signature = [], None  # free the old set first
-                    flats = [torch.empty(b.numel, dtype=dtype_of(b.dtype), device=device) for b in plan]
-                works = [channel.irecv(flat, b) for b, flat in enumerate(flats)]  # all posted: gloo pipelines them
-                for w in works:
-                    w.wait()
-                if channel.confirm(0) != 0:
-                    raise WeightSyncError("round reported bad by a participant")
-                weights: dict[str, torch.Tensor] = {}
-                for flat, bucket in zip(flats, plan):
-                    weights.update(_bucket_views(flat, specs, bucket))
-                if device.type == "cpu":  # kept for the next round: tensors are valid during on_weights only
-                    self._rx_buffers, self._rx_signature = flats, signature
-                self._deliver(weights, desc)
+            self._version.set(desc.version)
+            self._last_error = ""
             self.rounds_ok += 1
             log.info(
                 "weights_received",
@@ -697,40 +812,7 @@ class RoundReceiver(WeightReceiver):
             self._last_error = f"round {desc.round_id}: {type(exc).__name__}: {exc}"[:500]
             log.warning("sync_round_failed", server_id=self.server_id, round_id=desc.round_id, error=self._last_error)
         finally:
-            if channel is not None:
-                channel.close()
-            del store
             try:
                 self._heartbeat()
             except Exception:  # noqa: BLE001
                 pass
-
-    def _deliver(self, weights: Any, desc: RoundDescriptor) -> None:
-        self.on_weights(weights, desc.version)
-        self._version.set(desc.version)
-        self._last_error = ""
-
-    def _join_stream(self, channel: Channel, specs: list[TensorSpec], plan: list[Bucket], device: torch.device, desc: RoundDescriptor) -> None:
-        state = {"next": 0}
-
-        def gen() -> Iterator[tuple[str, torch.Tensor]]:
-            while state["next"] < len(plan):
-                b = state["next"]
-                flat = torch.empty(plan[b].numel, dtype=dtype_of(plan[b].dtype), device=device)
-                channel.recv(flat, b)
-                state["next"] += 1
-                yield from _bucket_views(flat, specs, plan[b])
-
-        err: Exception | None = None
-        try:
-            self.on_weights(gen(), desc.version)
-        except Exception as exc:  # noqa: BLE001
-            err = exc
-        while state["next"] < len(plan):  # the callback stopped early: drain so the sender is not stuck
-            b = state["next"]
-            channel.recv(torch.empty(plan[b].numel, dtype=dtype_of(plan[b].dtype), device=device), b)
-            state["next"] += 1
-        if channel.confirm(1 if err else 0) != 0:
-            raise WeightSyncError(f"round reported bad ({err!r})")
-        self._version.set(desc.version)
-        self._last_error = ""

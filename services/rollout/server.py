@@ -91,12 +91,8 @@ class RolloutServer:
 
             self.scorer = HttpScorer(self.cfg)
         if self.receive_weights:
-            from common.weight_transport import make_receiver
-
-            self.receiver = make_receiver(
-                self.cfg, server_id=self.server_id, on_weights=self._on_weights, initial_version=self.engine.loaded_version
-            )
-            # Loads the latest published checkpoint (if newer) through _on_weights, then listens.
+            self.receiver = await self.make_receiver()
+            # Loads the latest published checkpoint (if newer), then listens.
             await asyncio.to_thread(self.receiver.start)
         await self.buffer.register_server(self.server_id, self.info(), self.cfg.rollout.heartbeat_ttl_s)
         self.actor = Actor(
@@ -157,6 +153,71 @@ class RolloutServer:
 
     # ---------------------------------------------------------------- weights
 
+    async def make_receiver(self) -> Any:
+        """The weight receiver (not started): rounds received in this process and handed to the
+        engine, or -- engines with ``worker_receive`` (vLLM) -- received by the engine's workers
+        while this server coordinates (``WorkerRoundReceiver``)."""
+        self._loop = asyncio.get_running_loop()
+        if getattr(self.engine, "worker_receive", False):
+            from common.weight_transport.workers import WorkerRoundReceiver
+
+            members = await self.engine.init_worker_receive(self.server_id)
+            return WorkerRoundReceiver(
+                self.cfg,
+                server_id=self.server_id,
+                members=members,
+                join_workers=self._join_workers,
+                on_checkpoint=self._on_checkpoint,
+                initial_version=self.engine.loaded_version,
+            )
+        from common.weight_transport import make_receiver
+
+        return make_receiver(
+            self.cfg, server_id=self.server_id, on_weights=self._on_weights, initial_version=self.engine.loaded_version
+        )
+
+    def _on_checkpoint(self, path: str, version: int) -> None:
+        """Receiver-thread callback (worker-side receive): the workers load the checkpoint folder."""
+        self._on_weights(path, version)
+
+    def _join_workers(self, desc: Any, invited: list[str], apply: bool) -> list[Any]:
+        """Receiver-thread callback (worker-side receive): one round in the engine's workers."""
+        assert self._loop is not None
+        fut = asyncio.run_coroutine_threadsafe(self.worker_round(desc, apply), self._loop)
+        return fut.result()
+
+    async def worker_round(self, desc: Any, apply: bool) -> list[Any]:
+        """Run round ``desc`` in the engine's workers.  ``staging: full``: every worker receives and
+        keeps the weights while generation goes on, then they are loaded between actor batches
+        (``swap_weights``) if every worker has them.  ``staging: stream``: the workers load bucket by
+        bucket, between actor batches.  ``apply=False``: take part, load nothing."""
+        from dataclasses import replace
+
+        from services.rollout.engines.base import StagedRound
+
+        round_json = desc.to_json()
+        if not apply:
+            return await self.engine.receive_round(round_json, mode="discard")
+        if self.cfg.learner.weight_sync.staging == "stream":
+            t0 = time.perf_counter()
+            async with self.gate.swap():
+                outcomes = await self.engine.receive_round(round_json, mode="load")
+            if outcomes and all(o.joined and o.ok for o in outcomes):
+                self._loaded(desc.version, time.perf_counter() - t0)
+                await self._announce()
+            elif any(o.joined for o in outcomes):
+                self.weight_load_errors += 1
+            return outcomes
+        outcomes = await self.engine.receive_round(round_json, mode="stage")
+        if not (outcomes and all(o.joined and o.ok for o in outcomes)):
+            await self.engine.drop_round()
+            return outcomes
+        try:
+            await self.swap_weights(StagedRound(desc.round_id), desc.version)
+        except Exception as exc:  # noqa: BLE001 - reported through the outcomes
+            return [replace(o, ok=False, error=f"load: {type(exc).__name__}: {exc}"[:500]) for o in outcomes]
+        return outcomes
+
     def _on_weights(self, weights: Any, version: int) -> None:
         """Receiver-thread callback: swap on this server's loop, return when done (raise on failure)."""
         assert self._loop is not None
@@ -174,9 +235,15 @@ class RolloutServer:
             self.error = f"weight load v{version}: {type(exc).__name__}: {exc}"
             log.error("weights_failed", server_id=self.server_id, version=version, error=self.error)
             raise
+        self._loaded(version, time.perf_counter() - t0)
+        await self._announce()
+
+    def _loaded(self, version: int, seconds: float) -> None:
         self.weight_loads += 1
-        self.last_weight_load_s = time.perf_counter() - t0
-        log.info("weights_loaded", server_id=self.server_id, version=version, seconds=round(self.last_weight_load_s, 3))
+        self.last_weight_load_s = seconds
+        log.info("weights_loaded", server_id=self.server_id, version=version, seconds=round(seconds, 3))
+
+    async def _announce(self) -> None:
         if self.buffer is not None and self._started:
             try:
                 await self.buffer.heartbeat(self.server_id, self.info(), self.cfg.rollout.heartbeat_ttl_s)

@@ -138,7 +138,7 @@ def test_mm_token_type_ids_are_needed_for_positions(model, processor, rows):
 def test_logprobs_carry_gradients_to_text_and_vision(tiny_model_dir, processor, rows):
     model = load_model(tiny_model_dir)
     inputs = _inputs(processor, rows[2])
-    completion = torch.tensor(processor.tokenizer(" The answer is \\boxed{A}.")["input_ids"] + [model.config.eos_token_id])
+    completion = torch.tensor(processor.tokenizer(" The answer is \\boxed{A}.")["input_ids"] + [model.config.text_config.eos_token_id])
     logp = teacher_forced_logprobs(model, inputs, completion)
     assert logp.shape == completion.shape and bool((logp < 0).all())
     logp.sum().backward()

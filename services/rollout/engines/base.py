@@ -13,6 +13,11 @@ Data flow::
     cont.prefix_logprobs        # log-probs of the prefix tokens under the weights that continued it
     await engine.load_weights({"name": tensor, ...} | "ckpt_dir", version=3)
 
+Engines whose model lives in worker processes (``worker_receive = True``: vLLM) take weight-sync
+rounds in those workers instead (``init_worker_receive`` / ``receive_round``, see
+``common/weight_transport/workers.py``); ``load_weights`` then takes a checkpoint folder or a
+``StagedRound`` (weights the workers received and keep).
+
 Log-probs are the policy's raw log-probs (log-softmax of the unprocessed logits, i.e. temperature
 1 and no top-p/top-k filtering), which is what the learner recomputes; for vLLM this is
 ``logprobs_mode="raw_logprobs"``.
@@ -38,7 +43,16 @@ from common.config import RethinkerConfig, SamplingConfig
 from common.schemas import PromptTask
 
 FinishReason = Literal["stop", "length"]
-WeightsLike = Union[Mapping[str, Any], Iterable[tuple[str, Any]], str, Path]
+
+
+@dataclass(frozen=True)
+class StagedRound:
+    """Weights of sync round ``round_id`` that the engine's workers received and hold, not yet loaded."""
+
+    round_id: str
+
+
+WeightsLike = Union[Mapping[str, Any], Iterable[tuple[str, Any]], str, Path, StagedRound]
 
 
 class EngineError(RuntimeError):
@@ -325,6 +339,24 @@ class Engine(ABC):
     @abstractmethod
     async def _load_weights(self, weights: WeightsLike, version: int) -> None:
         """Backend weight swap, called under the write lock."""
+
+    # ---- worker-side receive (engines with worker processes)
+    worker_receive: bool = False
+    """True: weight-sync rounds are received by the engine's workers (``init_worker_receive``,
+    ``receive_round``); the rollout server only coordinates."""
+
+    async def init_worker_receive(self, server_id: str) -> list[Any]:
+        """Make every worker a weight-sync member; returns their ``WorkerMember`` list."""
+        raise EngineError(f"engine {self.name!r} receives weights in the server process")
+
+    async def receive_round(self, round_json: str, *, mode: str) -> list[Any]:
+        """Run one weight-sync round in every worker (``mode``: stage / load / discard); returns their
+        ``JoinOutcome`` list.  ``load`` holds generation back and sets the version when all loaded."""
+        raise EngineError(f"engine {self.name!r} receives weights in the server process")
+
+    async def drop_round(self) -> None:
+        """Forget weights the workers staged (a round not every worker received)."""
+        raise EngineError(f"engine {self.name!r} receives weights in the server process")
 
     @property
     def in_flight_calls(self) -> int:

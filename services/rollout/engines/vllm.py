@@ -14,10 +14,14 @@ this repository yet (no GPU machine was available): see docs/rollout.md.
   ``logprobs_mode="raw_logprobs"`` (log-softmax of the raw logits, what the learner recomputes).
   Prefix log-probs of a continuation come from ``prompt_logprobs=0`` (the last ``len(prefix)``
   entries).
-- Weights: ``collective_rpc`` into ``services.rollout.engines.vllm_worker.WeightLoaderExtension``
-  (``worker_extension_cls``): ``load_checkpoint(path)`` or ``load_tensors(named)``; then the prefix
-  cache is reset.  Generation is held back during the swap by the engine's read/write lock.
-  Sleep/wake is not used.
+- Weights (``worker_receive``): vLLM's workers receive weight-sync rounds themselves through
+  ``services.rollout.engines.vllm_worker.WeightLoaderExtension`` (``worker_extension_cls``), one
+  member per tensor-parallel rank; this engine only starts a round in them with ``collective_rpc``
+  (small JSON arguments, no tensor), waits for their outcomes, loads (``weight_sync_apply``), sets
+  the version and resets the prefix cache.  ``load_weights(path)`` loads a checkpoint folder in the
+  workers (cold start, resync).  Named tensors are refused: sending them through the RPC channel
+  would serialize every tensor.  Generation is held back during a load by the engine's read/write
+  lock.  Sleep/wake is not used.
 """
 
 from __future__ import annotations
@@ -36,9 +40,10 @@ from services.rollout.engines.base import (
     GenerationRequest,
     GenerationResult,
     PromptInputs,
+    StagedRound,
     WeightsLike,
+    _Write,
     as_int32,
-    iter_named,
 )
 
 log = get_logger("rollout.vllm")
@@ -60,6 +65,7 @@ def collapse_image_pads(token_ids: Sequence[int], pad_id: int) -> list[int]:
 
 class VLLMEngine(Engine):
     name = "vllm"
+    worker_receive = True
 
     def __init__(self, cfg: RethinkerConfig, *, model_path: str | None = None, max_images_per_prompt: int = 8) -> None:
         super().__init__(cfg)
@@ -211,13 +217,49 @@ class VLLMEngine(Engine):
 
     # ---------------------------------------------------------------- weights
 
+    async def _rpc(self, method: str, *args: Any) -> list[Any]:
+        if self._llm is None:
+            raise EngineError("the vLLM engine is not started")
+        return list(await self._llm.collective_rpc(method, args=args))
+
+    async def init_worker_receive(self, server_id: str) -> list[Any]:
+        from common.weight_transport.workers import WorkerMember
+
+        w = self.cfg.learner.weight_sync
+        settings = {"server_id": server_id, "backend": w.backend, "token": w.token, "staging": w.staging}
+        members = [WorkerMember.from_dict(d) for d in await self._rpc("weight_sync_init", settings)]
+        log.info("worker_receive_ready", engine=self.name, members=[m.member_id for m in members], backend=w.backend)
+        return members
+
+    async def receive_round(self, round_json: str, *, mode: str) -> list[Any]:
+        from common.weight_transport.base import RoundDescriptor
+        from common.weight_transport.protocol import JoinOutcome
+
+        if mode != "load":
+            return [JoinOutcome.from_dict(d) for d in await self._rpc("weight_sync_receive", round_json, mode)]
+        version = RoundDescriptor.from_json(round_json).version
+        async with _Write(self._lock):  # bucket-by-bucket loading: no generation meanwhile
+            outcomes = [JoinOutcome.from_dict(d) for d in await self._rpc("weight_sync_receive", round_json, mode)]
+            if any(o.joined for o in outcomes):  # weights may have changed, even in a failed round
+                await self._llm.reset_prefix_cache()
+            if outcomes and all(o.joined and o.ok for o in outcomes):
+                self._version = int(version)
+        return outcomes
+
+    async def drop_round(self) -> None:
+        await self._rpc("weight_sync_drop")
+
     async def _load_weights(self, weights: WeightsLike, version: int) -> None:
         import os
 
-        if isinstance(weights, (str, os.PathLike)):
-            counts = await self._llm.collective_rpc("load_checkpoint", args=(os.fspath(weights),))
+        if isinstance(weights, StagedRound):
+            counts = await self._rpc("weight_sync_apply", weights.round_id)
+        elif isinstance(weights, (str, os.PathLike)):
+            counts = await self._rpc("load_checkpoint", os.fspath(weights))
         else:
-            named = [(n, t) for n, t in iter_named(weights)]  # type: ignore[arg-type]
-            counts = await self._llm.collective_rpc("load_tensors", args=(named,))
+            raise EngineError(
+                "the vLLM engine loads a checkpoint folder or a round its workers received "
+                "(named tensors would be serialized through vLLM's RPC channel)"
+            )
         await self._llm.reset_prefix_cache()
         log.info("weights_loaded", engine=self.name, version=version, tensors=counts)

@@ -60,6 +60,7 @@ def test_async_llm_methods():
     assert {"method", "timeout", "args", "kwargs"} <= rpc.keys()
     assert inspect.iscoroutinefunction(AsyncLLM.collective_rpc)
     assert inspect.iscoroutinefunction(AsyncLLM.reset_prefix_cache)
+    assert "timeout" in params(AsyncLLM.collective_rpc)  # our calls pass method + args only
     assert callable(AsyncLLM.shutdown)
 
 
@@ -114,6 +115,48 @@ def test_worker_side_names():
     assert callable(GPUModelRunner.get_model)
 
 
+def test_worker_attributes_our_extension_reads():
+    """The extension reads ``self.rank``, ``self.device`` and ``self.model_runner`` of the worker."""
+    from vllm.v1.worker.worker_base import WorkerBase
+
+    src = inspect.getsource(WorkerBase.__init__)
+    for attr in ("self.rank = rank", "self.device", "self.model_runner"):
+        assert attr in src, attr
+
+
+def test_extension_mixes_into_the_gpu_worker_without_conflict():
+    """vLLM asserts that no attribute of the extension class exists on its worker class (other than
+    dunders) before it adds the class to the worker's bases; every public method is then callable
+    through ``collective_rpc``."""
+    from vllm.v1.worker.gpu_worker import Worker
+
+    from services.rollout.engines.vllm_worker import WeightLoaderExtension
+
+    ours = [a for a in dir(WeightLoaderExtension) if not a.startswith("__")]
+    assert not [a for a in ours if hasattr(Worker, a)]
+    rpc = {"load_checkpoint", "weight_sync_init", "weight_sync_receive", "weight_sync_apply", "weight_sync_drop"}
+    assert rpc <= set(ours)
+
+
+def test_qwen2_5_vl_maps_transformers_names():
+    """The learner sends transformers' ``named_parameters()`` names; the model's ``load_weights``
+    maps them through its ``hf_to_vllm_mapper``."""
+    from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration
+
+    mapper = Qwen2_5_VLForConditionalGeneration.hf_to_vllm_mapper
+    names = [
+        "model.language_model.layers.0.self_attn.q_proj.weight",
+        "model.visual.blocks.0.attn.qkv.weight",
+        "lm_head.weight",
+    ]
+    mapped = mapper.apply_list(names)
+    assert mapped == [
+        "language_model.model.layers.0.self_attn.q_proj.weight",
+        "visual.blocks.0.attn.qkv.weight",
+        "language_model.lm_head.weight",
+    ], mapped
+
+
 def test_our_engine_builds_its_arguments(tmp_path):
     from common.config import load_config
     from services.rollout.engines.vllm import WORKER_EXTENSION, VLLMEngine, collapse_image_pads
@@ -122,5 +165,6 @@ def test_our_engine_builds_its_arguments(tmp_path):
     cfg = load_config(None, [f"model.path={tmp_path}", "rollout.engine=vllm"])
     args = VLLMEngine(cfg).engine_args()
     assert args.worker_extension_cls == WORKER_EXTENSION and args.logprobs_mode == "raw_logprobs"
-    assert hasattr(WeightLoaderExtension, "load_checkpoint") and hasattr(WeightLoaderExtension, "load_tensors")
+    assert hasattr(WeightLoaderExtension, "load_checkpoint") and hasattr(WeightLoaderExtension, "weight_sync_receive")
+    assert VLLMEngine.worker_receive
     assert collapse_image_pads([1, 9, 9, 9, 2, 9, 9, 3], 9) == [1, 9, 2, 9, 3]
