@@ -62,7 +62,7 @@ docs: venv
 
 bench: venv
 	@REDIS_URL=$$($(BIN)/python -m rethinker.local_redis) || exit 1; \
-	for b in benchmarks/*.py; do [ $$b = benchmarks/ablation.py ] && continue; echo "== $$b"; REDIS_URL=$$REDIS_URL $(BIN)/python $$b || exit 1; done
+	for b in benchmarks/*.py; do case $$b in benchmarks/ablation.py|benchmarks/gpu_check.py) continue;; esac; echo "== $$b"; REDIS_URL=$$REDIS_URL $(BIN)/python $$b || exit 1; done
 
 # Opt-in lane (not CI): the asynchronous pipeline against the synchronous on-policy baseline on the
 # demo task, same step count in both modes (one JSON line; about 10 minutes on 2 cores).
