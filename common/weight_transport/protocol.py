@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 import torch.distributed as dist
 
-from common.config import RethinkerConfig
+from common.config import RethinkerConfig, reveal
 from common.logging import get_logger
 from common.redis_conn import sync_client
 from common.redis_keys import RedisKeys
@@ -226,7 +226,7 @@ class RoundSender(WeightSender):
                 continue
             if now - rec.heartbeat > self.wcfg.member_ttl_s:
                 continue
-            if rec.proof != token_proof(self.wcfg.token, sid):
+            if rec.proof != token_proof(reveal(self.wcfg.token), sid):
                 if sid not in self._warned:
                     self._warned.add(sid)
                     log.warning("sync_member_bad_token", server_id=sid)
@@ -294,7 +294,7 @@ class RoundSender(WeightSender):
                 timeout_s=self.wcfg.timeout_s,
                 extra=self._backend.round_extra(),
             )
-            pstore = dist.PrefixStore(round_secret(self.wcfg.token, round_id), store)
+            pstore = dist.PrefixStore(round_secret(reveal(self.wcfg.token), round_id), store)
             with self.r.pipeline(transaction=True) as p:
                 p.hset(self.keys.sync_round, ROUND_FIELD, desc.to_json())
                 p.publish(
@@ -577,7 +577,7 @@ class RoundReceiver(WeightReceiver):
         return JoinRecord(
             server_id=self.server_id,
             backend=self._backend.name,
-            proof=token_proof(self.wcfg.token, self.server_id),
+            proof=token_proof(reveal(self.wcfg.token), self.server_id),
             host=socket.gethostname(),
             pid=os.getpid(),
             heartbeat=redis_now(self.r),
@@ -654,7 +654,7 @@ class RoundReceiver(WeightReceiver):
                 timeout=datetime.timedelta(seconds=desc.join_timeout_s + 1.0),
                 wait_for_workers=False,
             )
-            pstore = dist.PrefixStore(round_secret(self.wcfg.token, desc.round_id), store)
+            pstore = dist.PrefixStore(round_secret(reveal(self.wcfg.token), desc.round_id), store)
             pstore.set(f"joined/{self.server_id}", b"1")
             final = json.loads(pstore.get("final"))
             if self.server_id not in final["ranks"]:

@@ -12,16 +12,16 @@ Endpoints (``create_app(cfg)``; see docs/buffer.md):
 - ``POST /v1/admin/snapshot``  write the store to ``buffer.snapshot_dir/<name>.rtksnap`` [admin]
 - ``GET /v1/admin/config``     the effective config, secrets masked                   [admin]
 
-Admin endpoints need ``Authorization: Bearer <buffer.admin_token>`` and are disabled (403) while
-no admin token is configured; read endpoints need ``buffer.read_token`` (or the admin token) when
-one is set.  Unknown ids give 404, bad parameters 422, an unreachable Redis 503.
+Admin endpoints need ``Authorization: Bearer <buffer.admin_token>`` (401 without it) and are
+disabled (403) while no admin token is configured; read endpoints need ``buffer.read_token`` (or the
+admin token) when one is set.  A request body over ``buffer.max_body_bytes`` gets 413 (no endpoint
+takes a body).  Unknown ids give 404, bad parameters 422, an unreachable Redis 503.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import secrets
 import time
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
@@ -36,7 +36,8 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from common.codec import CodecError
-from common.config import RethinkerConfig
+from common.config import RethinkerConfig, config_dict
+from common.http_guard import BodyLimitMiddleware, bearer_matches
 from common.logging import get_logger
 from common.metrics import ServiceMetrics, metrics_response
 from common.redis_conn import describe
@@ -103,20 +104,13 @@ def _bearer(request: Request) -> str | None:
     return None
 
 
-def _matches(token: str | None, expected: str | None) -> bool:
-    return bool(token) and expected is not None and secrets.compare_digest(token.encode(), expected.encode())
+def _matches(token: str | None, expected: Any) -> bool:
+    return bearer_matches(token, expected)
 
 
 def masked_config(cfg: RethinkerConfig) -> dict[str, Any]:
-    d = cfg.model_dump(mode="json")
-    d["redis"]["url"] = describe(cfg.redis)
-    for section, key in (("redis", "password"), ("buffer", "admin_token"), ("buffer", "read_token")):
-        if d[section].get(key) is not None:
-            d[section][key] = "***"
-    ws = d.get("learner", {}).get("weight_sync", {})
-    if ws.get("token") is not None:
-        ws["token"] = "***"
-    return d
+    """The effective config with every secret shown as ``***`` (``common.config.config_dict``)."""
+    return config_dict(cfg)
 
 
 def create_app(cfg: RethinkerConfig, *, client: AsyncBufferClient | None = None) -> FastAPI:
@@ -159,6 +153,7 @@ def create_app(cfg: RethinkerConfig, *, client: AsyncBufferClient | None = None)
             await bc.close()
 
     app = FastAPI(title="rethinker buffer", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=bcfg.max_body_bytes, field="buffer.max_body_bytes")
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
 
     def buffer(request: Request) -> AsyncBufferClient:
