@@ -30,6 +30,7 @@ from pydantic import (
     SerializationInfo,
     ValidationError,
     WithJsonSchema,
+    field_serializer,
     model_validator,
 )
 
@@ -71,7 +72,9 @@ def _secret_in(value: Any) -> Any:
     return value
 
 
-def _secret_out(value: SecretStr, info: SerializationInfo) -> str:
+def _secret_out(value: SecretStr | None, info: SerializationInfo) -> str | None:
+    if value is None:
+        return None
     if isinstance(info.context, dict) and info.context.get(_REVEAL):
         return value.get_secret_value()
     return REDACTED
@@ -80,11 +83,12 @@ def _secret_out(value: SecretStr, info: SerializationInfo) -> str:
 # A secret string: its repr/str and every dump show ``***`` unless the dump is made with
 # ``context={"reveal_secrets": True}`` (``config_to_json(cfg, reveal_secrets=True)``, used only to
 # hand a config to a child process).  ``reveal(x)`` gives the value to the code that needs it.
+# Optional: an unset (or empty) secret is None.
 Secret = Annotated[
-    SecretStr,
+    SecretStr | None,
     BeforeValidator(_secret_in),
-    PlainSerializer(_secret_out, return_type=str, when_used="always"),
-    WithJsonSchema({"type": "string", "writeOnly": True, "format": "password"}),
+    PlainSerializer(_secret_out, return_type=str | None, when_used="always"),
+    WithJsonSchema({"anyOf": [{"type": "string", "writeOnly": True, "format": "password"}, {"type": "null"}]}),
 ]
 
 
@@ -168,7 +172,7 @@ class RedisConfig(Section):
     """Connection to the Redis that holds the prompt queue and the trajectory store."""
 
     url: str = "redis://127.0.0.1:6379/0"  # rediss:// for TLS; user:password@ allowed (shown redacted)
-    password: Secret | None = None  # overrides the URL's password (use a Secret / env var)
+    password: Secret = None  # overrides the URL's password (use a Secret / env var)
     namespace: str = "rethinker"  # prefix of every key (see common.redis_keys)
     socket_timeout_s: float = 10.0
     connect_timeout_s: float = 5.0
@@ -191,6 +195,16 @@ class RedisConfig(Section):
             raise ValueError(f"url: the password is the redacted placeholder {REDACTED!r}; pass the real URL "
                              "(RETHINKER__REDIS__URL) or the password alone (RETHINKER__REDIS__PASSWORD)")
         return self
+
+    @field_serializer("url")
+    def _show_url(self, url: str, info: SerializationInfo) -> str:
+        if isinstance(info.context, dict) and info.context.get(_REVEAL):
+            return url
+        return redact_url(url)
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, (redact_url(value) if name == "url" else value)
 
     def effective_password(self) -> str | None:
         """The password clients authenticate with: ``password`` if set, else the URL's."""
@@ -319,7 +333,7 @@ class VerifierConfig(Section):
     # Total grading time of one request: items not started within it are answered timed_out
     # (reason "request budget"), so a request ends within about request_budget_s + timeout_s.
     request_budget_s: float = Field(60.0, gt=0.0)
-    api_token: Secret | None = None  # when set, POST /v1/verify needs "Authorization: Bearer <token>"
+    api_token: Secret = None  # when set, POST /v1/verify needs "Authorization: Bearer <token>"
     worker_memory_mb: int | None = Field(2048, ge=64)  # address-space limit of each grading process
     # Ray Serve
     ray_min_replicas: int = 1
@@ -338,8 +352,8 @@ class BufferConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(8200, ge=0, le=65535)
     url: str | None = None
-    admin_token: Secret | None = None  # bearer token for admin endpoints (None disables them)
-    read_token: Secret | None = None  # when set, read endpoints require it too
+    admin_token: Secret = None  # bearer token for admin endpoints (None disables them)
+    read_token: Secret = None  # when set, read endpoints require it too
     max_body_bytes: int = Field(64 * 1024, ge=1)  # request bodies over this get 413 (no endpoint takes a body)
     max_inflight_tasks: int = Field(64, ge=1)  # prompt queue backpressure
     reclaim_idle_s: float = Field(60.0, gt=0.0)  # tasks of dead consumers are reclaimed after this
@@ -372,7 +386,7 @@ class RolloutConfig(Section):
     shutdown_grace_s: float = Field(60.0, ge=0.0)  # SIGTERM: finish the current batch within this, else return its tasks
     max_task_deliveries: int = Field(5, ge=1)  # a task whose batch failed this often is acked without a group
     # HTTP API (POST /v1/generate)
-    api_token: Secret | None = None  # when set, POST /v1/generate needs "Authorization: Bearer <token>"
+    api_token: Secret = None  # when set, POST /v1/generate needs "Authorization: Bearer <token>"
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1)  # larger request bodies get 413
     max_image_pixels: int = Field(40_000_000, ge=1)  # an image whose header says more pixels gets 400
     # vLLM
@@ -392,7 +406,7 @@ class WeightSyncConfig(Section):
     bucket_mb: float = Field(256.0, gt=0.0)
     timeout_s: float = Field(60.0, gt=0.0)  # per collective; a hung receiver fails the round after this
     join_timeout_s: float = Field(10.0, gt=0.0)  # members that have not joined a round by then are left out
-    token: Secret | None = None  # servers must present it to join a sync group
+    token: Secret = None  # servers must present it to join a sync group
     # Refuse a config without `token` (set in every shipped non-demo config; `rethinker up`
     # generates a token for a local run that has none).
     require_token: bool = False
@@ -651,10 +665,7 @@ def load_config(
 def config_dict(cfg: RethinkerConfig, *, reveal_secrets: bool = False) -> dict[str, Any]:
     """The config as plain data; secrets (and a password in the Redis URL) show as ``***`` unless
     ``reveal_secrets``."""
-    d = cfg.model_dump(mode="json", context={_REVEAL: reveal_secrets})
-    if not reveal_secrets:
-        d["redis"]["url"] = redact_url(cfg.redis.url)
-    return d
+    return cfg.model_dump(mode="json", context={_REVEAL: reveal_secrets})
 
 
 def config_to_yaml(cfg: RethinkerConfig, *, reveal_secrets: bool = False) -> str:

@@ -44,17 +44,18 @@ def prepare_data(cfg: RethinkerConfig) -> None:
 def warm_up(cfg: RethinkerConfig, run_dir: Path) -> RethinkerConfig:
     """The format warm-up (`launcher.warmup_sft_steps` SFT steps, its own process so that its
     DeepSpeed state stays there) into `<run_dir>/warm-model`; returns the config training from it."""
-    from common.config import config_to_yaml
-    from rethinker.launcher import rethinker_argv
+    from common.config import secret_env
+    from rethinker.launcher import rethinker_argv, write_run_config
 
     warm = run_dir / "warm-model"
     run_dir.mkdir(parents=True, exist_ok=True)
     log.info("demo_warmup", steps=cfg.launcher.warmup_sft_steps, out=str(warm))
-    (run_dir / "warmup-config.yaml").write_text(config_to_yaml(cfg))
+    write_run_config(cfg, run_dir / "warmup-config.yaml")
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     with open(run_dir / "logs" / "warmup.log", "wb") as fh:
         argv = rethinker_argv("sft-warmup", "--config", str(run_dir / "warmup-config.yaml"), "--out", str(warm))
-        if subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env=clean_env(cfg.launcher.child_threads)).returncode != 0:
+        env = {**clean_env(cfg.launcher.child_threads), **secret_env(cfg)}
+        if subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode != 0:
             raise RuntimeError(f"format warm-up failed; see {run_dir / 'logs' / 'warmup.log'}")
     return cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": str(warm), "build_tiny_if_missing": False})})
 
