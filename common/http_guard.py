@@ -18,6 +18,7 @@ import json
 import secrets
 from typing import Any, Awaitable, Callable
 
+from fastapi import HTTPException, Request
 from pydantic import SecretStr
 
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
@@ -106,7 +107,6 @@ def bearer_matches(token: str | None, expected: SecretStr | str | None) -> bool:
 
 def bearer_dependency(expected: SecretStr | None, field: str) -> Callable[..., None]:
     """A FastAPI dependency: 401 unless ``Authorization: Bearer <expected>`` (no-op when unset)."""
-    from fastapi import HTTPException, Request
 
     def check(request: Request) -> None:
         if expected is None:
