@@ -392,7 +392,7 @@ class RolloutConfig(Section):
     # vLLM
     gpu_memory_utilization: float = 0.85
     tensor_parallel_size: int = 1
-    max_model_len: int = 8192
+    max_model_len: int = 8192  # context length (vLLM); also caps sampling.max_new_tokens of POST /v1/generate
     enforce_eager: bool = False
 
 

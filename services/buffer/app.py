@@ -113,6 +113,24 @@ def masked_config(cfg: RethinkerConfig) -> dict[str, Any]:
     return config_dict(cfg)
 
 
+_ERROR_SCHEMA = {"type": "object", "properties": {"detail": {}}, "required": ["detail"]}
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+
+
+# Status codes of the routes, for the OpenAPI document.
+_READ = {401: _err("buffer.read_token is set and the request has no matching bearer token"),
+         503: _err("Redis unreachable or failing")}
+_FOUND = {**_READ, 404: _err("no such id in the store"), 502: _err("a stored payload cannot be decoded")}
+_ADMIN = {401: _err("no matching 'Authorization: Bearer <buffer.admin_token>'"),
+          403: _err("admin endpoints are disabled (no buffer.admin_token)"),
+          413: _err("request body over buffer.max_body_bytes"),
+          503: _err("Redis unreachable or failing")}
+_TEXT = {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"}
+
+
 def create_app(cfg: RethinkerConfig, *, client: AsyncBufferClient | None = None) -> FastAPI:
     """The buffer's FastAPI app; it owns an ``AsyncBufferClient`` unless one is given."""
     bcfg = cfg.buffer
@@ -200,7 +218,7 @@ def create_app(cfg: RethinkerConfig, *, client: AsyncBufferClient | None = None)
     async def dashboard() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses={503: _err("Redis does not answer")})
     async def healthz(request: Request) -> JSONResponse:
         try:
             ok = await buffer(request).ping()
@@ -208,7 +226,7 @@ def create_app(cfg: RethinkerConfig, *, client: AsyncBufferClient | None = None)
             return JSONResponse({"ok": False, "redis": False, "error": str(exc)}, status_code=503)
         return JSONResponse({"ok": ok, "redis": ok})
 
-    @app.get("/v1/stats", dependencies=[Depends(require_read)])
+    @app.get("/v1/stats", dependencies=[Depends(require_read)], responses=_READ)
     async def stats(
         request: Request, series: int | None = Query(None, ge=0, le=100_000, description="keep the last N series points")
     ) -> JSONResponse:
@@ -217,7 +235,7 @@ def create_app(cfg: RethinkerConfig, *, client: AsyncBufferClient | None = None)
             st["series"] = st["series"][-series:] if series else []
         return JSONResponse(_clean(st))
 
-    @app.get("/v1/groups/{group_id}", dependencies=[Depends(require_read)])
+    @app.get("/v1/groups/{group_id}", dependencies=[Depends(require_read)], responses=_FOUND)
     async def get_group(request: Request, group_id: str, tokens: bool = True) -> JSONResponse:
         rec = await buffer(request).get_group_record(group_id) if len(group_id) <= _MAX_ID else None
         if rec is None:
@@ -230,14 +248,14 @@ def create_app(cfg: RethinkerConfig, *, client: AsyncBufferClient | None = None)
             "samples": [sample_view(s, pool=pools.get(s.sample_id), tokens=tokens) for s in g.samples],
         })
 
-    @app.get("/v1/samples/{sample_id}", dependencies=[Depends(require_read)])
+    @app.get("/v1/samples/{sample_id}", dependencies=[Depends(require_read)], responses=_FOUND)
     async def get_sample(request: Request, sample_id: str, tokens: bool = True) -> JSONResponse:
         rec = await buffer(request).get_sample_record(sample_id) if len(sample_id) <= _MAX_ID else None
         if rec is None:
             raise HTTPException(404, f"no sample {sample_id[:_MAX_ID]!r} in the store")
         return JSONResponse(sample_view(rec.sample, pool=rec.pool, tokens=tokens))
 
-    @app.get("/metrics", dependencies=[Depends(require_read)])
+    @app.get("/metrics", dependencies=[Depends(require_read)], responses={**_READ, 200: _TEXT})
     async def prometheus(request: Request):
         try:
             st = await buffer(request).stats()
@@ -260,14 +278,19 @@ def create_app(cfg: RethinkerConfig, *, client: AsyncBufferClient | None = None)
 
     # ------------------------------------------------------------------ admin
 
-    @app.post("/v1/admin/clear", dependencies=[Depends(require_admin)])
+    @app.post("/v1/admin/clear", dependencies=[Depends(require_admin)], responses=_ADMIN)
     async def clear(request: Request, queue: bool = True, registry: bool = False) -> JSONResponse:
         n = await buffer(request).clear(store=True, queue=queue, registry=registry)
         log.info("buffer_cleared", keys=n, queue=queue, registry=registry)
         return JSONResponse({"deleted_keys": n})
 
-    @app.post("/v1/admin/snapshot", dependencies=[Depends(require_admin)])
-    async def snapshot(request: Request, name: str | None = Query(None, max_length=100)) -> JSONResponse:
+    @app.post("/v1/admin/snapshot", dependencies=[Depends(require_admin)],
+              responses={**_ADMIN, 507: _err("the snapshot file cannot be written")})
+    async def snapshot(
+        request: Request,
+        name: str | None = Query(None, min_length=1, max_length=100, pattern=_NAME_RE.pattern,
+                                 description="file name (letters, digits, '.', '_', '-'; default: a UTC time stamp)"),
+    ) -> JSONResponse:
         if name is None:
             name = datetime.now(timezone.utc).strftime("buffer-%Y%m%dT%H%M%S%fZ")
         if not _NAME_RE.match(name):
@@ -280,7 +303,7 @@ def create_app(cfg: RethinkerConfig, *, client: AsyncBufferClient | None = None)
         log.info("buffer_snapshot", **info)
         return JSONResponse(info)
 
-    @app.get("/v1/admin/config", dependencies=[Depends(require_admin)])
+    @app.get("/v1/admin/config", dependencies=[Depends(require_admin)], responses=_ADMIN)
     async def config_view() -> JSONResponse:
         return JSONResponse(masked_config(cfg))
 

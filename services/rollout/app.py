@@ -14,7 +14,8 @@ or a prompt over ``data.max_prompt_tokens``), never a 500.
 Bounded work per request: a body over ``rollout.max_body_bytes`` gets 413 before it is parsed
 (``common.http_guard.BodyLimitMiddleware``); the prompt text is measured before tokenizing (text
 longer than ``data.max_prompt_tokens`` times the longest vocabulary entry cannot fit and gets 400 at
-once); decoding images and tokenizing run in a worker thread, so ``/healthz`` and ``/v1/status``
+once); ``sampling.max_new_tokens`` may not exceed ``rollout.max_model_len``; decoding images and
+tokenizing run in a worker thread, so ``/healthz`` and ``/v1/status``
 answer while a request is prepared or generated.  With ``rollout.api_token`` set, ``/v1/generate``
 answers 401 unless the request carries ``Authorization: Bearer <rollout.api_token>``.
 """
@@ -254,6 +255,9 @@ def create_app(server: Any) -> FastAPI:
         engine = server.engine
         if not engine.ready:
             raise HTTPException(503, "no weights loaded yet")
+        if body.sampling.max_new_tokens > rcfg.max_model_len:
+            raise HTTPException(400, f"sampling.max_new_tokens={body.sampling.max_new_tokens} exceeds "
+                                     f"rollout.max_model_len={rcfg.max_model_len}")
         prompt = await asyncio.to_thread(prepare_prompt, server, body)
         s = body.sampling
         params = SamplingParams(
