@@ -228,7 +228,9 @@ def prepare_prompt(server: Any, body: GenerateBody) -> Any:
 
 def create_app(server: Any) -> FastAPI:
     """The FastAPI app of ``server`` (a ``services.rollout.server.RolloutServer``)."""
-    rcfg = server.cfg.rollout
+    from common.config import RethinkerConfig
+
+    rcfg = (getattr(server, "cfg", None) or RethinkerConfig()).rollout  # no server: routes only (tests)
     app = FastAPI(title="rethinker rollout server", version="1")
     app.add_middleware(BodyLimitMiddleware, max_bytes=rcfg.max_body_bytes, field="rollout.max_body_bytes")
     app.state.server = server

@@ -325,6 +325,9 @@ def test_services_agree_with_config(services: dict[str, Service], profile: str |
         assert reveal(cfg.redis.password) == redis.svc["command"][redis.svc["command"].index("--requirepass") + 1]
         assert cfg.learner.weight_sync.token and reveal(cfg.learner.weight_sync.token) == reveal(learner.cfg.learner.weight_sync.token)
         assert cfg.buffer.admin_token and reveal(cfg.buffer.admin_token) == reveal(learner.cfg.buffer.admin_token)
+        for section in ("verifier", "rollout"):  # the API tokens: set, and the same for servers and clients
+            token = getattr(cfg, section).api_token
+            assert token and reveal(token) == reveal(getattr(learner.cfg, section).api_token), f"{where}: {section}.api_token"
         if s.cmd.role in ("rollout", "learn"):  # the weight-sync rendezvous is the learner's compose name
             assert cfg.learner.weight_sync.master_addr == learner.name, f"{where}: weight_sync.master_addr"
             assert cfg.learner.weight_sync.master_port in learner.container_ports()

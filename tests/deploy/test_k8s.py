@@ -388,6 +388,9 @@ def test_containers_agree_with_config(overlay: str) -> None:
         redis_args = [expand(a, redis_env) for a in rc["args"]]
         assert cfg.redis.password and reveal(cfg.redis.password) == redis_args[redis_args.index("--requirepass") + 1], p.where
         assert cfg.buffer.admin_token and cfg.learner.weight_sync.token, f"{p.where}: secrets missing"
+        assert cfg.verifier.api_token and cfg.rollout.api_token, f"{p.where}: API tokens missing"
+        for section in ("verifier", "rollout"):
+            assert reveal(getattr(cfg, section).api_token) == reveal(getattr(learner.cfg, section).api_token)
         # weight-sync rendezvous: <learner pod hostname>.<headless Service> of the learner Job
         pod_host, _, subdomain = cfg.learner.weight_sync.master_addr.partition(".")
         job = learner.pod.owner
