@@ -222,7 +222,7 @@ def prepare_prompt(server: Any, body: GenerateBody) -> Any:
 
     try:
         return engine.encode_question(question, images, body.prompt_suffix, system=system)
-    except (EngineError, ValueError, Image.DecompressionBombError, OverflowError) as exc:
+    except (EngineError, ValueError, OSError, Image.DecompressionBombError, OverflowError) as exc:
         raise HTTPException(400, f"messages: cannot build the prompt: {exc}") from None
 
 

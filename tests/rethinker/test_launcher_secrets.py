@@ -11,6 +11,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -125,3 +126,70 @@ def test_up_starts_its_redis_with_the_password_and_keeps_secrets_out_of_files_an
         assert reveal(again.redis.password) == PASSWORD
     finally:
         _stop_pidfile(run_dir / "redis" / "redis.pid")
+
+
+@pytest.fixture
+def tls_redis(tmp_path):
+    """A redis-server speaking only TLS (certificate of a throw-away CA) with a password."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl to make a test certificate")
+    d = tmp_path / "tls"
+    d.mkdir()
+
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "1", "-subj", "/CN=test-ca")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt",
+        "-days", "1", "-extfile", "ext.cnf")
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+                             "--tls-cert-file", str(d / "server.crt"), "--tls-key-file", str(d / "server.key"),
+                             "--tls-ca-cert-file", str(d / "ca.crt"), "--tls-auth-clients", "no",
+                             "--requirepass", PASSWORD, "--save", "", "--appendonly", "no", "--dir", str(d)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"rediss://127.0.0.1:{port}/0"
+    for _ in range(100):
+        if answering(url, password=PASSWORD, tls_ca_certs=str(d / "ca.crt")):
+            break
+        if proc.poll() is not None:
+            pytest.skip(f"redis-server without TLS support: {proc.stdout.read().decode()[-300:]}")
+        time.sleep(0.05)
+    yield url, d / "ca.crt"
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_rediss_url_with_password_works_for_the_launcher_and_a_service(tls_redis, tmp_path):
+    import httpx
+
+    url, ca = tls_redis
+    env = {"RETHINKER__REDIS__URL": url, "RETHINKER__REDIS__PASSWORD": PASSWORD, "RETHINKER__REDIS__TLS_CA_CERTS": str(ca)}
+    cfg = load_config(None, ["launcher.start_redis=false"], environ=env)
+    assert connect_redis(cfg, tmp_path) is cfg  # the TLS Redis is used, nothing is started
+    assert not answering(url, password=PASSWORD)  # without the CA the certificate is refused
+    port = free_port()
+    log = tmp_path / "buffer.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rethinker.cli", "serve", "buffer", "--port", str(port),
+             "--set", f"redis.namespace=test-tls-{port}"],
+            cwd=ROOT, env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, stdout=fh, stderr=subprocess.STDOUT)
+        try:
+            body = None
+            for _ in range(200):
+                try:
+                    r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                    if r.status_code == 200:
+                        body = r.json()
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+            assert body == {"ok": True, "redis": True}, log.read_text(errors="replace")[-2000:]
+        finally:
+            proc.terminate()
+            proc.wait(20)
+    assert PASSWORD not in log.read_text(errors="replace")

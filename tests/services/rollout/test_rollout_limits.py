@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(180)
 
 TOKEN = "rollout-t0ken-Lima"
 MAX_BODY = 8 * 1024 * 1024
-MAX_PROMPT_TOKENS = 20_000  # large, so that a prompt near the limit takes real tokenizing time
+MAX_PROMPT_TOKENS = 100_000  # large, so that a prompt near the limit takes real tokenizing time (about 1 s)
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -118,7 +118,6 @@ def test_limits_bad_input_and_token(cfg_factory):
             # -- a large prompt under every cheap bound: tokenized in a worker thread while /healthz answers
             words = "the quick brown fox jumps over the lazy dog "
             big = words * (MAX_PROMPT_TOKENS * per_token // len(words) // 2)  # about 5 tokens per 10 characters: over the token limit
-            t0 = time.perf_counter()
             req = asyncio.create_task(raw.post("/v1/generate", json={"messages": [{"role": "user", "content": big}]}))
             probes: list[tuple[float, bool]] = []
             await asyncio.sleep(0.05)
@@ -127,10 +126,9 @@ def test_limits_bad_input_and_token(cfg_factory):
                 r = await anon.get("/healthz")
                 probes.append((time.perf_counter() - p0, not req.done()))
                 assert r.status_code == 200
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.02)
             out["big"] = await req
             out["probes"] = probes
-            print("PROBES", len(probes), max(x for x, _ in probes), time.perf_counter() - t0)
             return out
         finally:
             await client.aclose()
