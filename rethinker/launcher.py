@@ -116,6 +116,9 @@ def probe_services(cfg: RethinkerConfig, children: list[Child]) -> tuple[dict[st
     """Last `/v1/status` of every live rollout server and `/v1/stats` of the buffer."""
     rollouts: dict[str, dict[str, Any]] = {}
     stats: dict[str, Any] = {}
+    from common.http_guard import auth_headers
+
+    read = auth_headers(cfg.buffer.read_token or cfg.buffer.admin_token)  # buffer reads may need a token
     with httpx.Client(timeout=5.0) as http:
         for ch in children:
             if ch.name.startswith("rollout-") and ch.alive() and ch.health_url:
@@ -124,7 +127,7 @@ def probe_services(cfg: RethinkerConfig, children: list[Child]) -> tuple[dict[st
                 except (httpx.HTTPError, ValueError):
                     pass
         try:
-            stats = http.get(f"{cfg.buffer.base_url()}/v1/stats").json()
+            stats = http.get(f"{cfg.buffer.base_url()}/v1/stats", headers=read).json()
         except (httpx.HTTPError, ValueError):
             pass
     return rollouts, stats

@@ -95,7 +95,9 @@ def test_start_local_requires_the_password_without_showing_it(tmp_path):
 def test_up_starts_its_redis_with_the_password_and_keeps_secrets_out_of_files_and_logs(tmp_path):
     run_dir = tmp_path / "run"
     admin = "buffer-admin-Papa"
-    env = {"RETHINKER__REDIS__PASSWORD": PASSWORD, "RETHINKER__BUFFER__ADMIN_TOKEN": admin}
+    reader = "buffer-read-Quebec"
+    env = {"RETHINKER__REDIS__PASSWORD": PASSWORD, "RETHINKER__BUFFER__ADMIN_TOKEN": admin,
+           "RETHINKER__BUFFER__READ_TOKEN": reader}
     cfg = load_config(ROOT / "configs" / "tiny-cpu.yaml", [
         f"run.run_dir={run_dir}", f"redis.url=redis://127.0.0.1:{free_port()}/0",  # nothing there: start one
         f"verifier.port={free_port()}", f"buffer.port={free_port()}", "verifier.workers=1",
@@ -105,7 +107,8 @@ def test_up_starts_its_redis_with_the_password_and_keeps_secrets_out_of_files_an
     try:
         result = run_system(cfg, learner=False, stop_after_s=0.0)
         assert result.returncode == 0
-        # the buffer reached the launcher's Redis with the password (its stats come from Redis)
+        # the buffer reached the launcher's Redis with the password (its stats come from Redis), and
+        # the launcher read them with the read token
         assert "sizes" in result.buffer_stats, result.buffer_stats
         state = run_dir / "redis"
         url = (state / "url").read_text().strip()
@@ -119,7 +122,7 @@ def test_up_starts_its_redis_with_the_password_and_keeps_secrets_out_of_files_an
         assert data["redis"]["url"] == url
         logs = "".join(p.read_text(errors="replace") for p in (run_dir / "logs").glob("*.log"))
         assert logs
-        for secret in (PASSWORD, admin):
+        for secret in (PASSWORD, admin, reader):
             assert secret not in text and secret not in logs
         # the saved file is usable again with the secrets from the environment
         again = load_config(saved, environ={**env, "RETHINKER__LEARNER__WEIGHT_SYNC__TOKEN": "x"})
