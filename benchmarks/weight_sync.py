@@ -107,7 +107,7 @@ def bench_transport(args) -> dict:
     import torch
     import torch.distributed as dist
 
-    from common.config import load_config
+    from common.config import config_to_json, load_config
     from common.weight_transport import TensorSpec, make_sender
 
     weights = model_like_tensors(args.mb)
@@ -147,7 +147,7 @@ def bench_transport(args) -> dict:
 
         # ---- the transport's receivers, in their own processes, alive at the same time
         cfg_json = tmp / "cfg.json"
-        cfg_json.write_text(cfg.model_dump_json())
+        cfg_json.write_text(config_to_json(cfg, reveal_secrets=True))
         rxs = [
             subprocess.Popen([sys.executable, __file__, "--role", "receiver", "--cfg", str(cfg_json), "--server-id", f"bench-{r}"],
                              env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -16,10 +16,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Annotated, Any, Callable, Literal, Mapping, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    SerializationInfo,
+    ValidationError,
+    WithJsonSchema,
+    field_serializer,
+    model_validator,
+)
 
 ENV_PREFIX = "RETHINKER__"
 
@@ -34,6 +47,69 @@ RETHINK_TRIGGERS = (
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the field path and the offending value."""
+
+
+# --------------------------------------------------------------------------- secrets
+
+# What a secret looks like wherever a config is shown or saved (``config show``, the run's saved
+# config, the buffer's admin view).  Loading it back as a value is refused: the real secret must
+# come from the environment (``RETHINKER__SECTION__FIELD``) or a ``--set``.
+REDACTED = "***"
+_REVEAL = "reveal_secrets"
+
+
+def _secret_in(value: Any) -> Any:
+    if value is None or isinstance(value, SecretStr):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # an env/--set value such as 1234 parses as a YAML number
+    if isinstance(value, str):
+        if value == "":
+            return None  # an empty environment variable means "not set"
+        if value == REDACTED:
+            raise ValueError(f"is the redacted placeholder {REDACTED!r}, not a secret; pass the real value "
+                             "(environment variable RETHINKER__SECTION__FIELD or --set)")
+    return value
+
+
+def _secret_out(value: SecretStr | None, info: SerializationInfo) -> str | None:
+    if value is None:
+        return None
+    if isinstance(info.context, dict) and info.context.get(_REVEAL):
+        return value.get_secret_value()
+    return REDACTED
+
+
+# A secret string: its repr/str and every dump show ``***`` unless the dump is made with
+# ``context={"reveal_secrets": True}`` (``config_to_json(cfg, reveal_secrets=True)``, used only to
+# hand a config to a child process).  ``reveal(x)`` gives the value to the code that needs it.
+# Optional: an unset (or empty) secret is None.
+Secret = Annotated[
+    SecretStr | None,
+    BeforeValidator(_secret_in),
+    PlainSerializer(_secret_out, return_type=str | None, when_used="always"),
+    WithJsonSchema({"anyOf": [{"type": "string", "writeOnly": True, "format": "password"}, {"type": "null"}]}),
+]
+
+
+def reveal(secret: SecretStr | str | None) -> str | None:
+    """The plain value of a secret field (None when unset)."""
+    if secret is None:
+        return None
+    return secret.get_secret_value() if isinstance(secret, SecretStr) else str(secret)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (``redis://:pw@h:6379/0`` -> ``redis://:***@h:6379/0``)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.netloc.rsplit("@", 1)[1]
+        return urlunsplit((parts.scheme, f"{user}:{REDACTED}@{host}", parts.path, parts.query, parts.fragment))
+    except ValueError:
+        return url
 
 
 class Section(BaseModel):
@@ -95,8 +171,8 @@ class DataConfig(Section):
 class RedisConfig(Section):
     """Connection to the Redis that holds the prompt queue and the trajectory store."""
 
-    url: str = "redis://127.0.0.1:6379/0"  # rediss:// for TLS; user:password@ allowed
-    password: str | None = None  # overrides the URL's password (use a Secret / env var)
+    url: str = "redis://127.0.0.1:6379/0"  # rediss:// for TLS; user:password@ allowed (shown redacted)
+    password: Secret = None  # overrides the URL's password (use a Secret / env var)
     namespace: str = "rethinker"  # prefix of every key (see common.redis_keys)
     socket_timeout_s: float = 10.0
     connect_timeout_s: float = 5.0
@@ -105,6 +181,39 @@ class RedisConfig(Section):
     retry_backoff_max_s: float = 5.0
     tls_ca_certs: str | None = None
     tls_insecure: bool = False
+
+    @model_validator(mode="after")
+    def _url(self) -> "RedisConfig":
+        try:
+            parts = urlsplit(self.url)
+            pw = parts.password
+        except ValueError as exc:
+            raise ValueError(f"url: not a Redis URL ({exc})") from None
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"url: scheme must be redis://, rediss:// (TLS) or unix://, got {parts.scheme!r}")
+        if pw == REDACTED:
+            raise ValueError(f"url: the password is the redacted placeholder {REDACTED!r}; pass the real URL "
+                             "(RETHINKER__REDIS__URL) or the password alone (RETHINKER__REDIS__PASSWORD)")
+        return self
+
+    @field_serializer("url")
+    def _show_url(self, url: str, info: SerializationInfo) -> str:
+        if isinstance(info.context, dict) and info.context.get(_REVEAL):
+            return url
+        return redact_url(url)
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, (redact_url(value) if name == "url" else value)
+
+    def effective_password(self) -> str | None:
+        """The password clients authenticate with: ``password`` if set, else the URL's."""
+        if self.password is not None:
+            return reveal(self.password)
+        try:
+            return urlsplit(self.url).password
+        except ValueError:
+            return None
 
 
 # --------------------------------------------------------------------------- algorithm
@@ -220,7 +329,11 @@ class VerifierConfig(Section):
     timeout_s: float = Field(1.0, gt=0.0)  # hard per-item limit
     max_items: int = Field(1024, ge=1)  # per request
     max_item_chars: int = Field(500_000, ge=1)
-    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1)
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1)  # larger bodies get 413
+    # Total grading time of one request: items not started within it are answered timed_out
+    # (reason "request budget"), so a request ends within about request_budget_s + timeout_s.
+    request_budget_s: float = Field(60.0, gt=0.0)
+    api_token: Secret = None  # when set, POST /v1/verify needs "Authorization: Bearer <token>"
     worker_memory_mb: int | None = Field(2048, ge=64)  # address-space limit of each grading process
     # Ray Serve
     ray_min_replicas: int = 1
@@ -239,8 +352,9 @@ class BufferConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(8200, ge=0, le=65535)
     url: str | None = None
-    admin_token: str | None = None  # bearer token for admin endpoints (None disables them)
-    read_token: str | None = None  # when set, read endpoints require it too
+    admin_token: Secret = None  # bearer token for admin endpoints (None disables them)
+    read_token: Secret = None  # when set, read endpoints require it too
+    max_body_bytes: int = Field(64 * 1024, ge=1)  # request bodies over this get 413 (no endpoint takes a body)
     max_inflight_tasks: int = Field(64, ge=1)  # prompt queue backpressure
     reclaim_idle_s: float = Field(60.0, gt=0.0)  # tasks of dead consumers are reclaimed after this
     stats_window: int = Field(512, ge=2)  # points kept for the time series of the stats endpoint
@@ -272,10 +386,14 @@ class RolloutConfig(Section):
     claim_block_ms: int = Field(1000, ge=0)  # how long one claim waits for prompt tasks
     shutdown_grace_s: float = Field(60.0, ge=0.0)  # SIGTERM: finish the current batch within this, else return its tasks
     max_task_deliveries: int = Field(5, ge=1)  # a task whose batch failed this often is acked without a group
+    # HTTP API (POST /v1/generate)
+    api_token: Secret = None  # when set, POST /v1/generate needs "Authorization: Bearer <token>"
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1)  # larger request bodies get 413
+    max_image_pixels: int = Field(40_000_000, ge=1)  # an image whose header says more pixels gets 400
     # vLLM
     gpu_memory_utilization: float = 0.85
     tensor_parallel_size: int = 1
-    max_model_len: int = 8192
+    max_model_len: int = 8192  # context length (vLLM); also caps sampling.max_new_tokens of POST /v1/generate
     enforce_eager: bool = False
 
 
@@ -289,7 +407,10 @@ class WeightSyncConfig(Section):
     bucket_mb: float = Field(256.0, gt=0.0)
     timeout_s: float = Field(60.0, gt=0.0)  # per collective; a hung receiver fails the round after this
     join_timeout_s: float = Field(10.0, gt=0.0)  # members that have not joined a round by then are left out
-    token: str | None = None  # servers must present it to join a sync group
+    token: Secret = None  # servers must present it to join a sync group
+    # Refuse a config without `token` (set in every shipped non-demo config; `rethinker up`
+    # generates a token for a local run that has none).
+    require_token: bool = False
     heartbeat_s: float = Field(2.0, gt=0.0)  # receivers refresh their join record this often
     member_ttl_s: float = Field(15.0, gt=0.0)  # a join record older than this is not invited
     poll_s: float = Field(0.2, gt=0.0)  # receivers look for a new round at least this often
@@ -396,19 +517,73 @@ class RethinkerConfig(Section):
     eval: EvalConfig = EvalConfig()
     launcher: LauncherConfig = LauncherConfig()
 
+    @model_validator(mode="after")
+    def _required_secrets(self) -> "RethinkerConfig":
+        ws = self.learner.weight_sync
+        if ws.require_token and ws.token is None:
+            raise ValueError(
+                "learner.weight_sync.token: required (learner.weight_sync.require_token is true) but not set; "
+                "set RETHINKER__LEARNER__WEIGHT_SYNC__TOKEN (or --set learner.weight_sync.token=...)"
+            )
+        return self
+
+
+# Every secret field (dotted path) and the environment variable that sets it.
+SECRET_FIELDS = (
+    "redis.password",
+    "buffer.admin_token",
+    "buffer.read_token",
+    "verifier.api_token",
+    "rollout.api_token",
+    "learner.weight_sync.token",
+)
+
+
+def env_name(dotted: str) -> str:
+    """``learner.weight_sync.token`` -> ``RETHINKER__LEARNER__WEIGHT_SYNC__TOKEN``."""
+    return ENV_PREFIX + "__".join(p.upper() for p in dotted.split("."))
+
+
+def _get_path(cfg: BaseModel, dotted: str) -> Any:
+    node: Any = cfg
+    for p in dotted.split("."):
+        node = getattr(node, p)
+    return node
+
+
+def secret_env(cfg: "RethinkerConfig") -> dict[str, str]:
+    """Environment variables that carry every secret of ``cfg`` (set ones only), plus the Redis URL
+    when it holds a password: what a child process needs next to a redacted config file."""
+    env = {env_name(d): reveal(v) for d in SECRET_FIELDS if (v := _get_path(cfg, d)) is not None}
+    if redact_url(cfg.redis.url) != cfg.redis.url:
+        env[env_name("redis.url")] = cfg.redis.url
+    return env  # type: ignore[return-value]
+
 
 # --------------------------------------------------------------------------- loading
 
 
 def _format_validation_error(err: ValidationError, data: Mapping[str, Any] | None = None) -> str:
     lines = []
+    secret_names = {d.rsplit(".", 1)[1] for d in SECRET_FIELDS}
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"])
+        loc = [str(p) for p in e["loc"]]
+        path = ".".join(loc)
         value = e.get("input")
+        msg = str(e["msg"]).removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             lines.append(f"{path}: unknown field (value {value!r})")
+        elif isinstance(value, dict) or (loc and loc[-1] in secret_names) or "url" in loc:
+            # a section-level check (its input is the whole section) or a secret: never echo values
+            head = msg.split(":", 1)[0]
+            if not path:
+                lines.append(msg)
+            elif head.isidentifier():  # "url: ..." raised by section `path`'s own check
+                lines.append(f"{path}.{msg}")
+            else:
+                lines.append(f"{path}: {msg}")
         else:
-            lines.append(f"{path}: {e['msg']} (got {value!r})")
+            lines.append(f"{path}: {msg} (got {value!r})")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
@@ -437,6 +612,15 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any, *, source: str) -> 
     node[parts[-1]] = value
 
 
+def _lookup(data: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for p in dotted.split("."):
+        if not isinstance(node, Mapping) or p not in node:
+            return None
+        node = node[p]
+    return node
+
+
 def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
     """``["a.b=1", ...]`` -> ``[("a.b", 1), ...]``; a malformed item raises ConfigError."""
     out = []
@@ -463,8 +647,12 @@ def load_config(
     overrides: Sequence[str] = (),
     *,
     environ: Mapping[str, str] | None = None,
+    generate: Mapping[str, Callable[[], Any]] | None = None,
 ) -> RethinkerConfig:
-    """YAML file (optional) -> env overrides -> CLI overrides -> validated ``RethinkerConfig``."""
+    """YAML file (optional) -> env overrides -> CLI overrides -> validated ``RethinkerConfig``.
+
+    ``generate`` maps dotted fields to a factory called when no layer set the field (``rethinker
+    up`` makes a weight-sync token this way)."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -481,18 +669,38 @@ def load_config(
         _set_path(data, dotted, value, source="environment")
     for dotted, value in parse_overrides(overrides):
         _set_path(data, dotted, value, source="--set")
+    for dotted, make in (generate or {}).items():
+        if _lookup(data, dotted) in (None, ""):
+            _set_path(data, dotted, make(), source="generated")
     try:
         return RethinkerConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, data)) from None
 
 
-def config_to_yaml(cfg: RethinkerConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+def config_dict(cfg: RethinkerConfig, *, reveal_secrets: bool = False) -> dict[str, Any]:
+    """The config as plain data; secrets (and a password in the Redis URL) show as ``***`` unless
+    ``reveal_secrets``."""
+    return cfg.model_dump(mode="json", context={_REVEAL: reveal_secrets})
+
+
+def config_to_yaml(cfg: RethinkerConfig, *, reveal_secrets: bool = False) -> str:
+    """YAML of ``cfg``, secrets redacted unless ``reveal_secrets`` (a redacted file is loaded back
+    with the secrets from the environment: ``secret_env(cfg)``)."""
+    return yaml.safe_dump(config_dict(cfg, reveal_secrets=reveal_secrets), sort_keys=False)
+
+
+def config_to_json(cfg: RethinkerConfig, *, reveal_secrets: bool = False) -> str:
+    """JSON of ``cfg`` (``config_from_json`` reads it back); secrets redacted unless ``reveal_secrets``."""
+    if not reveal_secrets:
+        import json
+
+        return json.dumps(config_dict(cfg))
+    return cfg.model_dump_json(context={_REVEAL: True})
 
 
 def config_from_json(text: str) -> RethinkerConfig:
-    """Inverse of ``cfg.model_dump_json()``; used to hand a config to a child process."""
+    """Inverse of ``config_to_json(cfg, reveal_secrets=True)``; used to hand a config to a child process."""
     try:
         return RethinkerConfig.model_validate_json(text)
     except ValidationError as exc:

@@ -25,6 +25,8 @@ def _rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str, str]
         if isinstance(default, BaseModel):
             default = default.model_dump(mode="json")
         type_name = ann.__name__ if isinstance(ann, type) else str(ann).replace("typing.", "")
+        if "SecretStr" in type_name:  # common.config.Secret: shown redacted, set from the environment
+            type_name = "secret | None" if "None" in type_name else "secret"
         doc = field.description or ""
         rows.append((path, type_name, json.dumps(default, default=str), doc))
     return rows
@@ -37,6 +39,14 @@ def render_markdown() -> str:
         "Generated from `common/config.py` by `rethinker config schema`; do not edit by hand.",
         "Load order: YAML file (`--config`), then environment `RETHINKER__SECTION__FIELD=value`,",
         "then `--set section.field=value`. Values are parsed as YAML scalars.",
+        "",
+        "Fields of type `secret` (passwords and bearer tokens) are never printed: `rethinker config show`,",
+        "the run's saved `<run_dir>/config.yaml` and the buffer's `/v1/admin/config` show them (and a",
+        "password inside `redis.url`) as `***`, and a config that holds `***` as a secret is refused.",
+        "Set them from the environment (`RETHINKER__REDIS__PASSWORD`, `RETHINKER__ROLLOUT__API_TOKEN`, ...)",
+        "or a Secret; an empty value means unset.  See docs/deployment.md, \"Security\", for what each",
+        "token guards and the request limits (`*.max_body_bytes`, `verifier.request_budget_s`,",
+        "`rollout.max_image_pixels`).",
         "",
     ]
     for section, field in RethinkerConfig.model_fields.items():

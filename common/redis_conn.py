@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
-from common.config import RedisConfig
+from common.config import RedisConfig, reveal
 
 _RETRY_ON = [ConnectionError, TimeoutError, BusyLoadingError, ConnectionResetError, OSError]
 
@@ -27,7 +27,7 @@ def _kwargs(cfg: RedisConfig) -> dict[str, Any]:
         "decode_responses": False,
     }
     if cfg.password is not None:
-        kw["password"] = cfg.password
+        kw["password"] = reveal(cfg.password)
     if cfg.url.startswith("rediss://"):
         if cfg.tls_ca_certs:
             kw["ssl_ca_certs"] = cfg.tls_ca_certs

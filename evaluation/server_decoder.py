@@ -39,7 +39,8 @@ class ServerDecoder:
         if not urls:
             raise ValueError("ServerDecoder needs at least one server URL")
         self.urls = [u.rstrip("/") for u in urls]
-        self.clients = [AsyncRolloutClient(u, timeout_s=timeout_s, retries=retries) for u in self.urls]
+        token = cfg.rollout.api_token if cfg is not None else None
+        self.clients = [AsyncRolloutClient(u, timeout_s=timeout_s, retries=retries, token=token) for u in self.urls]
         self._next = itertools.cycle(range(len(self.clients)))
         self.max_inflight = max(1, len(self.clients) * inflight_per_server)
         self.trigger = cfg.algorithm.rethink.eval_trigger if cfg is not None else "\n\nWait"

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from common.config import config_dict
 from common.logging import get_logger
 
 log = get_logger("learner.metrics")
@@ -51,7 +52,7 @@ class MetricsSink:
             try:
                 import wandb
 
-                self._wandb = wandb.init(project=cfg.learner.wandb_project, name=cfg.run.name, config=cfg.model_dump(mode="json"))
+                self._wandb = wandb.init(project=cfg.learner.wandb_project, name=cfg.run.name, config=config_dict(cfg))
             except Exception as exc:  # noqa: BLE001
                 log.warning("wandb_unavailable", error=str(exc))
         if progress:

@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-from common.config import ConfigError, RethinkerConfig, config_to_yaml, load_config
+from common.config import ConfigError, RethinkerConfig, config_dict, config_to_yaml, load_config
 
 
 class CLIError(Exception):
@@ -61,9 +61,11 @@ def _add_version(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_config_show(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
+    cfg = config_from_args(args)  # secrets (and a password in redis.url) print as ***
     if args.format == "json":
-        print(cfg.model_dump_json(indent=2))
+        import json
+
+        print(json.dumps(config_dict(cfg), indent=2))
     else:
         print(config_to_yaml(cfg), end="")
     return 0

@@ -60,19 +60,20 @@ def last_sft_step(log_path: Path) -> int:
 def warm_up(cfg: RethinkerConfig, run_dir: Path, progress: ProgressReporter | None = None) -> RethinkerConfig:
     """The format warm-up (`launcher.warmup_sft_steps` SFT steps, its own process so that its
     DeepSpeed state stays there) into `<run_dir>/warm-model`; returns the config training from it."""
-    from common.config import config_to_yaml
-    from rethinker.launcher import rethinker_argv
+    from common.config import secret_env
+    from rethinker.launcher import rethinker_argv, write_run_config
 
     warm = run_dir / "warm-model"
     run_dir.mkdir(parents=True, exist_ok=True)
     steps = cfg.launcher.warmup_sft_steps
     log.info("demo_warmup", steps=steps, out=str(warm))
-    (run_dir / "warmup-config.yaml").write_text(config_to_yaml(cfg))
+    write_run_config(cfg, run_dir / "warmup-config.yaml")
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     log_path = run_dir / "logs" / "warmup.log"
     with open(log_path, "wb") as fh:
         argv = rethinker_argv("sft-warmup", "--config", str(run_dir / "warmup-config.yaml"), "--out", str(warm))
-        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=clean_env(cfg.launcher.child_threads))
+        env = {**clean_env(cfg.launcher.child_threads), **secret_env(cfg)}
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env)
         try:
             while proc.poll() is None:
                 if progress is not None:

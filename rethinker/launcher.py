@@ -7,12 +7,18 @@ versions, throughput).  When the learner finishes, or on Ctrl-C / SIGTERM, it st
 order (learner first, so it can checkpoint; rollouts next, so they return unfinished tasks; then the
 buffer and verifier) and prints a summary.  A service that dies unexpectedly stops the run with its
 log's tail.
+
+Secrets: a run without ``learner.weight_sync.token`` gets a generated one; Redis is reached (or
+started) with ``redis.password`` (or the URL's password; TLS settings for ``rediss://``).  The run's
+``<run_dir>/config.yaml`` is written 0600 with every secret shown as ``***``; the children get the
+secrets through their environment (``common.config.secret_env``), never on a command line.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -22,8 +28,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import httpx
+from pydantic import SecretStr
 
-from common.config import RethinkerConfig, config_to_yaml
+from common.config import RethinkerConfig, config_to_yaml, load_config, secret_env
 from common.logging import get_logger
 from rethinker.progress import LearnerProgress, ProgressReporter, read_learner_status, status_line
 
@@ -110,6 +117,9 @@ def probe_services(cfg: RethinkerConfig, children: list[Child]) -> tuple[dict[st
     """Last `/v1/status` of every live rollout server and `/v1/stats` of the buffer."""
     rollouts: dict[str, dict[str, Any]] = {}
     stats: dict[str, Any] = {}
+    from common.http_guard import auth_headers
+
+    read = auth_headers(cfg.buffer.read_token or cfg.buffer.admin_token)  # buffer reads may need a token
     with httpx.Client(timeout=5.0) as http:
         for ch in children:
             if ch.name.startswith("rollout-") and ch.alive() and ch.health_url:
@@ -118,7 +128,7 @@ def probe_services(cfg: RethinkerConfig, children: list[Child]) -> tuple[dict[st
                 except (httpx.HTTPError, ValueError):
                     pass
         try:
-            stats = http.get(f"{cfg.buffer.base_url()}/v1/stats").json()
+            stats = http.get(f"{cfg.buffer.base_url()}/v1/stats", headers=read).json()
         except (httpx.HTTPError, ValueError):
             pass
     return rollouts, stats
@@ -126,6 +136,60 @@ def probe_services(cfg: RethinkerConfig, children: list[Child]) -> tuple[dict[st
 
 def rethinker_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "rethinker.cli", *args]
+
+
+def new_token() -> str:
+    """A fresh random bearer / weight-sync token."""
+    return secrets.token_urlsafe(32)
+
+
+def with_run_secrets(cfg: RethinkerConfig) -> RethinkerConfig:
+    """``cfg`` with a generated weight-sync token when it has none (a local run is always guarded)."""
+    ws = cfg.learner.weight_sync
+    if ws.token is not None:
+        return cfg
+    return cfg.model_copy(update={"learner": cfg.learner.model_copy(
+        update={"weight_sync": ws.model_copy(update={"token": SecretStr(new_token())})})})
+
+
+def connect_redis(cfg: RethinkerConfig, run_dir: Path) -> RethinkerConfig:
+    """``cfg`` pointing at a Redis that answers with its credentials: the configured one, or (with
+    ``launcher.start_redis``) a local redis-server started with the same password."""
+    from rethinker.local_redis import RedisUnavailable, answering, start_local
+
+    rc = cfg.redis
+    password = rc.effective_password()
+    if answering(rc.url, password=password, tls_ca_certs=rc.tls_ca_certs, tls_insecure=rc.tls_insecure):
+        return cfg
+    where = describe_redis(cfg)
+    if not cfg.launcher.start_redis:
+        raise RedisUnavailable(f"Redis at {where} does not answer (with redis.password when set) and launcher.start_redis is false")
+    if rc.url.startswith("rediss://"):
+        raise RedisUnavailable(f"Redis at {where} (TLS) does not answer; a local redis-server is started only for "
+                               "redis:// URLs: start the TLS server or fix redis.url / redis.tls_ca_certs")
+    url = start_local(run_dir / "redis", appendonly=True, password=password)
+    if url is None:
+        raise RedisUnavailable(f"Redis at {where} does not answer and redis-server could not be started")
+    update: dict[str, Any] = {"url": url}
+    if password is not None and rc.password is None:  # the password came in the URL: keep it
+        update["password"] = SecretStr(password)
+    return cfg.model_copy(update={"redis": rc.model_copy(update=update)})
+
+
+def describe_redis(cfg: RethinkerConfig) -> str:
+    from common.redis_conn import describe
+
+    return describe(cfg.redis)
+
+
+def write_run_config(cfg: RethinkerConfig, path: Path) -> None:
+    """``<run_dir>/config.yaml``: mode 0600, secrets shown as ``***`` (children get them by env)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("# Secrets are shown as ***; the processes of the run get them from their environment.\n")
+        fh.write(config_to_yaml(cfg))
+    os.chmod(path, 0o600)
 
 
 def plan_children(cfg: RethinkerConfig, config_path: Path, run_dir: Path, *, learner: bool = True) -> list[Child]:
@@ -150,8 +214,10 @@ def plan_children(cfg: RethinkerConfig, config_path: Path, run_dir: Path, *, lea
         )
     if learner:
         children.append(Child("learner", rethinker_argv("learn", *c), logs / "learner.log", None))
+    env = secret_env(cfg)
     for ch in children:
         ch.threads = cfg.launcher.child_threads
+        ch.env = {**ch.env, **env}
     return children
 
 
@@ -198,20 +264,12 @@ def run_system(
     stop_after_s: float | None = None,
 ) -> RunResult:
     """Start everything, wait for the learner (or a signal), stop everything."""
-    from rethinker.local_redis import RedisUnavailable, answering, start_local
-
     run_dir = Path(cfg.run.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     progress = LearnerProgress(run_dir)
-    if not answering(cfg.redis.url):
-        if not cfg.launcher.start_redis:
-            raise RedisUnavailable(f"Redis at {cfg.redis.url} does not answer and launcher.start_redis is false")
-        url = start_local(run_dir / "redis", appendonly=True)
-        if url is None:
-            raise RedisUnavailable(f"Redis at {cfg.redis.url} does not answer and redis-server could not be started")
-        cfg = cfg.model_copy(update={"redis": cfg.redis.model_copy(update={"url": url})})
+    cfg = connect_redis(with_run_secrets(cfg), run_dir)
     config_path = run_dir / "config.yaml"
-    config_path.write_text(config_to_yaml(cfg))
+    write_run_config(cfg, config_path)
 
     children = plan_children(cfg, config_path, run_dir, learner=learner)
     stop_requested = {"signal": None}
@@ -279,9 +337,9 @@ def run_system(
 def cmd_up(args: Any) -> int:
     """`rethinker up`: run the whole system with a live status line (a plain line every
     `launcher.progress_every_s` seconds when stderr is not a terminal)."""
-    from rethinker.cli import config_from_args
-
-    cfg = config_from_args(args)
+    # A config that requires a weight-sync token (learner.weight_sync.require_token) gets a fresh
+    # one here when none is set: a local run needs no pre-shared secret.
+    cfg = load_config(args.config, args.overrides, generate={"learner.weight_sync.token": new_token})
     if args.steps is not None:
         cfg.learner.total_steps = args.steps
     with ProgressReporter(cfg.learner.total_steps, stream=sys.stderr, interval_s=cfg.launcher.progress_every_s) as progress:

@@ -4,6 +4,11 @@ Order: $REDIS_URL if set and answering; else redis://127.0.0.1:6379/0 if answeri
 local `redis-server` on a free port (pid and log under <state dir>, default .cache/redis/); else
 install it with apt when running as root; else fail with a message saying how to get one.
 `python -m rethinker.local_redis` prints the URL on stdout; messages go to stderr.
+
+With a password (`start_local(..., password=...)`, what `rethinker up` passes from
+`redis.password` / the URL), the server is started with `requirepass` from a 0600 config file in
+the state dir (never on its command line), and the returned URL carries no password: clients take
+it from `redis.password`.
 """
 
 from __future__ import annotations
@@ -26,9 +31,19 @@ def say(msg: str) -> None:
     print(f"ensure_redis: {msg}", file=sys.stderr)
 
 
-def answering(url: str) -> bool:
+def answering(url: str, *, password: str | None = None, tls_ca_certs: str | None = None,
+              tls_insecure: bool = False) -> bool:
+    """A Redis >= 7 answers at `url` (authenticating with `password`; TLS settings for rediss://)."""
+    kw: dict = {"socket_connect_timeout": 1, "socket_timeout": 2}
+    if password is not None:
+        kw["password"] = password
+    if url.startswith("rediss://"):
+        if tls_ca_certs:
+            kw["ssl_ca_certs"] = tls_ca_certs
+        if tls_insecure:
+            kw["ssl_cert_reqs"] = "none"
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+        client = redis.Redis.from_url(url, **kw)
         info = client.info("server")
         major = int(str(info.get("redis_version", "0")).split(".")[0])
         if major < 7:
@@ -45,8 +60,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_local(state: Path = DEFAULT_STATE, *, appendonly: bool = False) -> str | None:
-    """Start a daemonized redis-server on a free port; returns its URL (None when impossible)."""
+def start_local(state: Path = DEFAULT_STATE, *, appendonly: bool = False, password: str | None = None) -> str | None:
+    """Start a daemonized redis-server on a free port (requiring `password` when given); returns
+    its URL, without the password (None when impossible)."""
     binary = shutil.which("redis-server")
     if binary is None and os.geteuid() == 0 and shutil.which("apt-get"):
         say("redis-server not found; installing it with apt-get (running as root)")
@@ -59,11 +75,17 @@ def start_local(state: Path = DEFAULT_STATE, *, appendonly: bool = False) -> str
     state = Path(state).resolve()
     state.mkdir(parents=True, exist_ok=True)
     url_file = state / "url"
-    if url_file.exists() and answering(url_file.read_text().strip()):
+    if url_file.exists() and answering(url_file.read_text().strip(), password=password):
         return url_file.read_text().strip()
     port = free_port()
+    conf = state / "redis.conf"
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        if password:
+            fh.write('requirepass "' + password.replace("\\", "\\\\").replace('"', '\\"') + '"\n')
+    os.chmod(conf, 0o600)
     subprocess.run(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "yes", "--save", "",
+        [binary, str(conf), "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "yes", "--save", "",
          "--appendonly", "yes" if appendonly else "no", "--dir", str(state), "--pidfile", str(state / "redis.pid"),
          "--logfile", str(state / "redis.log")],
         check=True,
@@ -71,7 +93,7 @@ def start_local(state: Path = DEFAULT_STATE, *, appendonly: bool = False) -> str
     )
     url = f"redis://127.0.0.1:{port}/0"
     for _ in range(50):
-        if answering(url):
+        if answering(url, password=password):
             url_file.write_text(url)
             say(f"started redis-server on port {port} (pid file {state / 'redis.pid'})")
             return url

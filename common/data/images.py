@@ -77,7 +77,7 @@ def check_image(src: bytes | str, mode: str = "header") -> None:
                 img.load()
             elif img.size[0] <= 0 or img.size[1] <= 0:
                 raise ImageError(f"image has size {img.size}")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"not a readable image: {exc}") from None
 
 
@@ -88,7 +88,7 @@ def image_size(src: ImageLike) -> tuple[int, int]:
     try:
         with _open(src) as img:
             return img.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"not a readable image: {exc}") from None
 
 
@@ -97,7 +97,7 @@ def decode_image(src: ImageLike) -> Image.Image:
     try:
         img = _open(src)
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"not a readable image: {exc}") from None
     if img.mode == "RGBA":
         bg = Image.new("RGB", img.size, (255, 255, 255))

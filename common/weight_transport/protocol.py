@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 import torch.distributed as dist
 
-from common.config import RethinkerConfig
+from common.config import RethinkerConfig, reveal
 from common.logging import get_logger
 from common.redis_conn import sync_client
 from common.redis_keys import RedisKeys
@@ -227,7 +227,7 @@ class RoundSender(WeightSender):
                 continue
             if now - rec.heartbeat > self.wcfg.member_ttl_s:
                 continue
-            if rec.proof != token_proof(self.wcfg.token, sid):
+            if rec.proof != token_proof(reveal(self.wcfg.token), sid):
                 if sid not in self._warned:
                     self._warned.add(sid)
                     log.warning("sync_member_bad_token", server_id=sid)
@@ -295,7 +295,7 @@ class RoundSender(WeightSender):
                 timeout_s=self.wcfg.timeout_s,
                 extra=self._backend.round_extra(),
             )
-            pstore = dist.PrefixStore(round_secret(self.wcfg.token, round_id), store)
+            pstore = dist.PrefixStore(round_secret(reveal(self.wcfg.token), round_id), store)
             with self.r.pipeline(transaction=True) as p:
                 p.hset(self.keys.sync_round, ROUND_FIELD, desc.to_json())
                 p.publish(
@@ -644,7 +644,7 @@ class RoundReceiver(WeightReceiver):
         self._lock = threading.Lock()
         self.rounds_ok = 0
         self.rounds_failed = 0
-        self._participant = RoundParticipant(backend, token=self.wcfg.token, staging=self.wcfg.staging)
+        self._participant = RoundParticipant(backend, token=reveal(self.wcfg.token), staging=self.wcfg.staging)
 
     # ---- public
     @property
@@ -716,7 +716,7 @@ class RoundReceiver(WeightReceiver):
         return JoinRecord(
             server_id=self.server_id,
             backend=self._backend.name,
-            proof=token_proof(self.wcfg.token, self.server_id),
+            proof=token_proof(reveal(self.wcfg.token), self.server_id),
             host=socket.gethostname(),
             pid=os.getpid(),
             heartbeat=redis_now(self.r),

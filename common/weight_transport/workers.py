@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from common.config import RethinkerConfig
+from common.config import RethinkerConfig, reveal
 from common.weight_transport.base import JoinRecord, RoundDescriptor, WeightSyncError, token_proof
 from common.weight_transport.protocol import Backend, Channel, JoinOutcome, RoundReceiver, log, redis_now
 
@@ -127,7 +127,7 @@ class WorkerRoundReceiver(RoundReceiver):
             JoinRecord(
                 server_id=m.member_id,
                 backend=self._backend.name,
-                proof=token_proof(self.wcfg.token, m.member_id),
+                proof=token_proof(reveal(self.wcfg.token), m.member_id),
                 host=m.host or socket.gethostname(),
                 pid=m.pid or os.getpid(),
                 heartbeat=now,

@@ -12,16 +12,16 @@ Endpoints (``create_app(cfg)``; see docs/buffer.md):
 - ``POST /v1/admin/snapshot``  write the store to ``buffer.snapshot_dir/<name>.rtksnap`` [admin]
 - ``GET /v1/admin/config``     the effective config, secrets masked                   [admin]
 
-Admin endpoints need ``Authorization: Bearer <buffer.admin_token>`` and are disabled (403) while
-no admin token is configured; read endpoints need ``buffer.read_token`` (or the admin token) when
-one is set.  Unknown ids give 404, bad parameters 422, an unreachable Redis 503.
+Admin endpoints need ``Authorization: Bearer <buffer.admin_token>`` (401 without it) and are
+disabled (403) while no admin token is configured; read endpoints need ``buffer.read_token`` (or the
+admin token) when one is set.  A request body over ``buffer.max_body_bytes`` gets 413 (no endpoint
+takes a body).  Unknown ids give 404, bad parameters 422, an unreachable Redis 503.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import secrets
 import time
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
@@ -36,7 +36,8 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from common.codec import CodecError
-from common.config import RethinkerConfig
+from common.config import RethinkerConfig, config_dict
+from common.http_guard import BodyLimitMiddleware, bearer_matches
 from common.logging import get_logger
 from common.metrics import ServiceMetrics, metrics_response
 from common.redis_conn import describe
@@ -103,20 +104,31 @@ def _bearer(request: Request) -> str | None:
     return None
 
 
-def _matches(token: str | None, expected: str | None) -> bool:
-    return bool(token) and expected is not None and secrets.compare_digest(token.encode(), expected.encode())
+def _matches(token: str | None, expected: Any) -> bool:
+    return bearer_matches(token, expected)
 
 
 def masked_config(cfg: RethinkerConfig) -> dict[str, Any]:
-    d = cfg.model_dump(mode="json")
-    d["redis"]["url"] = describe(cfg.redis)
-    for section, key in (("redis", "password"), ("buffer", "admin_token"), ("buffer", "read_token")):
-        if d[section].get(key) is not None:
-            d[section][key] = "***"
-    ws = d.get("learner", {}).get("weight_sync", {})
-    if ws.get("token") is not None:
-        ws["token"] = "***"
-    return d
+    """The effective config with every secret shown as ``***`` (``common.config.config_dict``)."""
+    return config_dict(cfg)
+
+
+_ERROR_SCHEMA = {"type": "object", "properties": {"detail": {}}, "required": ["detail"]}
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+
+
+# Status codes of the routes, for the OpenAPI document.
+_READ = {401: _err("buffer.read_token is set and the request has no matching bearer token"),
+         503: _err("Redis unreachable or failing")}
+_FOUND = {**_READ, 404: _err("no such id in the store"), 502: _err("a stored payload cannot be decoded")}
+_ADMIN = {401: _err("no matching 'Authorization: Bearer <buffer.admin_token>'"),
+          403: _err("admin endpoints are disabled (no buffer.admin_token)"),
+          413: _err("request body over buffer.max_body_bytes"),
+          503: _err("Redis unreachable or failing")}
+_TEXT = {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"}
 
 
 def create_app(cfg: RethinkerConfig, *, client: AsyncBufferClient | None = None) -> FastAPI:
@@ -159,6 +171,7 @@ def create_app(cfg: RethinkerConfig, *, client: AsyncBufferClient | None = None)
             await bc.close()
 
     app = FastAPI(title="rethinker buffer", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=bcfg.max_body_bytes, field="buffer.max_body_bytes")
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
 
     def buffer(request: Request) -> AsyncBufferClient:
@@ -205,7 +218,7 @@ def create_app(cfg: RethinkerConfig, *, client: AsyncBufferClient | None = None)
     async def dashboard() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses={503: _err("Redis does not answer")})
     async def healthz(request: Request) -> JSONResponse:
         try:
             ok = await buffer(request).ping()
@@ -213,7 +226,7 @@ def create_app(cfg: RethinkerConfig, *, client: AsyncBufferClient | None = None)
             return JSONResponse({"ok": False, "redis": False, "error": str(exc)}, status_code=503)
         return JSONResponse({"ok": ok, "redis": ok})
 
-    @app.get("/v1/stats", dependencies=[Depends(require_read)])
+    @app.get("/v1/stats", dependencies=[Depends(require_read)], responses=_READ)
     async def stats(
         request: Request, series: int | None = Query(None, ge=0, le=100_000, description="keep the last N series points")
     ) -> JSONResponse:
@@ -222,7 +235,7 @@ def create_app(cfg: RethinkerConfig, *, client: AsyncBufferClient | None = None)
             st["series"] = st["series"][-series:] if series else []
         return JSONResponse(_clean(st))
 
-    @app.get("/v1/groups/{group_id}", dependencies=[Depends(require_read)])
+    @app.get("/v1/groups/{group_id}", dependencies=[Depends(require_read)], responses=_FOUND)
     async def get_group(request: Request, group_id: str, tokens: bool = True) -> JSONResponse:
         rec = await buffer(request).get_group_record(group_id) if len(group_id) <= _MAX_ID else None
         if rec is None:
@@ -235,14 +248,14 @@ def create_app(cfg: RethinkerConfig, *, client: AsyncBufferClient | None = None)
             "samples": [sample_view(s, pool=pools.get(s.sample_id), tokens=tokens) for s in g.samples],
         })
 
-    @app.get("/v1/samples/{sample_id}", dependencies=[Depends(require_read)])
+    @app.get("/v1/samples/{sample_id}", dependencies=[Depends(require_read)], responses=_FOUND)
     async def get_sample(request: Request, sample_id: str, tokens: bool = True) -> JSONResponse:
         rec = await buffer(request).get_sample_record(sample_id) if len(sample_id) <= _MAX_ID else None
         if rec is None:
             raise HTTPException(404, f"no sample {sample_id[:_MAX_ID]!r} in the store")
         return JSONResponse(sample_view(rec.sample, pool=rec.pool, tokens=tokens))
 
-    @app.get("/metrics", dependencies=[Depends(require_read)])
+    @app.get("/metrics", dependencies=[Depends(require_read)], responses={**_READ, 200: _TEXT})
     async def prometheus(request: Request):
         try:
             st = await buffer(request).stats()
@@ -265,14 +278,19 @@ def create_app(cfg: RethinkerConfig, *, client: AsyncBufferClient | None = None)
 
     # ------------------------------------------------------------------ admin
 
-    @app.post("/v1/admin/clear", dependencies=[Depends(require_admin)])
+    @app.post("/v1/admin/clear", dependencies=[Depends(require_admin)], responses=_ADMIN)
     async def clear(request: Request, queue: bool = True, registry: bool = False) -> JSONResponse:
         n = await buffer(request).clear(store=True, queue=queue, registry=registry)
         log.info("buffer_cleared", keys=n, queue=queue, registry=registry)
         return JSONResponse({"deleted_keys": n})
 
-    @app.post("/v1/admin/snapshot", dependencies=[Depends(require_admin)])
-    async def snapshot(request: Request, name: str | None = Query(None, max_length=100)) -> JSONResponse:
+    @app.post("/v1/admin/snapshot", dependencies=[Depends(require_admin)],
+              responses={**_ADMIN, 507: _err("the snapshot file cannot be written")})
+    async def snapshot(
+        request: Request,
+        name: str | None = Query(None, min_length=1, max_length=100, pattern=_NAME_RE.pattern,
+                                 description="file name (letters, digits, '.', '_', '-'; default: a UTC time stamp)"),
+    ) -> JSONResponse:
         if name is None:
             name = datetime.now(timezone.utc).strftime("buffer-%Y%m%dT%H%M%S%fZ")
         if not _NAME_RE.match(name):
@@ -285,7 +303,7 @@ def create_app(cfg: RethinkerConfig, *, client: AsyncBufferClient | None = None)
         log.info("buffer_snapshot", **info)
         return JSONResponse(info)
 
-    @app.get("/v1/admin/config", dependencies=[Depends(require_admin)])
+    @app.get("/v1/admin/config", dependencies=[Depends(require_admin)], responses=_ADMIN)
     async def config_view() -> JSONResponse:
         return JSONResponse(masked_config(cfg))
 

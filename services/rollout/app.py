@@ -7,38 +7,56 @@
 - ``GET /healthz``: 200 only when weights are loaded and the server is serving, else 503.
 - ``GET /metrics``: Prometheus.
 
-Bad requests get a 4xx with a reason (422 for schema violations, 400 for unusable content such as
-an undecodable image or a remote image URL), never a 500.
+Bad requests get a 4xx with a reason naming the field (422 for schema violations, 400 for unusable
+content such as an undecodable image, a remote image URL, an image over ``rollout.max_image_pixels``
+or a prompt over ``data.max_prompt_tokens``), never a 500.
+
+Bounded work per request: a body over ``rollout.max_body_bytes`` gets 413 before it is parsed
+(``common.http_guard.BodyLimitMiddleware``); the prompt text is measured before tokenizing (text
+longer than ``data.max_prompt_tokens`` times the longest vocabulary entry cannot fit and gets 400 at
+once); ``sampling.max_new_tokens`` may not exceed ``rollout.max_model_len``; decoding images and
+tokenizing run in a worker thread, so ``/healthz`` and ``/v1/status``
+answer while a request is prepared or generated.  With ``rollout.api_token`` set, ``/v1/generate``
+answers 401 unless the request carries ``Authorization: Bearer <rollout.api_token>``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import io
 import time
 import uuid
 from typing import Any, Literal
 
 import numpy as np
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from common.data.schema import IMAGE_PLACEHOLDER
+from common.http_guard import BodyLimitMiddleware, bearer_dependency
 from common.metrics import metrics_response
 from services.rollout import rethink
 from services.rollout.engines.base import EngineError, GenerationRequest, SamplingParams
 
 MAX_N = 64
 MAX_NEW_TOKENS = 32768
+# Sampling below this temperature divides logits into inf/nan: 0 (greedy) or at least this.
+MIN_TEMPERATURE = 0.01
+MAX_SEED = 2**32 - 1
+MAX_TOP_K = 2**31 - 1
 
 
 class ImageURL(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
     url: str
 
 
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     type: Literal["text", "image", "image_url"]
     text: str | None = None
@@ -47,25 +65,32 @@ class ContentPart(BaseModel):
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     role: Literal["system", "user"]
     content: str | list[ContentPart]
 
 
 class SamplingBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     n: int = Field(1, ge=1, le=MAX_N)
-    temperature: float = Field(0.0, ge=0.0, le=10.0)
+    temperature: float = Field(0.0, ge=0.0, le=10.0, description=f"0 (greedy) or in [{MIN_TEMPERATURE}, 10]")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = -1
+    top_k: int = Field(-1, ge=-1, le=MAX_TOP_K, description="-1 or 0 disables top-k")
     max_new_tokens: int = Field(2048, ge=1, le=MAX_NEW_TOKENS)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v: float) -> float:
+        if 0.0 < v < MIN_TEMPERATURE:
+            raise ValueError(f"must be 0 (greedy) or >= {MIN_TEMPERATURE}; smaller positive values overflow the logits")
+        return v
 
 
 class GenerateBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     messages: list[Message] = Field(min_length=1)
     sampling: SamplingBody = SamplingBody()
@@ -73,6 +98,22 @@ class GenerateBody(BaseModel):
     force_rethink: bool = False  # test-time forced rethinking with rethink.eval_trigger
     return_token_ids: bool = False
     return_logprobs: bool = False
+
+
+def _check_image(raw: bytes, where: str, max_pixels: int) -> None:
+    """400 unless ``raw`` is an image whose header says at most ``max_pixels`` pixels (the header
+    only is read: nothing is decompressed here)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            w, h = img.size
+    except Image.DecompressionBombError as exc:
+        raise HTTPException(400, f"{where}: image too large: {exc}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise HTTPException(400, f"{where}: not a readable image: {exc}") from None
+    if w * h > max_pixels:
+        raise HTTPException(400, f"{where}: image of {w}x{h} pixels exceeds rollout.max_image_pixels={max_pixels}")
 
 
 def _decode_image(ref: str, where: str) -> bytes:
@@ -92,8 +133,11 @@ def _decode_image(ref: str, where: str) -> bytes:
     return raw
 
 
-def messages_to_question(messages: list[Message]) -> tuple[str, list[bytes], str | None]:
-    """(question with <image> placeholders, image bytes, system prompt) of a single-turn chat."""
+def messages_to_question(
+    messages: list[Message], max_image_pixels: int | None = None
+) -> tuple[str, list[bytes], str | None]:
+    """(question with <image> placeholders, image bytes, system prompt) of a single-turn chat;
+    with ``max_image_pixels`` each image's header is checked against it."""
     system = None
     msgs = list(messages)
     if msgs and msgs[0].role == "system":
@@ -122,17 +166,78 @@ def messages_to_question(messages: list[Message]) -> tuple[str, list[bytes], str
             ref = p.image if p.type == "image" else (p.image_url.url if isinstance(p.image_url, ImageURL) else p.image_url)
             if not ref:
                 raise HTTPException(400, f"{where}: image part without data")
-            images.append(_decode_image(ref, where))
+            raw = _decode_image(ref, where)
+            if max_image_pixels is not None:
+                _check_image(raw, where, max_image_pixels)
+            images.append(raw)
             pieces.append(IMAGE_PLACEHOLDER)
     return "".join(pieces), images, system
 
 
+_ERROR_SCHEMA = {"type": "object", "properties": {"detail": {}}, "required": ["detail"]}
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+
+
+GENERATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _err("unusable content (image, prompt length, message layout); the detail names the field"),
+    401: _err("rollout.api_token is set and the request has no matching bearer token"),
+    413: _err("request body over rollout.max_body_bytes"),
+    422: _err("the body does not match the schema (the errors name the fields)"),
+    503: _err("no weights loaded yet, or generation failed"),
+}
+
+
+def max_token_chars(engine: Any) -> int:
+    """The longest vocabulary entry of ``engine``'s tokenizer in characters (cached on the engine):
+    a text of C characters has at least C / this many tokens."""
+    cached = getattr(engine, "_max_token_chars", None)
+    if cached is None:
+        try:
+            tok = engine.tokenizer
+            vocab = tok.get_vocab()
+            cached = max([len(t) for t in vocab] + [1])
+        except Exception:  # noqa: BLE001 - no tokenizer vocabulary: no early bound
+            cached = 0
+        engine._max_token_chars = cached
+    return cached
+
+
+def prepare_prompt(server: Any, body: GenerateBody) -> Any:
+    """Check, decode and tokenize the prompt of ``body`` (runs in a worker thread); 400 on bad input."""
+    engine = server.engine
+    cfg = server.cfg
+    limit = cfg.data.max_prompt_tokens
+    per_token = max_token_chars(engine)
+    n_chars = len(body.prompt_suffix) + sum(
+        len(m.content) if isinstance(m.content, str) else sum(len(p.text or "") for p in m.content) for m in body.messages
+    )
+    if per_token and n_chars > limit * per_token:
+        raise HTTPException(400, f"messages: {n_chars} characters of text cannot fit data.max_prompt_tokens={limit} "
+                                 f"(at most {per_token} characters per token)")
+    question, images, system = messages_to_question(body.messages, cfg.rollout.max_image_pixels)
+    from PIL import Image
+
+    try:
+        return engine.encode_question(question, images, body.prompt_suffix, system=system)
+    except (EngineError, ValueError, OSError, Image.DecompressionBombError, OverflowError) as exc:
+        raise HTTPException(400, f"messages: cannot build the prompt: {exc}") from None
+
+
 def create_app(server: Any) -> FastAPI:
     """The FastAPI app of ``server`` (a ``services.rollout.server.RolloutServer``)."""
-    app = FastAPI(title="rethinker rollout server", version="1")
-    app.state.server = server
+    from common.config import RethinkerConfig
 
-    @app.get("/healthz")
+    rcfg = (getattr(server, "cfg", None) or RethinkerConfig()).rollout  # no server: routes only (tests)
+    app = FastAPI(title="rethinker rollout server", version="1")
+    app.add_middleware(BodyLimitMiddleware, max_bytes=rcfg.max_body_bytes, field="rollout.max_body_bytes")
+    app.state.server = server
+    require_token = bearer_dependency(rcfg.api_token, "rollout.api_token")
+
+    @app.get("/healthz", responses={200: {"description": "weights loaded, serving"},
+                                    503: {"description": "loading or stopping"}})
     async def healthz() -> JSONResponse:
         ok = server.ready
         body = {"ready": ok, "loaded_version": server.engine.loaded_version, "server_id": server.server_id}
@@ -142,20 +247,20 @@ def create_app(server: Any) -> FastAPI:
     async def status() -> dict[str, Any]:
         return server.status()
 
-    @app.get("/metrics")
+    @app.get("/metrics", responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                                          "description": "Prometheus text format"}})
     async def metrics():  # noqa: ANN202
         return metrics_response(server.metrics)
 
-    @app.post("/v1/generate")
+    @app.post("/v1/generate", dependencies=[Depends(require_token)], responses=GENERATE_RESPONSES)
     async def generate(body: GenerateBody) -> dict[str, Any]:
         engine = server.engine
         if not engine.ready:
             raise HTTPException(503, "no weights loaded yet")
-        question, images, system = messages_to_question(body.messages)
-        try:
-            prompt = engine.encode_question(question, images, body.prompt_suffix, system=system)
-        except (EngineError, ValueError) as exc:
-            raise HTTPException(400, f"cannot build the prompt: {exc}") from None
+        if body.sampling.max_new_tokens > rcfg.max_model_len:
+            raise HTTPException(400, f"sampling.max_new_tokens={body.sampling.max_new_tokens} exceeds "
+                                     f"rollout.max_model_len={rcfg.max_model_len}")
+        prompt = await asyncio.to_thread(prepare_prompt, server, body)
         s = body.sampling
         params = SamplingParams(
             n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_new_tokens=s.max_new_tokens, seed=s.seed

@@ -9,6 +9,7 @@
     out["choices"][0]["text"], out["policy_version"]
     c.status()["rethinking"]
 
+``token`` (e.g. ``cfg.rollout.api_token``) is sent as ``Authorization: Bearer <token>``.
 ``AsyncRolloutClient`` has the same methods as coroutines.  Connection errors, timeouts and 5xx/503
 answers are retried with exponential backoff (``retries`` times); a 4xx raises ``RolloutClientError``
 at once with the server's reason.
@@ -24,6 +25,7 @@ from typing import Any, Sequence
 import httpx
 
 from common.data.schema import IMAGE_PLACEHOLDER
+from common.http_guard import auth_headers
 
 
 class RolloutClientError(RuntimeError):
@@ -84,11 +86,13 @@ def _error(resp: httpx.Response) -> RolloutClientError:
 class RolloutClient:
     """Synchronous client."""
 
-    def __init__(self, base_url: str, *, timeout_s: float = 600.0, retries: int = 3, backoff_s: float = 0.5) -> None:
+    def __init__(
+        self, base_url: str, *, timeout_s: float = 600.0, retries: int = 3, backoff_s: float = 0.5, token: Any = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.retries = retries
         self.backoff_s = backoff_s
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s)
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s, headers=auth_headers(token))
 
     def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         last: Exception | None = None
@@ -148,11 +152,13 @@ class RolloutClient:
 class AsyncRolloutClient:
     """Asyncio client with the same methods."""
 
-    def __init__(self, base_url: str, *, timeout_s: float = 600.0, retries: int = 3, backoff_s: float = 0.5) -> None:
+    def __init__(
+        self, base_url: str, *, timeout_s: float = 600.0, retries: int = 3, backoff_s: float = 0.5, token: Any = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.retries = retries
         self.backoff_s = backoff_s
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s, headers=auth_headers(token))
 
     async def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         last: Exception | None = None

@@ -38,6 +38,7 @@ class HttpScorer:
             timeout_s=cfg.rollout.verifier_timeout_s,
             retries=cfg.rollout.verifier_retries,
             batch_size=cfg.verifier.max_items,
+            token=cfg.verifier.api_token,
         )
 
     async def score(self, items: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -9,8 +9,9 @@
 - a 4xx answer raises ``VerifierRequestError`` at once, with the server's message (e.g. the limit
   that a 413 names).
 
-``VerifierClient.from_config(cfg)`` uses ``verifier.base_url()``, ``verifier.max_items`` and the
-rollout section's ``verifier_timeout_s``/``verifier_retries``.
+``VerifierClient.from_config(cfg)`` uses ``verifier.base_url()``, ``verifier.max_items``,
+``verifier.api_token`` (sent as ``Authorization: Bearer <token>``) and the rollout section's
+``verifier_timeout_s``/``verifier_retries``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, Iterable, Sequence
 import httpx
 
 from common.config import RethinkerConfig
+from common.http_guard import auth_headers
 
 from .schemas import VerifyItem, VerifyResult
 
@@ -49,7 +51,7 @@ def _as_item(it: Any) -> VerifyItem:
     if isinstance(it, VerifyItem):
         return it
     if isinstance(it, dict):
-        return VerifyItem.model_validate(it)
+        return VerifyItem.model_validate(it, strict=False)  # lenient for callers (numpy bools, ...)
     if isinstance(it, (tuple, list)) and len(it) in (2, 3):
         return VerifyItem(response=it[0], gold=it[1], question=it[2] if len(it) == 3 else None)
     raise TypeError(f"cannot make a verify item from {type(it).__name__}")
@@ -73,6 +75,7 @@ class VerifierClient:
         batch_size: int = 1024,
         backoff_s: float = 0.2,
         backoff_max_s: float = 5.0,
+        token: Any = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
@@ -81,6 +84,7 @@ class VerifierClient:
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self._sync: httpx.Client | None = None
+        self._headers = auth_headers(token)
 
     @classmethod
     def from_config(cls, cfg: RethinkerConfig) -> "VerifierClient":
@@ -89,6 +93,7 @@ class VerifierClient:
             timeout_s=cfg.rollout.verifier_timeout_s,
             retries=cfg.rollout.verifier_retries,
             batch_size=cfg.verifier.max_items,
+            token=cfg.verifier.api_token,
         )
 
     # ------------------------------------------------------------------ helpers
@@ -119,7 +124,7 @@ class VerifierClient:
 
     def _client(self) -> httpx.Client:
         if self._sync is None:
-            self._sync = httpx.Client(timeout=self.timeout_s)
+            self._sync = httpx.Client(timeout=self.timeout_s, headers=self._headers)
         return self._sync
 
     def _post(self, batch: list[VerifyItem]) -> list[VerifyResult]:
@@ -181,6 +186,6 @@ class VerifierClient:
         batches = self._batches(items)
         if not batches:
             return []
-        async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+        async with httpx.AsyncClient(timeout=self.timeout_s, headers=self._headers) as client:
             parts = await asyncio.gather(*(self._apost(client, b) for b in batches))
         return [r for part in parts for r in part]

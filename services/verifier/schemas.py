@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class VerifyItem(BaseModel):
     """One response to judge."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "true" is not a bool, 1 is not a string
 
     id: str | None = None
     response: str
@@ -19,7 +19,7 @@ class VerifyItem(BaseModel):
 
 
 class VerifyRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "true" is not a bool, 1 is not a string
 
     items: list[VerifyItem] = Field(min_length=0)
 

@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any
 
-from common.config import RethinkerConfig, config_from_json
+from common.config import RethinkerConfig, config_from_json, config_to_json
 
 APP_NAME = "verifier"
 
@@ -78,7 +78,7 @@ def build_app(cfg: RethinkerConfig) -> Any:
             if backend is not None:
                 backend.close()
 
-    return VerifierDeployment.bind(cfg.model_dump_json())
+    return VerifierDeployment.bind(config_to_json(cfg, reveal_secrets=True))
 
 
 def app_builder(args: dict[str, Any] | None = None) -> Any:

@@ -17,6 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
+from common.config import reveal
 from deploy_checks import (
     REPO,
     SERVICE_PATHS,
@@ -321,9 +322,12 @@ def test_services_agree_with_config(services: dict[str, Service], profile: str |
             assert port == g[host].cfg.__getattribute__(target).port, f"{where}: {target}.url port {port}"
         host, port = host_port(cfg.redis.url)
         assert (host, port) == (redis.name, 6379), f"{where}: redis.url {cfg.redis.url}"
-        assert cfg.redis.password == redis.svc["command"][redis.svc["command"].index("--requirepass") + 1]
-        assert cfg.learner.weight_sync.token and cfg.learner.weight_sync.token == learner.cfg.learner.weight_sync.token
-        assert cfg.buffer.admin_token and cfg.buffer.admin_token == learner.cfg.buffer.admin_token
+        assert reveal(cfg.redis.password) == redis.svc["command"][redis.svc["command"].index("--requirepass") + 1]
+        assert cfg.learner.weight_sync.token and reveal(cfg.learner.weight_sync.token) == reveal(learner.cfg.learner.weight_sync.token)
+        assert cfg.buffer.admin_token and reveal(cfg.buffer.admin_token) == reveal(learner.cfg.buffer.admin_token)
+        for section in ("verifier", "rollout"):  # the API tokens: set, and the same for servers and clients
+            token = getattr(cfg, section).api_token
+            assert token and reveal(token) == reveal(getattr(learner.cfg, section).api_token), f"{where}: {section}.api_token"
         if s.cmd.role in ("rollout", "learn"):  # the weight-sync rendezvous is the learner's compose name
             assert cfg.learner.weight_sync.master_addr == learner.name, f"{where}: weight_sync.master_addr"
             assert cfg.learner.weight_sync.master_port in learner.container_ports()

@@ -21,6 +21,7 @@ import jsonschema
 import pytest
 import yaml
 
+from common.config import reveal
 from deploy_checks import (
     DEPLOY,
     REPO,
@@ -385,8 +386,11 @@ def test_containers_agree_with_config(overlay: str) -> None:
         assert port in [cp["containerPort"] for cp in rc["ports"]]
         redis_env = container_env(overlay, objs, redis_pod, rc)
         redis_args = [expand(a, redis_env) for a in rc["args"]]
-        assert cfg.redis.password and cfg.redis.password == redis_args[redis_args.index("--requirepass") + 1], p.where
+        assert cfg.redis.password and reveal(cfg.redis.password) == redis_args[redis_args.index("--requirepass") + 1], p.where
         assert cfg.buffer.admin_token and cfg.learner.weight_sync.token, f"{p.where}: secrets missing"
+        assert cfg.verifier.api_token and cfg.rollout.api_token, f"{p.where}: API tokens missing"
+        for section in ("verifier", "rollout"):
+            assert reveal(getattr(cfg, section).api_token) == reveal(getattr(learner.cfg, section).api_token)
         # weight-sync rendezvous: <learner pod hostname>.<headless Service> of the learner Job
         pod_host, _, subdomain = cfg.learner.weight_sync.master_addr.partition(".")
         job = learner.pod.owner
@@ -397,7 +401,7 @@ def test_containers_agree_with_config(overlay: str) -> None:
         assert svc["spec"].get("clusterIP") == "None" and selects(svc, learner.pod)
         assert cfg.learner.weight_sync.master_port in [q["port"] for q in svc["spec"]["ports"]]
         assert cfg.learner.weight_sync.master_port in [learner.port(q["targetPort"]) for q in svc["spec"]["ports"]]
-        assert cfg.learner.weight_sync.token == learner.cfg.learner.weight_sync.token
+        assert reveal(cfg.learner.weight_sync.token) == reveal(learner.cfg.learner.weight_sync.token)
 
         role = p.cmd.role
         if role in SERVICE_PATHS:

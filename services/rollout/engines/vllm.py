@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from common.config import RethinkerConfig
+from common.config import RethinkerConfig, reveal
 from common.logging import get_logger
 from services.rollout.engines.base import (
     Completion,
@@ -226,7 +226,7 @@ class VLLMEngine(Engine):
         from common.weight_transport.workers import WorkerMember
 
         w = self.cfg.learner.weight_sync
-        settings = {"server_id": server_id, "backend": w.backend, "token": w.token, "staging": w.staging}
+        settings = {"server_id": server_id, "backend": w.backend, "token": reveal(w.token), "staging": w.staging}
         members = [WorkerMember.from_dict(d) for d in await self._rpc("weight_sync_init", settings)]
         log.info("worker_receive_ready", engine=self.name, members=[m.member_id for m in members], backend=w.backend)
         return members

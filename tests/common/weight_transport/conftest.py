@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from common.config import RethinkerConfig, load_config
+from common.config import RethinkerConfig, config_to_json, load_config
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
@@ -46,7 +46,7 @@ def wt_cfg(redis_url: str) -> RethinkerConfig:
 class ReceiverProc:
     def __init__(self, cfg: RethinkerConfig, server_id: str, out: Path, *extra: str) -> None:
         cfg_path = out.parent / f"{server_id}.json"
-        cfg_path.write_text(cfg.model_dump_json())
+        cfg_path.write_text(config_to_json(cfg, reveal_secrets=True))
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
         self.server_id = server_id
         self.out = out

@@ -170,3 +170,20 @@ def test_redis_down_gives_503():
         assert http.get("/v1/groups/x").status_code == 503
         assert http.get("/healthz").status_code == 503
         assert http.get("/metrics").status_code == 200  # still scrapable (HTTP metrics only)
+
+
+def test_body_limit_and_no_secret_in_any_view():
+    cfg = make_cfg(admin_token=ADMIN, read_token=READ)
+    cfg.buffer.max_body_bytes = 1000
+    cfg.learner.weight_sync.token = "sync-Mike"
+    with Server(cfg) as http:
+        auth = {"Authorization": f"Bearer {ADMIN}"}
+        r = http.post("/v1/admin/clear", headers=auth, content=b"x" * 5000)
+        assert r.status_code == 413 and r.json()["limit"] == 1000 and "buffer.max_body_bytes=1000" in r.json()["detail"]
+        assert http.post("/v1/admin/clear", headers=auth, params={"queue": "false"}).status_code == 200
+        views = [http.get("/v1/admin/config", headers=auth).text, http.get("/v1/stats", headers=auth).text,
+                 http.get("/metrics", headers=auth).text, http.get("/healthz").text]
+        for text in views:
+            for secret in (ADMIN, READ, "sync-Mike"):
+                assert secret not in text
+    delete_namespace(SHARED_REDIS_URL, cfg.redis.namespace)
