@@ -5,90 +5,40 @@ learner, each as its own `rethinker ...` subprocess with its log in `<run_dir>/l
 every service's health endpoint, then streams a compact status line (step, reward, effective share,
 versions, throughput).  When the learner finishes, or on Ctrl-C / SIGTERM, it stops everything in
 order (learner first, so it can checkpoint; rollouts next, so they return unfinished tasks; then the
-buffer and verifier) and prints a summary.  A service that dies unexpectedly stops the run with its
-log's tail.
+buffer and verifier, Redis last) and prints a summary.
+
+Supervision (``rethinker.supervisor``): every child runs in its own process group; one that dies is
+logged with its exit code and log tail and restarted with backoff, within a restart budget
+(``launcher.restart_*``).  The run ends only on SIGINT/SIGTERM, on the learner finishing (exit 0),
+or on a child exceeding its budget; then every process it started is gone, grandchildren
+included.  When Redis does not answer, the launcher starts its own ``redis-server`` as a supervised
+child (AOF ``everysec`` in ``<run_dir>/redis`` unless ``launcher.redis_appendonly`` is false) and
+stops it at the end.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import logging
+import shutil
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import httpx
 
 from common.config import RethinkerConfig, config_to_yaml
 from common.logging import get_logger
 from rethinker.progress import LearnerProgress, ProgressReporter, read_learner_status, status_line
+from rethinker.supervisor import BudgetExceeded, Child, RestartPolicy, Supervisor, clean_env
+
+__all__ = ["Child", "RunResult", "clean_env", "plan_children", "run_system"]
 
 log = get_logger("launcher")
-
-
-@dataclass
-class Child:
-    name: str
-    argv: list[str]
-    log_path: Path
-    health_url: str | None = None
-    proc: subprocess.Popen | None = None
-    stopped: bool = False
-    threads: int = 0
-    env: dict[str, str] = field(default_factory=dict)
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.log_path, "ab")
-        env = {**clean_env(self.threads), **self.env}
-        self.proc = subprocess.Popen(
-            self.argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True,  # Ctrl-C reaches the launcher only; it stops children in order
-        )
-        fh.close()
-        log.info("started", service=self.name, pid=self.proc.pid, log=str(self.log_path))
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self, timeout_s: float) -> int | None:
-        if self.proc is None:
-            return None
-        self.stopped = True
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                log.warning("kill_after_timeout", service=self.name, timeout_s=timeout_s)
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return self.proc.returncode
-
-
-DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def clean_env(threads: int = 0) -> dict[str, str]:
-    """The environment for a child process: unbuffered, without torch.distributed variables (each
-    child is its own world; a launcher that ran DeepSpeed in-process must not leak them), and with
-    `threads` OMP/MKL threads unless the user set them."""
-    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
-    env["PYTHONUNBUFFERED"] = "1"
-    if threads > 0:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env.setdefault(var, str(threads))
-    return env
 
 
 class ServiceDied(RuntimeError):
@@ -104,6 +54,7 @@ class RunResult:
     rollout_status: dict[str, dict[str, Any]] = field(default_factory=dict)
     buffer_stats: dict[str, Any] = field(default_factory=dict)
     dashboard_url: str = ""
+    restarts: dict[str, int] = field(default_factory=dict)  # supervised restarts per child
 
 
 def probe_services(cfg: RethinkerConfig, children: list[Child]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
@@ -128,6 +79,34 @@ def rethinker_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "rethinker.cli", *args]
 
 
+def restart_policy(cfg: RethinkerConfig) -> RestartPolicy:
+    lc = cfg.launcher
+    return RestartPolicy(max_restarts=lc.restart_max, window_s=lc.restart_window_s,
+                         backoff_s=lc.restart_backoff_s, backoff_max_s=lc.restart_backoff_max_s)
+
+
+def plan_redis(cfg: RethinkerConfig, run_dir: Path) -> tuple[Child, str] | None:
+    """A supervised ``redis-server`` for a run whose Redis does not answer: on the configured port
+    when the URL names this machine (else a free port), AOF in ``<run_dir>/redis`` when
+    ``launcher.redis_appendonly`` (``appendfsync everysec``).  None without a redis-server binary."""
+    from rethinker.local_redis import answering, free_port
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None
+    parts = urlsplit(cfg.redis.url)
+    local = parts.hostname in ("127.0.0.1", "localhost") and parts.port is not None
+    port = parts.port if local else free_port()
+    url = f"redis://127.0.0.1:{port}{parts.path or '/0'}"
+    state = (run_dir / "redis").resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "no", "--save", "",
+            "--appendonly", "yes" if cfg.launcher.redis_appendonly else "no", "--appendfsync", "everysec",
+            "--dir", str(state)]
+    child = Child("redis", argv, run_dir / "logs" / "redis.log", health_check=lambda: answering(url), stop_timeout_s=15.0)
+    return child, url
+
+
 def plan_children(cfg: RethinkerConfig, config_path: Path, run_dir: Path, *, learner: bool = True) -> list[Child]:
     """The processes of one run, in start order."""
     logs = run_dir / "logs"
@@ -149,7 +128,8 @@ def plan_children(cfg: RethinkerConfig, config_path: Path, run_dir: Path, *, lea
             )
         )
     if learner:
-        children.append(Child("learner", rethinker_argv("learn", *c), logs / "learner.log", None))
+        children.append(Child("learner", rethinker_argv("learn", *c), logs / "learner.log", None,
+                              finishes=True, stop_timeout_s=60.0))
     for ch in children:
         ch.threads = cfg.launcher.child_threads
     return children
@@ -157,18 +137,19 @@ def plan_children(cfg: RethinkerConfig, config_path: Path, run_dir: Path, *, lea
 
 def wait_healthy(children: list[Child], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    pending = [ch for ch in children if ch.health_url]
+    pending = [ch for ch in children if ch.health_url or ch.health_check]
     with httpx.Client(timeout=2.0) as http:
         while pending:
             for ch in list(pending):
                 if not ch.alive():
                     raise ServiceDied(f"{ch.name} exited with {ch.proc.returncode} while starting:\n{ch.tail()}")
                 try:
-                    if http.get(ch.health_url).status_code == 200:
-                        log.info("healthy", service=ch.name, url=ch.health_url)
-                        pending.remove(ch)
+                    up = ch.health_check() if ch.health_check is not None else http.get(ch.health_url).status_code == 200
                 except httpx.HTTPError:
-                    pass
+                    up = False
+                if up:
+                    log.info("healthy", service=ch.name, url=ch.health_url)
+                    pending.remove(ch)
             if pending and time.monotonic() > deadline:
                 names = ", ".join(ch.name for ch in pending)
                 raise ServiceDied(f"not healthy after {timeout_s:.0f}s: {names}")
@@ -190,6 +171,20 @@ def read_learner_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _attach_launcher_log(path: Path) -> logging.Handler:
+    """The launcher's own events (starts, exits, restarts, stops) as JSON lines in ``path``."""
+    from common.logging import JsonFormatter
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(JsonFormatter())
+    lg = logging.getLogger("launcher")
+    lg.addHandler(handler)
+    if lg.getEffectiveLevel() > logging.INFO:
+        lg.setLevel(logging.INFO)
+    return handler
+
+
 def run_system(
     cfg: RethinkerConfig,
     *,
@@ -197,23 +192,33 @@ def run_system(
     on_tick: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
     stop_after_s: float | None = None,
 ) -> RunResult:
-    """Start everything, wait for the learner (or a signal), stop everything."""
-    from rethinker.local_redis import RedisUnavailable, answering, start_local
+    """Start everything, supervise it until the learner finishes (or a signal, or a child over its
+    restart budget), stop everything."""
+    from rethinker.local_redis import RedisUnavailable, answering
 
     run_dir = Path(cfg.run.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     progress = LearnerProgress(run_dir)
+    redis_child: Child | None = None
     if not answering(cfg.redis.url):
         if not cfg.launcher.start_redis:
             raise RedisUnavailable(f"Redis at {cfg.redis.url} does not answer and launcher.start_redis is false")
-        url = start_local(run_dir / "redis", appendonly=True)
-        if url is None:
-            raise RedisUnavailable(f"Redis at {cfg.redis.url} does not answer and redis-server could not be started")
+        planned = plan_redis(cfg, run_dir)
+        if planned is None:
+            raise RedisUnavailable(
+                f"Redis at {cfg.redis.url} does not answer and there is no redis-server to start "
+                "(Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis)"
+            )
+        redis_child, url = planned
         cfg = cfg.model_copy(update={"redis": cfg.redis.model_copy(update={"url": url})})
     config_path = run_dir / "config.yaml"
     config_path.write_text(config_to_yaml(cfg))
 
     children = plan_children(cfg, config_path, run_dir, learner=learner)
+    launcher_log = _attach_launcher_log(run_dir / "logs" / "launcher.log")
+    if redis_child is not None:
+        children.insert(0, redis_child)
+    supervisor = Supervisor(children, restart_policy(cfg), report=lambda msg: print(msg, file=sys.stderr))
     stop_requested = {"signal": None}
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -224,7 +229,10 @@ def run_system(
     t0 = time.monotonic()
     result = RunResult(returncode=0, wall_s=0.0, dashboard_url=f"{cfg.buffer.base_url()}/")
     try:
-        services = [ch for ch in children if ch.name != "learner"]
+        if redis_child is not None:
+            redis_child.start()
+            wait_healthy([redis_child], cfg.launcher.health_timeout_s)
+        services = [ch for ch in children if ch.name not in ("learner", "redis")]
         for ch in services:
             ch.start()
         wait_healthy(services, cfg.launcher.health_timeout_s)
@@ -238,16 +246,13 @@ def run_system(
                 break
             if learner_child is None and not services:
                 break
-            if learner_child is not None and not learner_child.alive():
-                rc = learner_child.proc.returncode
-                if rc != 0:
-                    print(f"learner exited with {rc}:\n{learner_child.tail()}", file=sys.stderr)
-                break
-            dead = [ch for ch in services if not ch.alive()]
-            if dead:
-                ch = dead[0]
-                print(f"{ch.name} died with {ch.proc.returncode}:\n{ch.tail()}", file=sys.stderr)
+            try:
+                done = supervisor.poll()
+            except BudgetExceeded as exc:
+                print(f"rethinker up: {exc}", file=sys.stderr)
                 rc = 1
+                break
+            if done is not None:  # the learner finished its steps
                 break
             try:
                 stats = http.get(f"{cfg.buffer.base_url()}/v1/stats").json()
@@ -265,14 +270,14 @@ def run_system(
         print(f"rethinker up: {exc}", file=sys.stderr)
         rc = 1
     finally:
-        for ch in reversed(children):  # learner, rollouts, buffer, verifier
-            if ch.proc is not None:
-                code = ch.stop(timeout_s=60.0 if ch.name == "learner" else 30.0)
-                log.info("stopped", service=ch.name, returncode=code)
+        supervisor.stop_all()  # learner, rollouts, buffer, verifier, redis; every process group emptied
         for s, h in old.items():
             signal.signal(s, h)
+        logging.getLogger("launcher").removeHandler(launcher_log)
+        launcher_log.close()
     result.returncode = rc
     result.wall_s = time.monotonic() - t0
+    result.restarts = {ch.name: ch.restarts for ch in children if ch.restarts}
     return result
 
 
