@@ -7,7 +7,7 @@ prompt queue   publish_tasks, claim_tasks, extend_claims, ack_task, release_task
                pending_tasks, inflight_tasks, can_publish, queue_stats
 store          add_group, add_groups, sample, wait_for_samples, sizes, get_group, get_group_record,
                get_sample, get_sample_record, stats, clear, snapshot
-versions       publish_policy_version, policy_version
+versions       publish_policy_version, policy_version, reserve_policy_version, highest_policy_version
 registry       register_server, heartbeat, unregister_server, live_servers
 
 All state lives in Redis; every state change is one Redis Function call, atomic (``add_group``
@@ -462,11 +462,24 @@ class BufferClient(_Common):
         mapping = P.policy_version_mapping(pv)
         with self.r.pipeline(transaction=True) as p:
             p.hset(self.keys.policy_version, mapping=mapping)
+            p.zadd(self.keys.policy_version_high, {"high": int(pv.version)}, gt=True)
             p.publish(self.keys.policy_channel, P.policy_event(pv))
             p.execute()
 
     def policy_version(self) -> PolicyVersion | None:
         return P.parse_policy_version(self.r.hgetall(self.keys.policy_version))
+
+    def reserve_policy_version(self, version: int) -> None:
+        """Record ``version`` as used before any weights go out under it (the high-water mark only
+        grows), so that a learner killed mid-sync never reuses the number."""
+        self.r.zadd(self.keys.policy_version_high, {"high": int(version)}, gt=True)
+
+    def highest_policy_version(self) -> int | None:
+        """The highest version ever published in this namespace (None: none yet)."""
+        high = self.r.zscore(self.keys.policy_version_high, "high")
+        pv = self.policy_version()
+        found = [int(v) for v in (high, pv.version if pv is not None else None) if v is not None]
+        return max(found) if found else None
 
     def register_server(self, server_id: str, info: dict[str, Any], ttl_s: float) -> None:
         self.heartbeat(server_id, info, ttl_s)
@@ -758,11 +771,21 @@ class AsyncBufferClient(_Common):
         mapping = P.policy_version_mapping(pv)
         async with self.r.pipeline(transaction=True) as p:
             p.hset(self.keys.policy_version, mapping=mapping)
+            p.zadd(self.keys.policy_version_high, {"high": int(pv.version)}, gt=True)
             p.publish(self.keys.policy_channel, P.policy_event(pv))
             await p.execute()
 
     async def policy_version(self) -> PolicyVersion | None:
         return P.parse_policy_version(await self.r.hgetall(self.keys.policy_version))
+
+    async def reserve_policy_version(self, version: int) -> None:
+        await self.r.zadd(self.keys.policy_version_high, {"high": int(version)}, gt=True)
+
+    async def highest_policy_version(self) -> int | None:
+        high = await self.r.zscore(self.keys.policy_version_high, "high")
+        pv = await self.policy_version()
+        found = [int(v) for v in (high, pv.version if pv is not None else None) if v is not None]
+        return max(found) if found else None
 
     async def register_server(self, server_id: str, info: dict[str, Any], ttl_s: float) -> None:
         await self.heartbeat(server_id, info, ttl_s)
