@@ -265,6 +265,13 @@ class RolloutConfig(Section):
     heartbeat_ttl_s: float = Field(10.0, gt=0.0)
     verifier_timeout_s: float = 30.0
     verifier_retries: int = 5
+    # After the retries above, an unreachable verifier is waited for (the batch's responses kept,
+    # its claims extended): retry every verifier_outage_backoff_s, doubling up to ..._max_s, for at
+    # most verifier_outage_max_s (0: until it is back or the server stops; then the batch fails
+    # and its tasks go back to the queue).
+    verifier_outage_max_s: float = Field(0.0, ge=0.0)
+    verifier_outage_backoff_s: float = Field(1.0, gt=0.0)
+    verifier_outage_backoff_max_s: float = Field(30.0, gt=0.0)
     partial_rollouts: bool = False
     device: str = "auto"  # hf engine: "auto" (cuda if available), "cpu", "cuda:0", ...
     hf_max_batch_rows: int = Field(64, ge=1)  # hf engine: rows (prompt x sample) per generate call

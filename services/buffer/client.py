@@ -3,7 +3,7 @@
 Rollout servers and the learner import this module; nothing else of ``services.buffer`` is public.
 Both clients have the same methods (the async ones are coroutines):
 
-prompt queue   publish_tasks, claim_tasks, extend_claims, ack_task, release_task, queue_depth,
+prompt queue   publish_tasks, claim_tasks, reclaim_own, extend_claims, ack_task, release_task, queue_depth,
                pending_tasks, inflight_tasks, can_publish, queue_stats
 store          add_group, add_groups, sample, wait_for_samples, sizes, get_group, get_group_record,
                get_sample, get_sample_record, stats, clear, snapshot
@@ -268,6 +268,29 @@ class BufferClient(_Common):
                 more, bad = P.parse_entries(entries)
                 tasks += more
                 garbage += bad
+        for eid in garbage:
+            self.ack_task(eid)
+        return tasks
+
+    def reclaim_own(self, consumer: str, count: int) -> list[ClaimedTask]:
+        """Up to ``count`` tasks still pending under ``consumer``'s own name, claimed again at once
+        (no idle wait): a server restarted under its id takes back what its previous incarnation
+        held.  Call it only while this process holds no claim of its own (at start)."""
+        if not isinstance(consumer, str) or not consumer or count < 1:
+            raise BadArgumentError(f"need a consumer name and count >= 1, got {consumer!r}, {count!r}")
+        self._ensure_group()
+        k = self.keys
+        try:
+            rows = self.r.xpending_range(k.task_stream, k.task_group, min="-", max="+", count=count, consumername=consumer)
+        except redis.ResponseError as exc:
+            if not _is_nogroup(exc):
+                raise
+            self._group_ready = False
+            return []
+        own = P.own_pending(rows)
+        if not own:
+            return []
+        tasks, garbage = P.parse_entries(self.r.xclaim(k.task_stream, k.task_group, consumer, 0, list(own)), own)
         for eid in garbage:
             self.ack_task(eid)
         return tasks
@@ -600,6 +623,26 @@ class AsyncBufferClient(_Common):
                 more, bad = P.parse_entries(entries)
                 tasks += more
                 garbage += bad
+        for eid in garbage:
+            await self.ack_task(eid)
+        return tasks
+
+    async def reclaim_own(self, consumer: str, count: int) -> list[ClaimedTask]:
+        if not isinstance(consumer, str) or not consumer or count < 1:
+            raise BadArgumentError(f"need a consumer name and count >= 1, got {consumer!r}, {count!r}")
+        await self._ensure_group()
+        k = self.keys
+        try:
+            rows = await self.r.xpending_range(k.task_stream, k.task_group, min="-", max="+", count=count, consumername=consumer)
+        except redis.ResponseError as exc:
+            if not _is_nogroup(exc):
+                raise
+            self._group_ready = False
+            return []
+        own = P.own_pending(rows)
+        if not own:
+            return []
+        tasks, garbage = P.parse_entries(await self.r.xclaim(k.task_stream, k.task_group, consumer, 0, list(own)), own)
         for eid in garbage:
             await self.ack_task(eid)
         return tasks
