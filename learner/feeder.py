@@ -81,6 +81,14 @@ class PromptFeeder:
         train on and the learner must not wait for a step that cannot come."""
         self.state.extra_rounds += 1
 
+    def regrant_window(self, step: int) -> None:
+        """The tasks in flight were lost (Redis came back empty): count only what finished steps
+        consumed as published, so that a full window of ``k + 1`` rounds can be published again."""
+        pps = self.cfg.learner.prompts_per_step
+        before = self.state.published
+        self.state.published = min(self.state.published, pps * (step + self.state.extra_rounds))
+        log.warning("feed_window_regranted", step=step, published_before=before, published_now=self.state.published)
+
     def _next_rows(self, n: int) -> list[tuple[int, int]]:
         out: list[tuple[int, int]] = []
         while self.state.pending and len(out) < n:

@@ -101,6 +101,7 @@ class Trainer:
         self._groups_seen: int | None = None
         self._empty_rounds = 0  # consecutive rounds of new groups without an effective response
         self._eff_seen = 0
+        self.store_resets = 0  # times the buffer's store was found empty under a running learner
         self.converged = False
         self._totals_prev: dict[str, int] | None = None
         if self.rank == 0:
@@ -199,6 +200,8 @@ class Trainer:
                 last_stats = now
                 totals = self.buffer.stats()["totals"]
                 total = int(totals["groups"])
+                if total < self._groups_seen:
+                    self._store_lost(total, int(totals.get("eff_samples", 0)))
                 if total - self._groups_seen >= need:
                     eff = int(totals.get("eff_samples", 0))
                     self._round_done(total - self._groups_seen, eff - self._eff_seen)
@@ -217,6 +220,23 @@ class Trainer:
             self.feeder.top_up(self.step, self.version)
             time.sleep(self.poll_s)
         return time.perf_counter() - t0
+
+    def _store_lost(self, total: int, eff: int) -> None:
+        """The buffer's group counter went backwards: Redis came back without its data (no AOF, or
+        a flushed namespace).  Said clearly, then training carries on: the learner keeps its
+        weights, step and version; the stored groups, the replay pool and every queued or claimed
+        prompt task are gone, so the feeder is granted a full feed window of new prompts (the lost
+        prompts come round again in the next epoch)."""
+        lost_groups = self._groups_seen - total
+        inflight = self.feeder.state.published - self.cfg.learner.prompts_per_step * (self.step + self.feeder.state.extra_rounds)
+        log.error("buffer_store_lost", step=self.step, version=self.version, groups_lost=lost_groups,
+                  tasks_in_flight_lost=max(0, inflight), action="carry_on",
+                  detail="Redis restarted without its data: stored groups, replay pool and queued/claimed prompt "
+                         "tasks are gone; training continues on new prompts from the data cursor")
+        self.store_resets += 1
+        self.feeder.regrant_window(self.step)
+        self._groups_seen, self._eff_seen = total, eff
+        self._totals_prev = None
 
     def _round_done(self, new_groups: int, new_effective: int) -> None:
         """Count a finished round of new groups for the convergence rule (may set the stop flag)."""

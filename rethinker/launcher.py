@@ -10,7 +10,7 @@ buffer and verifier, Redis last) and prints a summary.
 Supervision (``rethinker.supervisor``): every child runs in its own process group; one that dies is
 logged with its exit code and log tail and restarted with backoff, within a restart budget
 (``launcher.restart_*``).  The run ends only on SIGINT/SIGTERM, on the learner finishing (exit 0),
-or on a child exceeding its budget; then every process it started is gone, grandchildren
+or on a child exceeding its budget (or exiting with 2, a configuration error); then every process it started is gone, grandchildren
 included.  When Redis does not answer, the launcher starts its own ``redis-server`` as a supervised
 child (AOF ``everysec`` in ``<run_dir>/redis`` unless ``launcher.redis_appendonly`` is false) and
 stops it at the end.
@@ -34,7 +34,7 @@ import httpx
 from common.config import RethinkerConfig, config_to_yaml
 from common.logging import get_logger
 from rethinker.progress import LearnerProgress, ProgressReporter, read_learner_status, status_line
-from rethinker.supervisor import BudgetExceeded, Child, RestartPolicy, Supervisor, clean_env
+from rethinker.supervisor import Child, ChildFailed, RestartPolicy, Supervisor, clean_env
 
 __all__ = ["Child", "RunResult", "clean_env", "plan_children", "run_system"]
 
@@ -248,7 +248,7 @@ def run_system(
                 break
             try:
                 done = supervisor.poll()
-            except BudgetExceeded as exc:
+            except ChildFailed as exc:
                 print(f"rethinker up: {exc}", file=sys.stderr)
                 rc = 1
                 break

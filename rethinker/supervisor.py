@@ -11,7 +11,7 @@ and the tail of its log, its process group is cleared of leftovers, and it is re
 backoff of ``restart_backoff_s * 2**(k-1)`` seconds (capped at ``restart_backoff_max_s``) where ``k``
 counts its exits within the last ``restart_window_s`` seconds.  A child that exits more than
 ``max_restarts`` times within that window exceeds its budget: ``poll`` raises ``BudgetExceeded`` and
-the run ends.  A child marked ``finishes`` (the learner) that exits with 0 is done, not restarted.
+the run ends; so does a child exiting with 2, the CLI's configuration/usage error (``ChildFailed``).  A child marked ``finishes`` (the learner) that exits with 0 is done, not restarted.
 ``stop_all`` stops the children in reverse start order (SIGTERM, then SIGKILL of the whole group
 after the child's grace period) and then kills whatever is left in each group.
 """
@@ -150,12 +150,21 @@ class Child:
         return self.proc.returncode
 
 
-class BudgetExceeded(RuntimeError):
-    """A child exited more often than its restart budget allows."""
+class ChildFailed(RuntimeError):
+    """A child failed in a way that ends the run."""
 
     def __init__(self, child: Child, message: str) -> None:
         super().__init__(message)
         self.child = child
+
+
+class BudgetExceeded(ChildFailed):
+    """A child exited more often than its restart budget allows."""
+
+
+# Exit code of the `rethinker` CLI for a configuration or usage error: the same command would fail
+# the same way again, so the child is not restarted.
+USAGE_ERROR = 2
 
 
 @dataclass
@@ -224,6 +233,10 @@ class Supervisor:
             self._event(ch, "exited")
             tail = ch.tail()
             ch.clear_group()
+            if rc == USAGE_ERROR:
+                log.error("child_config_error", service=ch.name, returncode=rc)
+                raise ChildFailed(ch, f"{ch.name} exited with {rc} (a configuration or usage error; not restarted). "
+                                      f"Last log lines:\n{tail}")
             if len(ch.exits) > self.policy.max_restarts:
                 msg = (f"{ch.name} exited with {rc} ({len(ch.exits)} exits within {self.policy.window_s:.0f}s, "
                        f"budget launcher.restart_max={self.policy.max_restarts}); last log lines:\n{tail}")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from rethinker.supervisor import BudgetExceeded, Child, RestartPolicy, Supervisor, group_alive
+from rethinker.supervisor import BudgetExceeded, Child, ChildFailed, RestartPolicy, Supervisor, group_alive
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -78,6 +78,15 @@ def test_a_dying_child_is_restarted_with_backoff_and_its_log_tail_reported(tmp_p
 def test_backoff_doubles_and_is_capped():
     p = RestartPolicy(max_restarts=9, window_s=60, backoff_s=1.0, backoff_max_s=5.0)
     assert [p.backoff(k) for k in (1, 2, 3, 4, 5)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+
+
+def test_a_configuration_error_is_not_restarted(tmp_path):
+    ch = Child("learner", [PY, "-c", "import sys; print('learner.lr: bad'); sys.exit(2)"], tmp_path / "l.log")
+    sup = Supervisor([ch], RestartPolicy(max_restarts=5, backoff_s=0.0))
+    ch.start()
+    with pytest.raises(ChildFailed) as err:
+        poll_until(sup, lambda: False)
+    assert "learner.lr: bad" in str(err.value) and ch.restarts == 0
 
 
 def test_a_finishing_child_is_done_not_restarted(tmp_path):
