@@ -82,8 +82,9 @@ class PromptFeeder:
         self.state.extra_rounds += 1
 
     def regrant_window(self, step: int) -> None:
-        """The tasks in flight were lost (Redis came back empty): count only what finished steps
-        consumed as published, so that a full window of ``k + 1`` rounds can be published again."""
+        """The tasks in flight may be lost (Redis came back with less than it had): count only what
+        finished steps consumed as published, so that a full window of ``k + 1`` rounds can be
+        published again."""
         pps = self.cfg.learner.prompts_per_step
         before = self.state.published
         self.state.published = min(self.state.published, pps * (step + self.state.extra_rounds))

@@ -19,8 +19,8 @@ On start the latest checkpoint (if any) is restored (step, version, optimizer, s
 RNG) and the current weights are broadcast at once, so rollout servers that kept running through a
 learner restart continue with the restored weights.  Versions never go backwards: when a newer
 version than the checkpoint's was published before the restart (kept in Redis), the restored weights
-are published under the next unused number, and rollout servers holding that newer version resync.  SIGTERM/SIGINT finish the current step, save a
-checkpoint and return.
+are published under the next unused number, and rollout servers holding that newer version resync.
+SIGTERM/SIGINT finish the current step, save a checkpoint and return.
 """
 
 from __future__ import annotations
@@ -222,17 +222,19 @@ class Trainer:
         return time.perf_counter() - t0
 
     def _store_lost(self, total: int, eff: int) -> None:
-        """The buffer's group counter went backwards: Redis came back without its data (no AOF, or
-        a flushed namespace).  Said clearly, then training carries on: the learner keeps its
-        weights, step and version; the stored groups, the replay pool and every queued or claimed
-        prompt task are gone, so the feeder is granted a full feed window of new prompts (the lost
-        prompts come round again in the next epoch)."""
+        """The buffer's group counter went backwards: Redis came back with fewer stored groups than
+        before (restarted without its data, or it lost its last writes).  Said clearly, then
+        training carries on: the learner keeps its weights, step and version; the lost groups (and,
+        without persistence, the replay pool and every queued or claimed prompt task) are gone, so
+        the feeder is granted a full feed window of new prompts (lost prompts come round again in
+        the next epoch)."""
         lost_groups = self._groups_seen - total
         inflight = self.feeder.state.published - self.cfg.learner.prompts_per_step * (self.step + self.feeder.state.extra_rounds)
         log.error("buffer_store_lost", step=self.step, version=self.version, groups_lost=lost_groups,
-                  tasks_in_flight_lost=max(0, inflight), action="carry_on",
-                  detail="Redis restarted without its data: stored groups, replay pool and queued/claimed prompt "
-                         "tasks are gone; training continues on new prompts from the data cursor")
+                  groups_now=total, tasks_in_flight=max(0, inflight), action="carry_on",
+                  detail="Redis came back with fewer stored groups than before (restarted without its data, or "
+                         "lost its last writes): those groups are gone, and without persistence also the replay "
+                         "pool and the queued/claimed prompt tasks; training continues on new prompts")
         self.store_resets += 1
         self.feeder.regrant_window(self.step)
         self._groups_seen, self._eff_seen = total, eff

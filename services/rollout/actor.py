@@ -214,7 +214,9 @@ class GroupBuilder:
                         await self.keepalive()
                     except Exception as kexc:  # noqa: BLE001 - Redis may be down too
                         log.warning("claims_keepalive_failed", error=str(kexc)[:300])
-                await asyncio.sleep(delay)
+                until = time.monotonic() + delay
+                while time.monotonic() < until and not self.should_stop():  # a stop ends the wait early
+                    await asyncio.sleep(min(0.25, until - time.monotonic()))
                 delay = min(2 * delay, rc.verifier_outage_backoff_max_s)
 
     def _sampling(self, task: PromptTask) -> SamplingParams:
