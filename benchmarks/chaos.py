@@ -45,6 +45,7 @@ def main() -> int:
         "loadavg": os.getloadavg(),
         "recovery_s": {f.fault: None if f.recovery_s is None else round(f.recovery_s, 1) for f in rep.faults},
         "restarted_s": {f.fault: None if f.restarted_s is None else round(f.restarted_s, 1) for f in rep.faults},
+        "rollout_held_tasks": next((f.held_tasks for f in rep.faults if f.fault == "rollout"), None),
         "learner_resumed_at": next((f.learner_resumed_at for f in rep.faults if f.fault == "learner"), None),
         "checkpoint_at_kill": next((f.checkpoint_before for f in rep.faults if f.fault == "learner"), None),
         "steps": len(rep.steps),

@@ -70,6 +70,7 @@ class FaultResult:
     restarted_s: float | None = None  # fault -> the launcher started it again
     recovery_s: float | None = None  # fault -> the learner finished a step after that restart
     next_step: int | None = None  # that step's number
+    held_tasks: int | None = None  # rollout fault: prompt tasks the server held when it was killed
     learner_resumed_at: int | None = None  # learner fault: the step it resumed from
     checkpoint_before: int | None = None  # learner fault: the last complete checkpoint at the kill
 
@@ -128,6 +129,7 @@ class ChaosRun:
         redis_port, v, b, r, w = free_ports(5)
         self.redis_url = f"redis://127.0.0.1:{redis_port}/0"
         self.buffer_port = b
+        self.rollout_port = r
         self.config = config
         self.overrides = [
             f"run.run_dir={self.run_dir}",
@@ -229,7 +231,8 @@ class ChaosRun:
         pid = self.pid_of(target)
         if pid is None:
             raise RuntimeError(f"no pid known for {target}")
-        res = FaultResult(fault=fault, target=target, pid=pid, step_before=self.last_step())
+        held = self.wait_rollout_busy() if fault == "rollout" else None
+        res = FaultResult(fault=fault, target=target, pid=pid, step_before=self.last_step(), held_tasks=held)
         n_steps = len(self.step_events())
         if fault == "learner":
             res.checkpoint_before = self.latest_checkpoint()
@@ -258,6 +261,23 @@ class ChaosRun:
             if starts:
                 res.learner_resumed_at = int(starts[0]["step"])
         return res
+
+    def wait_rollout_busy(self, timeout_s: float = 30.0) -> int:
+        """Until rollout-0 holds claimed tasks (so that killing it leaves tasks pending under its
+        id); returns how many it holds (0 if it never did within the timeout)."""
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                st = httpx.get(f"http://127.0.0.1:{self.rollout_port}/v1/status", timeout=2.0).json()
+                n = int(st.get("actor", {}).get("in_flight_tasks") or 0)
+                if n > 0:
+                    return n
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.05)
+        return 0
 
     # ---- bookkeeping
     def snapshot_counts(self, report: ChaosReport) -> None:
