@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -144,8 +145,7 @@ def test_a_killed_child_s_grandchildren_are_cleared_before_the_restart(tmp_path)
     sup.stop_all()
 
 
-@pytest.mark.skipif(not Path("/usr/bin/redis-server").exists() and not any(
-    (Path(d) / "redis-server").exists() for d in os.environ.get("PATH", "").split(os.pathsep)), reason="no redis-server")
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server")
 def test_supervised_redis_keeps_its_data_across_kill_9(tmp_path):
     from common.config import load_config
     from rethinker.launcher import plan_redis
