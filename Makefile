@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: venv demo test test-fast test-vllm-api lock bench bench-async-sync ablation ablation-quick docs clean gpu-wheels gpu-check
+.PHONY: venv demo test test-fast test-chaos test-vllm-api lock bench bench-async-sync ablation ablation-quick docs clean gpu-wheels gpu-check
 
 venv: $(STAMP)
 
@@ -36,6 +36,11 @@ test: venv
 test-fast: venv
 	@REDIS_URL=$$($(BIN)/python -m rethinker.local_redis) || exit 1; \
 	REDIS_URL=$$REDIS_URL $(BIN)/python -m pytest -q -m "not slow and not e2e" $(PYTEST_ARGS)
+
+# Opt-in lane: kill each process of a live `rethinker up` in turn (tests/system/test_chaos.py, 2-3
+# minutes on 2 cores); `python benchmarks/chaos.py` prints the recovery seconds per fault.
+test-chaos: venv
+	RETHINKER_CHAOS=1 $(BIN)/python -m pytest -q -ra tests/system/test_chaos.py $(PYTEST_ARGS)
 
 # Opt-in lane: installs vllm==0.33.0 into its own venv and checks that every vLLM name and
 # signature our engine uses exists (vLLM cannot run without a GPU).

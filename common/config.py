@@ -379,6 +379,13 @@ class RolloutConfig(Section):
     heartbeat_ttl_s: float = Field(10.0, gt=0.0)
     verifier_timeout_s: float = 30.0
     verifier_retries: int = 5
+    # After the retries above, an unreachable verifier is waited for (the batch's responses kept,
+    # its claims extended): retry every verifier_outage_backoff_s, doubling up to ..._max_s, for at
+    # most verifier_outage_max_s (0: until it is back or the server stops; then the batch fails
+    # and its tasks go back to the queue).
+    verifier_outage_max_s: float = Field(0.0, ge=0.0)
+    verifier_outage_backoff_s: float = Field(1.0, gt=0.0)
+    verifier_outage_backoff_max_s: float = Field(30.0, gt=0.0)
     partial_rollouts: bool = False
     device: str = "auto"  # hf engine: "auto" (cuda if available), "cpu", "cuda:0", ...
     hf_max_batch_rows: int = Field(64, ge=1)  # hf engine: rows (prompt x sample) per generate call
@@ -488,9 +495,19 @@ class EvalConfig(Section):
 
 
 class LauncherConfig(Section):
+    """The local launcher (`rethinker up`): what it starts and how it supervises it.  A child that
+    exits is restarted after `restart_backoff_s * 2^(k-1)` seconds (at most `restart_backoff_max_s`),
+    k = its exits within the last `restart_window_s` seconds; more than `restart_max` exits in that
+    window end the run.  The learner exiting with 0 (all steps done) ends the run."""
+
     rollout_servers: int = Field(2, ge=0)
-    start_redis: bool = True
+    start_redis: bool = True  # start a supervised redis-server when redis.url does not answer
+    redis_appendonly: bool = True  # that Redis keeps an AOF (fsync every second) in <run_dir>/redis
     health_timeout_s: float = 300.0
+    restart_max: int = Field(5, ge=0)  # exits of one child tolerated within restart_window_s
+    restart_window_s: float = Field(600.0, gt=0.0)
+    restart_backoff_s: float = Field(1.0, ge=0.0)  # first restart delay; doubles per recent exit
+    restart_backoff_max_s: float = Field(30.0, ge=0.0)
     # OMP/MKL threads of each child process (0 = leave unset).  On a small CPU box several torch
     # processes with default thread pools oversubscribe the cores and run ~10x slower.
     child_threads: int = Field(1, ge=0)

@@ -138,6 +138,12 @@ class RedisKeys:
         return self._k("w", "policy_version")
 
     @property
+    def policy_version_high(self) -> str:
+        """Zset with one member ``high``: the highest policy version ever published (``ZADD GT``),
+        so that a restarted learner never reuses a version number."""
+        return self._k("w", "policy_version_high")
+
+    @property
     def policy_channel(self) -> str:
         """Pub/sub channel announcing new versions and weight-sync rounds."""
         return self._k("w", "policy_events")

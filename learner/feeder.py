@@ -11,6 +11,12 @@ Order: epoch ``e`` visits every row once in the permutation drawn from ``run.see
 is ``<qid>:e<epoch>`` (``common.data.loader.to_prompt_task``), so a republication after a restart is a
 duplicate that the buffer ignores.  ``state_dict()`` (epoch, cursor, published counts) goes into the
 learner checkpoint and ``load_state_dict`` resumes exactly there.
+
+After a restart from a checkpoint older than the crash, the rows between the checkpoint's cursor and
+the crash were already published: the buffer reports them as duplicates, they do not count towards
+the quota (their groups were stored, and trained on, before the crash), and the feeder moves on to
+rows that are new work in the same call.  So a restarted learner gets its next round of new tasks at
+once instead of waiting for groups that will never come.
 """
 
 from __future__ import annotations
@@ -33,8 +39,8 @@ log = get_logger("learner.feeder")
 class FeederState:
     epoch: int = 0
     cursor: int = 0  # position in the epoch's permutation
-    published: int = 0  # tasks handed to the buffer and accepted (duplicates included)
-    duplicates: int = 0
+    published: int = 0  # tasks the buffer accepted as new work (duplicates not included)
+    duplicates: int = 0  # tasks the buffer already had (republished after a restart)
     skipped: int = 0  # rows that could not be turned into tasks (unreadable image ...)
     pending: list = field(default_factory=list)  # [epoch, row index] refused by backpressure: sent first next time
     extra_rounds: int = 0  # rounds granted without a step: their groups had nothing to train on
@@ -74,6 +80,15 @@ class PromptFeeder:
         all had zero advantage (every response right, or every one wrong), so there is nothing to
         train on and the learner must not wait for a step that cannot come."""
         self.state.extra_rounds += 1
+
+    def regrant_window(self, step: int) -> None:
+        """The tasks in flight may be lost (Redis came back with less than it had): count only what
+        finished steps consumed as published, so that a full window of ``k + 1`` rounds can be
+        published again."""
+        pps = self.cfg.learner.prompts_per_step
+        before = self.state.published
+        self.state.published = min(self.state.published, pps * (step + self.state.extra_rounds))
+        log.warning("feed_window_regranted", step=step, published_before=before, published_now=self.state.published)
 
     def _next_rows(self, n: int) -> list[tuple[int, int]]:
         out: list[tuple[int, int]] = []
@@ -119,18 +134,25 @@ class PromptFeeder:
                 tasks.append(task)
                 where[task.task_id] = (epoch, idx)
             deferred: list[str] = []
+            n_dups = 0
             if tasks:
                 result = self._publish(tasks)
                 dups = getattr(result, "duplicates", None) or []
                 deferred = list(getattr(result, "deferred", None) or [])
-                self.state.duplicates += len(dups) if isinstance(dups, (list, tuple)) else int(dups)
-            accepted = len(tasks) - len(deferred)
+                n_dups = len(dups) if isinstance(dups, (list, tuple)) else int(dups)
+                self.state.duplicates += n_dups
+                if n_dups:
+                    log.info("republished_duplicates", count=n_dups, epoch=self.state.epoch, cursor=self.state.cursor)
+            accepted = len(tasks) - len(deferred) - n_dups
             self.state.published += accepted
             done += accepted
             if deferred:  # the queue is full: keep them for the next call, in order
                 self.state.pending = [list(where[t]) for t in deferred if t in where] + self.state.pending
                 break
-            want -= n
+            # duplicates and skipped rows are no work: the next rows take their place
+            want -= accepted if tasks else 0
+            if not tasks and n:  # every row of this batch was unusable: they still count as tried
+                want -= n
         return done
 
     # ---- checkpoint

@@ -39,6 +39,11 @@ class WeightSync:
             for _ in tensors:
                 pass
             return {"sync_s": time.perf_counter() - t0}
+        if self.buffer is not None and hasattr(self.buffer, "reserve_policy_version"):
+            try:  # the number is taken before any receiver can hold it
+                self.buffer.reserve_policy_version(version)
+            except Exception as exc:  # noqa: BLE001 - Redis blip: the publish below records it too
+                log.warning("policy_version_reserve_failed", version=version, error=str(exc))
         rep = self.sender.sync(specs, tensors, version=version, step=step)
         self.last = rep
         if not rep.ok:
@@ -59,6 +64,12 @@ class WeightSync:
             "sync_bytes": float(rep.num_bytes),
             "sync_transfer_s": rep.transfer_s,
         }
+
+    def member_versions(self) -> dict[str, int]:
+        """Rank 0: the weight version each live registered rollout server reports it holds."""
+        if self.sender is None or not hasattr(self.sender, "members"):
+            return {}
+        return {sid: int(rec.loaded_version) for sid, rec in self.sender.members().items()}
 
     def publish_checkpoint(self, path: str, *, version: int, step: int) -> None:
         if self.engine.rank != 0:

@@ -8,7 +8,8 @@ One iteration (= one optimizer step = one policy version)::
                                         a short batch is trained as drawn or completed after more
                                         rounds (learner.short_batch); batch_fill = drawn / wanted
     train_step(...)                     micro-batches, GRPO loss with off-policy correction, AdamW step
-    version = step                      the weights after step s are version s
+    version = step + offset             the weights after step s are version s (offset 0) unless a
+                                        resume continued above versions published before
     every sync_every:       WeightSync.sync(version)  -> rollout servers, PolicyVersion published
     every checkpoint_every: CheckpointManager.save    -> resume point + HF export for late joiners
     every eval_every:       eval_fn(step) -> dict     (hook for the evaluation runner)
@@ -16,8 +17,10 @@ One iteration (= one optimizer step = one policy version)::
 
 On start the latest checkpoint (if any) is restored (step, version, optimizer, scheduler, data cursor,
 RNG) and the current weights are broadcast at once, so rollout servers that kept running through a
-learner restart continue with the restored version.  SIGTERM/SIGINT finish the current step, save a
-checkpoint and return.
+learner restart continue with the restored weights.  Versions never go backwards: when a newer
+version than the checkpoint's was published before the restart (kept in Redis), the restored weights
+are published under the next unused number, and rollout servers holding that newer version resync.
+SIGTERM/SIGINT finish the current step, save a checkpoint and return.
 """
 
 from __future__ import annotations
@@ -90,6 +93,7 @@ class Trainer:
         self.ckpt = CheckpointManager(cfg, self.engine)
         self.step = 0
         self.version = 0
+        self.version_offset = 0  # version - step; > 0 after a resume that continued above published versions
         self.buffer = None
         self.feeder = None
         self.redis = None
@@ -97,6 +101,7 @@ class Trainer:
         self._groups_seen: int | None = None
         self._empty_rounds = 0  # consecutive rounds of new groups without an effective response
         self._eff_seen = 0
+        self.store_resets = 0  # times the buffer's store was found empty under a running learner
         self.converged = False
         self._totals_prev: dict[str, int] | None = None
         if self.rank == 0:
@@ -118,17 +123,53 @@ class Trainer:
 
     # ------------------------------------------------------------------ resume
     def resume(self) -> bool:
+        """Restore the latest checkpoint (if any), then make sure the version numbers go on above
+        every version published before (``_continue_versions``)."""
         state = self.ckpt.load()
-        if state is None:
-            return False
-        self.step = int(state["step"])
-        self.version = int(state["version"])
-        if self.feeder is not None and "feeder" in state:
-            self.feeder.load_state_dict(state["feeder"])
-        if self.rank == 0 and state.get("hf_dir"):
-            self.sync.publish_checkpoint(state["hf_dir"], version=self.version, step=self.step)
-        log.info("resumed", step=self.step, version=self.version, tag=state.get("tag"))
-        return True
+        if state is not None:
+            self.step = int(state["step"])
+            self.version = int(state["version"])
+            if self.feeder is not None and "feeder" in state:
+                self.feeder.load_state_dict(state["feeder"])
+        self._continue_versions()
+        if state is not None:
+            if self.rank == 0 and state.get("hf_dir"):
+                self.sync.publish_checkpoint(state["hf_dir"], version=self.version, step=self.step)
+            log.info("resumed", step=self.step, version=self.version, tag=state.get("tag"))
+        return state is not None
+
+    def _continue_versions(self) -> None:
+        """A version number names one weight set, forever.  When a version above the restored one
+        was published before (the learner died after syncing newer weights than its last
+        checkpoint), the restored weights get the next unused number and later steps count on from
+        there: version = step + offset from now on.  The highest published version is kept in Redis
+        (``BufferClient.highest_policy_version``); rollout servers' loaded versions count too."""
+        high = self._highest_published() if self.rank == 0 else None
+        if self.world > 1:
+            import torch.distributed as dist
+
+            box = [high]
+            dist.broadcast_object_list(box, src=0)
+            high = box[0]
+        if high is not None and high > self.version:
+            log.warning("versions_continue_above_published", restored=self.version, highest_published=high,
+                        now=high + 1, step=self.step)
+            self.version = high + 1
+        self.version_offset = self.version - self.step
+
+    def _highest_published(self) -> int | None:
+        found: list[int] = []
+        try:
+            h = self.buffer.highest_policy_version()
+            if h is not None:
+                found.append(int(h))
+        except Exception as exc:  # noqa: BLE001 - a buffer without the record: use what else there is
+            log.warning("highest_version_unavailable", error=f"{type(exc).__name__}: {exc}")
+        try:
+            found += [int(v) for v in self.sync.member_versions().values()]
+        except Exception as exc:  # noqa: BLE001
+            log.warning("member_versions_unavailable", error=f"{type(exc).__name__}: {exc}")
+        return max(found) if found else None
 
     def client_state(self) -> dict[str, Any]:
         return {"feeder": self.feeder.state_dict() if self.feeder is not None else None}
@@ -159,6 +200,8 @@ class Trainer:
                 last_stats = now
                 totals = self.buffer.stats()["totals"]
                 total = int(totals["groups"])
+                if total < self._groups_seen:
+                    self._store_lost(total, int(totals.get("eff_samples", 0)))
                 if total - self._groups_seen >= need:
                     eff = int(totals.get("eff_samples", 0))
                     self._round_done(total - self._groups_seen, eff - self._eff_seen)
@@ -177,6 +220,25 @@ class Trainer:
             self.feeder.top_up(self.step, self.version)
             time.sleep(self.poll_s)
         return time.perf_counter() - t0
+
+    def _store_lost(self, total: int, eff: int) -> None:
+        """The buffer's group counter went backwards: Redis came back with fewer stored groups than
+        before (restarted without its data, or it lost its last writes).  Said clearly, then
+        training carries on: the learner keeps its weights, step and version; the lost groups (and,
+        without persistence, the replay pool and every queued or claimed prompt task) are gone, so
+        the feeder is granted a full feed window of new prompts (lost prompts come round again in
+        the next epoch)."""
+        lost_groups = self._groups_seen - total
+        inflight = self.feeder.state.published - self.cfg.learner.prompts_per_step * (self.step + self.feeder.state.extra_rounds)
+        log.error("buffer_store_lost", step=self.step, version=self.version, groups_lost=lost_groups,
+                  groups_now=total, tasks_in_flight=max(0, inflight), action="carry_on",
+                  detail="Redis came back with fewer stored groups than before (restarted without its data, or "
+                         "lost its last writes): those groups are gone, and without persistence also the replay "
+                         "pool and the queued/claimed prompt tasks; training continues on new prompts")
+        self.store_resets += 1
+        self.feeder.regrant_window(self.step)
+        self._groups_seen, self._eff_seen = total, eff
+        self._totals_prev = None
 
     def _round_done(self, new_groups: int, new_effective: int) -> None:
         """Count a finished round of new groups for the convergence rule (may set the stop flag)."""
@@ -320,7 +382,7 @@ class Trainer:
             stats = train_step(self.engine, items, self.loss_cfg, version=self.version)
             tokens = stats["tokens"]
             self.step += 1
-            self.version = self.step
+            self.version = self.step + self.version_offset
             values = dict(stats)
             values.update(batch_stats)
             values["tokens"] = tokens

@@ -5,8 +5,16 @@ learner, each as its own `rethinker ...` subprocess with its log in `<run_dir>/l
 every service's health endpoint, then streams a compact status line (step, reward, effective share,
 versions, throughput).  When the learner finishes, or on Ctrl-C / SIGTERM, it stops everything in
 order (learner first, so it can checkpoint; rollouts next, so they return unfinished tasks; then the
-buffer and verifier) and prints a summary.  A service that dies unexpectedly stops the run with its
-log's tail.
+buffer and verifier, Redis last) and prints a summary.
+
+Supervision (``rethinker.supervisor``): every child runs in its own process group; one that dies is
+logged with its exit code and log tail and restarted with backoff, within a restart budget
+(``launcher.restart_*``).  The run ends only on SIGINT/SIGTERM, on the learner finishing (exit 0),
+or on a child exceeding its budget (or exiting with 2, a configuration error); then every process
+it started is gone, grandchildren included.  When Redis does not answer, the launcher starts its own
+``redis-server`` as a supervised child (AOF ``everysec`` in ``<run_dir>/redis`` unless
+``launcher.redis_appendonly`` is false; requiring ``redis.password`` when one is set) and stops it
+at the end.
 
 Secrets: a run without ``learner.weight_sync.token`` gets a generated one; Redis is reached (or
 started) with ``redis.password`` (or the URL's password; TLS settings for ``rediss://``).  The run's
@@ -17,15 +25,17 @@ secrets through their environment (``common.config.secret_env``), never on a com
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
+import shutil
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import SecretStr
@@ -33,69 +43,11 @@ from pydantic import SecretStr
 from common.config import RethinkerConfig, config_to_yaml, load_config, secret_env
 from common.logging import get_logger
 from rethinker.progress import LearnerProgress, ProgressReporter, read_learner_status, status_line
+from rethinker.supervisor import Child, ChildFailed, RestartPolicy, Supervisor, clean_env
+
+__all__ = ["Child", "RunResult", "clean_env", "plan_children", "run_system"]
 
 log = get_logger("launcher")
-
-
-@dataclass
-class Child:
-    name: str
-    argv: list[str]
-    log_path: Path
-    health_url: str | None = None
-    proc: subprocess.Popen | None = None
-    stopped: bool = False
-    threads: int = 0
-    env: dict[str, str] = field(default_factory=dict)
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.log_path, "ab")
-        env = {**clean_env(self.threads), **self.env}
-        self.proc = subprocess.Popen(
-            self.argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True,  # Ctrl-C reaches the launcher only; it stops children in order
-        )
-        fh.close()
-        log.info("started", service=self.name, pid=self.proc.pid, log=str(self.log_path))
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self, timeout_s: float) -> int | None:
-        if self.proc is None:
-            return None
-        self.stopped = True
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                log.warning("kill_after_timeout", service=self.name, timeout_s=timeout_s)
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return self.proc.returncode
-
-
-DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def clean_env(threads: int = 0) -> dict[str, str]:
-    """The environment for a child process: unbuffered, without torch.distributed variables (each
-    child is its own world; a launcher that ran DeepSpeed in-process must not leak them), and with
-    `threads` OMP/MKL threads unless the user set them."""
-    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
-    env["PYTHONUNBUFFERED"] = "1"
-    if threads > 0:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env.setdefault(var, str(threads))
-    return env
 
 
 class ServiceDied(RuntimeError):
@@ -111,6 +63,7 @@ class RunResult:
     rollout_status: dict[str, dict[str, Any]] = field(default_factory=dict)
     buffer_stats: dict[str, Any] = field(default_factory=dict)
     dashboard_url: str = ""
+    restarts: dict[str, int] = field(default_factory=dict)  # supervised restarts per child
 
 
 def probe_services(cfg: RethinkerConfig, children: list[Child]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
@@ -152,28 +105,33 @@ def with_run_secrets(cfg: RethinkerConfig) -> RethinkerConfig:
         update={"weight_sync": ws.model_copy(update={"token": SecretStr(new_token())})})})
 
 
-def connect_redis(cfg: RethinkerConfig, run_dir: Path) -> RethinkerConfig:
-    """``cfg`` pointing at a Redis that answers with its credentials: the configured one, or (with
-    ``launcher.start_redis``) a local redis-server started with the same password."""
-    from rethinker.local_redis import RedisUnavailable, answering, start_local
+def connect_redis(cfg: RethinkerConfig, run_dir: Path) -> tuple[RethinkerConfig, Child | None]:
+    """``(cfg, redis_child)``: ``cfg`` pointing at a Redis that answers with its credentials, and the
+    supervised local redis-server to start first (with ``launcher.start_redis``, requiring the same
+    password) when the configured one does not answer (None when it does)."""
+    from rethinker.local_redis import RedisUnavailable, answering
 
     rc = cfg.redis
     password = rc.effective_password()
     if answering(rc.url, password=password, tls_ca_certs=rc.tls_ca_certs, tls_insecure=rc.tls_insecure):
-        return cfg
+        return cfg, None
     where = describe_redis(cfg)
     if not cfg.launcher.start_redis:
         raise RedisUnavailable(f"Redis at {where} does not answer (with redis.password when set) and launcher.start_redis is false")
     if rc.url.startswith("rediss://"):
         raise RedisUnavailable(f"Redis at {where} (TLS) does not answer; a local redis-server is started only for "
                                "redis:// URLs: start the TLS server or fix redis.url / redis.tls_ca_certs")
-    url = start_local(run_dir / "redis", appendonly=True, password=password)
-    if url is None:
-        raise RedisUnavailable(f"Redis at {where} does not answer and redis-server could not be started")
+    planned = plan_redis(cfg, run_dir, password)
+    if planned is None:
+        raise RedisUnavailable(
+            f"Redis at {where} does not answer and there is no redis-server to start "
+            "(Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis)"
+        )
+    child, url = planned
     update: dict[str, Any] = {"url": url}
     if password is not None and rc.password is None:  # the password came in the URL: keep it
         update["password"] = SecretStr(password)
-    return cfg.model_copy(update={"redis": rc.model_copy(update=update)})
+    return cfg.model_copy(update={"redis": rc.model_copy(update=update)}), child
 
 
 def describe_redis(cfg: RethinkerConfig) -> str:
@@ -190,6 +148,42 @@ def write_run_config(cfg: RethinkerConfig, path: Path) -> None:
         fh.write("# Secrets are shown as ***; the processes of the run get them from their environment.\n")
         fh.write(config_to_yaml(cfg))
     os.chmod(path, 0o600)
+
+
+def restart_policy(cfg: RethinkerConfig) -> RestartPolicy:
+    lc = cfg.launcher
+    return RestartPolicy(max_restarts=lc.restart_max, window_s=lc.restart_window_s,
+                         backoff_s=lc.restart_backoff_s, backoff_max_s=lc.restart_backoff_max_s)
+
+
+def plan_redis(cfg: RethinkerConfig, run_dir: Path, password: str | None = None) -> tuple[Child, str] | None:
+    """A supervised ``redis-server`` for a run whose Redis does not answer: on the configured port
+    when the URL names this machine (else a free port), AOF in ``<run_dir>/redis`` when
+    ``launcher.redis_appendonly`` (``appendfsync everysec``), requiring ``password`` when given (set
+    in a 0600 config file).  None without a redis-server binary."""
+    from rethinker.local_redis import answering, free_port
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None
+    parts = urlsplit(cfg.redis.url)
+    local = parts.hostname in ("127.0.0.1", "localhost") and parts.port is not None
+    port = parts.port if local else free_port()
+    url = f"redis://127.0.0.1:{port}{parts.path or '/0'}"
+    state = (run_dir / "redis").resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    conf = state / "redis.conf"  # the password stays off the command line: a 0600 file
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        if password:
+            fh.write('requirepass "' + password.replace("\\", "\\\\").replace('"', '\\"') + '"\n')
+    os.chmod(conf, 0o600)
+    argv = [binary, str(conf), "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "no", "--save", "",
+            "--appendonly", "yes" if cfg.launcher.redis_appendonly else "no", "--appendfsync", "everysec",
+            "--dir", str(state)]
+    child = Child("redis", argv, run_dir / "logs" / "redis.log", health_check=lambda: answering(url, password=password),
+                  stop_timeout_s=15.0)
+    return child, url
 
 
 def plan_children(cfg: RethinkerConfig, config_path: Path, run_dir: Path, *, learner: bool = True) -> list[Child]:
@@ -213,7 +207,8 @@ def plan_children(cfg: RethinkerConfig, config_path: Path, run_dir: Path, *, lea
             )
         )
     if learner:
-        children.append(Child("learner", rethinker_argv("learn", *c), logs / "learner.log", None))
+        children.append(Child("learner", rethinker_argv("learn", *c), logs / "learner.log", None,
+                              finishes=True, stop_timeout_s=60.0))
     env = secret_env(cfg)
     for ch in children:
         ch.threads = cfg.launcher.child_threads
@@ -223,18 +218,19 @@ def plan_children(cfg: RethinkerConfig, config_path: Path, run_dir: Path, *, lea
 
 def wait_healthy(children: list[Child], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    pending = [ch for ch in children if ch.health_url]
+    pending = [ch for ch in children if ch.health_url or ch.health_check]
     with httpx.Client(timeout=2.0) as http:
         while pending:
             for ch in list(pending):
                 if not ch.alive():
                     raise ServiceDied(f"{ch.name} exited with {ch.proc.returncode} while starting:\n{ch.tail()}")
                 try:
-                    if http.get(ch.health_url).status_code == 200:
-                        log.info("healthy", service=ch.name, url=ch.health_url)
-                        pending.remove(ch)
+                    up = ch.health_check() if ch.health_check is not None else http.get(ch.health_url).status_code == 200
                 except httpx.HTTPError:
-                    pass
+                    up = False
+                if up:
+                    log.info("healthy", service=ch.name, url=ch.health_url)
+                    pending.remove(ch)
             if pending and time.monotonic() > deadline:
                 names = ", ".join(ch.name for ch in pending)
                 raise ServiceDied(f"not healthy after {timeout_s:.0f}s: {names}")
@@ -256,6 +252,20 @@ def read_learner_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _attach_launcher_log(path: Path) -> logging.Handler:
+    """The launcher's own events (starts, exits, restarts, stops) as JSON lines in ``path``."""
+    from common.logging import JsonFormatter
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(JsonFormatter())
+    lg = logging.getLogger("launcher")
+    lg.addHandler(handler)
+    if lg.getEffectiveLevel() > logging.INFO:
+        lg.setLevel(logging.INFO)
+    return handler
+
+
 def run_system(
     cfg: RethinkerConfig,
     *,
@@ -263,15 +273,20 @@ def run_system(
     on_tick: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
     stop_after_s: float | None = None,
 ) -> RunResult:
-    """Start everything, wait for the learner (or a signal), stop everything."""
+    """Start everything, supervise it until the learner finishes (or a signal, or a child over its
+    restart budget), stop everything."""
     run_dir = Path(cfg.run.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     progress = LearnerProgress(run_dir)
-    cfg = connect_redis(with_run_secrets(cfg), run_dir)
+    cfg, redis_child = connect_redis(with_run_secrets(cfg), run_dir)
     config_path = run_dir / "config.yaml"
     write_run_config(cfg, config_path)
 
     children = plan_children(cfg, config_path, run_dir, learner=learner)
+    launcher_log = _attach_launcher_log(run_dir / "logs" / "launcher.log")
+    if redis_child is not None:
+        children.insert(0, redis_child)
+    supervisor = Supervisor(children, restart_policy(cfg), report=lambda msg: print(msg, file=sys.stderr))
     stop_requested = {"signal": None}
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -282,7 +297,10 @@ def run_system(
     t0 = time.monotonic()
     result = RunResult(returncode=0, wall_s=0.0, dashboard_url=f"{cfg.buffer.base_url()}/")
     try:
-        services = [ch for ch in children if ch.name != "learner"]
+        if redis_child is not None:
+            redis_child.start()
+            wait_healthy([redis_child], cfg.launcher.health_timeout_s)
+        services = [ch for ch in children if ch.name not in ("learner", "redis")]
         for ch in services:
             ch.start()
         wait_healthy(services, cfg.launcher.health_timeout_s)
@@ -290,22 +308,21 @@ def run_system(
             if ch.name == "learner":
                 ch.start()
         learner_child = next((ch for ch in children if ch.name == "learner"), None)
-        http = httpx.Client(timeout=2.0)
+        from common.http_guard import auth_headers
+
+        http = httpx.Client(timeout=2.0, headers=auth_headers(cfg.buffer.read_token or cfg.buffer.admin_token))
         while stop_requested["signal"] is None:
             if stop_after_s is not None and time.monotonic() - t0 > stop_after_s:
                 break
             if learner_child is None and not services:
                 break
-            if learner_child is not None and not learner_child.alive():
-                rc = learner_child.proc.returncode
-                if rc != 0:
-                    print(f"learner exited with {rc}:\n{learner_child.tail()}", file=sys.stderr)
-                break
-            dead = [ch for ch in services if not ch.alive()]
-            if dead:
-                ch = dead[0]
-                print(f"{ch.name} died with {ch.proc.returncode}:\n{ch.tail()}", file=sys.stderr)
+            try:
+                done = supervisor.poll()
+            except ChildFailed as exc:
+                print(f"rethinker up: {exc}", file=sys.stderr)
                 rc = 1
+                break
+            if done is not None:  # the learner finished its steps
                 break
             try:
                 stats = http.get(f"{cfg.buffer.base_url()}/v1/stats").json()
@@ -323,14 +340,14 @@ def run_system(
         print(f"rethinker up: {exc}", file=sys.stderr)
         rc = 1
     finally:
-        for ch in reversed(children):  # learner, rollouts, buffer, verifier
-            if ch.proc is not None:
-                code = ch.stop(timeout_s=60.0 if ch.name == "learner" else 30.0)
-                log.info("stopped", service=ch.name, returncode=code)
+        supervisor.stop_all()  # learner, rollouts, buffer, verifier, redis; every process group emptied
         for s, h in old.items():
             signal.signal(s, h)
+        logging.getLogger("launcher").removeHandler(launcher_log)
+        launcher_log.close()
     result.returncode = rc
     result.wall_s = time.monotonic() - t0
+    result.restarts = {ch.name: ch.restarts for ch in children if ch.restarts}
     return result
 
 

@@ -1,14 +1,14 @@
-"""Find or start a local Redis >= 7 (used by `make test`/`make demo` and `rethinker up`).
+"""Find or start a local Redis >= 7 (used by `make test`, `make demo` and the demo's launcher).
 
 Order: $REDIS_URL if set and answering; else redis://127.0.0.1:6379/0 if answering; else start a
 local `redis-server` on a free port (pid and log under <state dir>, default .cache/redis/); else
 install it with apt when running as root; else fail with a message saying how to get one.
 `python -m rethinker.local_redis` prints the URL on stdout; messages go to stderr.
 
-With a password (`start_local(..., password=...)`, what `rethinker up` passes from
-`redis.password` / the URL), the server is started with `requirepass` from a 0600 config file in
-the state dir (never on its command line), and the returned URL carries no password: clients take
-it from `redis.password`.
+With a password (`start_local(..., password=...)`), the server is started with `requirepass` from a
+0600 config file in the state dir (never on its command line), and the returned URL carries no
+password: clients take it from `redis.password`.  (`rethinker up` runs its own Redis as a supervised
+child instead: `rethinker.launcher.plan_redis`.)
 """
 
 from __future__ import annotations

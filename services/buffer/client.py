@@ -3,11 +3,11 @@
 Rollout servers and the learner import this module; nothing else of ``services.buffer`` is public.
 Both clients have the same methods (the async ones are coroutines):
 
-prompt queue   publish_tasks, claim_tasks, extend_claims, ack_task, release_task, queue_depth,
+prompt queue   publish_tasks, claim_tasks, reclaim_own, extend_claims, ack_task, release_task, queue_depth,
                pending_tasks, inflight_tasks, can_publish, queue_stats
 store          add_group, add_groups, sample, wait_for_samples, sizes, get_group, get_group_record,
                get_sample, get_sample_record, stats, clear, snapshot
-versions       publish_policy_version, policy_version
+versions       publish_policy_version, policy_version, reserve_policy_version, highest_policy_version
 registry       register_server, heartbeat, unregister_server, live_servers
 
 All state lives in Redis; every state change is one Redis Function call, atomic (``add_group``
@@ -272,6 +272,29 @@ class BufferClient(_Common):
             self.ack_task(eid)
         return tasks
 
+    def reclaim_own(self, consumer: str, count: int) -> list[ClaimedTask]:
+        """Up to ``count`` tasks still pending under ``consumer``'s own name, claimed again at once
+        (no idle wait): a server restarted under its id takes back what its previous incarnation
+        held.  Call it only while this process holds no claim of its own (at start)."""
+        if not isinstance(consumer, str) or not consumer or count < 1:
+            raise BadArgumentError(f"need a consumer name and count >= 1, got {consumer!r}, {count!r}")
+        self._ensure_group()
+        k = self.keys
+        try:
+            rows = self.r.xpending_range(k.task_stream, k.task_group, min="-", max="+", count=count, consumername=consumer)
+        except redis.ResponseError as exc:
+            if not _is_nogroup(exc):
+                raise
+            self._group_ready = False
+            return []
+        own = P.own_pending(rows)
+        if not own:
+            return []
+        tasks, garbage = P.parse_entries(self.r.xclaim(k.task_stream, k.task_group, consumer, 0, list(own)), own)
+        for eid in garbage:
+            self.ack_task(eid)
+        return tasks
+
     def extend_claims(self, consumer: str, entry_ids: Sequence[str]) -> int:
         """Reset the idle time of tasks ``consumer`` still works on, so that they are not reclaimed
         (call it more often than ``buffer.reclaim_idle_s`` during long generations)."""
@@ -462,11 +485,24 @@ class BufferClient(_Common):
         mapping = P.policy_version_mapping(pv)
         with self.r.pipeline(transaction=True) as p:
             p.hset(self.keys.policy_version, mapping=mapping)
+            p.zadd(self.keys.policy_version_high, {"high": int(pv.version)}, gt=True)
             p.publish(self.keys.policy_channel, P.policy_event(pv))
             p.execute()
 
     def policy_version(self) -> PolicyVersion | None:
         return P.parse_policy_version(self.r.hgetall(self.keys.policy_version))
+
+    def reserve_policy_version(self, version: int) -> None:
+        """Record ``version`` as used before any weights go out under it (the high-water mark only
+        grows), so that a learner killed mid-sync never reuses the number."""
+        self.r.zadd(self.keys.policy_version_high, {"high": int(version)}, gt=True)
+
+    def highest_policy_version(self) -> int | None:
+        """The highest version ever published in this namespace (None: none yet)."""
+        high = self.r.zscore(self.keys.policy_version_high, "high")
+        pv = self.policy_version()
+        found = [int(v) for v in (high, pv.version if pv is not None else None) if v is not None]
+        return max(found) if found else None
 
     def register_server(self, server_id: str, info: dict[str, Any], ttl_s: float) -> None:
         self.heartbeat(server_id, info, ttl_s)
@@ -587,6 +623,26 @@ class AsyncBufferClient(_Common):
                 more, bad = P.parse_entries(entries)
                 tasks += more
                 garbage += bad
+        for eid in garbage:
+            await self.ack_task(eid)
+        return tasks
+
+    async def reclaim_own(self, consumer: str, count: int) -> list[ClaimedTask]:
+        if not isinstance(consumer, str) or not consumer or count < 1:
+            raise BadArgumentError(f"need a consumer name and count >= 1, got {consumer!r}, {count!r}")
+        await self._ensure_group()
+        k = self.keys
+        try:
+            rows = await self.r.xpending_range(k.task_stream, k.task_group, min="-", max="+", count=count, consumername=consumer)
+        except redis.ResponseError as exc:
+            if not _is_nogroup(exc):
+                raise
+            self._group_ready = False
+            return []
+        own = P.own_pending(rows)
+        if not own:
+            return []
+        tasks, garbage = P.parse_entries(await self.r.xclaim(k.task_stream, k.task_group, consumer, 0, list(own)), own)
         for eid in garbage:
             await self.ack_task(eid)
         return tasks
@@ -758,11 +814,21 @@ class AsyncBufferClient(_Common):
         mapping = P.policy_version_mapping(pv)
         async with self.r.pipeline(transaction=True) as p:
             p.hset(self.keys.policy_version, mapping=mapping)
+            p.zadd(self.keys.policy_version_high, {"high": int(pv.version)}, gt=True)
             p.publish(self.keys.policy_channel, P.policy_event(pv))
             await p.execute()
 
     async def policy_version(self) -> PolicyVersion | None:
         return P.parse_policy_version(await self.r.hgetall(self.keys.policy_version))
+
+    async def reserve_policy_version(self, version: int) -> None:
+        await self.r.zadd(self.keys.policy_version_high, {"high": int(version)}, gt=True)
+
+    async def highest_policy_version(self) -> int | None:
+        high = await self.r.zscore(self.keys.policy_version_high, "high")
+        pv = await self.policy_version()
+        found = [int(v) for v in (high, pv.version if pv is not None else None) if v is not None]
+        return max(found) if found else None
 
     async def register_server(self, server_id: str, info: dict[str, Any], ttl_s: float) -> None:
         await self.heartbeat(server_id, info, ttl_s)

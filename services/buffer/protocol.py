@@ -457,6 +457,11 @@ def reclaimable(pending: Sequence[dict[str, Any]], consumer: str, count: int) ->
     return out
 
 
+def own_pending(pending: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Entry id -> delivery count after a reclaim, for a consumer's own pending entries."""
+    return {_s(row["message_id"]): int(row["times_delivered"]) + 1 for row in pending}
+
+
 def parse_entries(entries: Sequence[Any], pel_counts: dict[str, int] | None = None) -> tuple[list[ClaimedTask], list[str]]:
     """Stream entries -> claimed tasks, plus the ids of entries that do not decode (to be acked)."""
     out, garbage = [], []

@@ -4,7 +4,10 @@ One iteration (``Actor.run``)::
 
     wait until no weight swap is pending          (SwapGate: swaps happen between batches)
     pause while the policy lags (backpressure)     (learner version - loaded version > staleness bound)
-    claim up to rollout.batch_prompts tasks        (buffer queue; unacked tasks are reclaimed on a crash)
+    claim up to rollout.batch_prompts tasks        (buffer queue; first, at start, the tasks still pending
+                                                    under this server's id from before a crash;
+                                                    other servers' unacked tasks after
+                                                    buffer.reclaim_idle_s)
     build_groups(tasks):
         first pass: n samples per task             (one batched engine call, sampling from config)
         score every response                       (verifier over HTTP, matched by sample id)
@@ -13,7 +16,9 @@ One iteration (``Actor.run``)::
                                                     keep correct ones within limits; replace originals)
     add_group (idempotent by group id), then ack   (a crash between the two duplicates nothing)
 
-Failure handling: if a batch fails (engine, verifier down after retries, buffer), its unacked tasks
+Failure handling: an unreachable verifier is waited for (the batch's responses are kept and its
+claims extended while it retries with backoff, ``rollout.verifier_outage_*``); if a batch fails
+(engine, verifier down past ``rollout.verifier_outage_max_s``, buffer), its unacked tasks
 are released to the queue and the loop backs off; a task that keeps failing
 (``rollout.max_task_deliveries``) or cannot be encoded (bad image, too long) is acked without a
 group and counted as rejected, so it never blocks the queue.  ``request_stop()`` lets the current
@@ -37,7 +42,7 @@ import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import numpy as np
 
@@ -83,6 +88,7 @@ class RethinkStats:
 class ActorStats:
     batches: int = 0
     batch_errors: int = 0
+    verifier_waits: int = 0  # scoring attempts that found the verifier unreachable and waited
     tasks_claimed: int = 0
     tasks_acked: int = 0
     tasks_released: int = 0
@@ -181,6 +187,37 @@ class GroupBuilder:
         self.scorer = scorer
         self.server_id = server_id
         self.stats = stats or ActorStats()
+        self.should_stop: Callable[[], bool] = lambda: False
+        self.keepalive: Callable[[], Awaitable[Any]] | None = None  # called while waiting for the verifier
+
+    async def _score(self, items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Score through the verifier; while it is unreachable, wait and retry with backoff
+        (``rollout.verifier_outage_backoff_s`` doubling up to ``..._backoff_max_s``) for at most
+        ``rollout.verifier_outage_max_s`` (0: until it is back or the server stops), keeping the
+        batch's claims alive.  The generated responses are kept, nothing is dropped or stored twice."""
+        rc = self.cfg.rollout
+        delay, t0 = rc.verifier_outage_backoff_s, time.monotonic()
+        while True:
+            try:
+                return await self.scorer.score(items)
+            except Exception as exc:  # noqa: BLE001 - only an unreachable verifier is waited for
+                if not getattr(exc, "unavailable", False) or self.should_stop():
+                    raise
+                waited = time.monotonic() - t0
+                if rc.verifier_outage_max_s and waited >= rc.verifier_outage_max_s:
+                    raise
+                self.stats.verifier_waits += 1
+                log.warning("verifier_unavailable_retrying", server_id=self.server_id, waited_s=round(waited, 1),
+                            retry_in_s=delay, error=str(exc)[:300])
+                if self.keepalive is not None:
+                    try:
+                        await self.keepalive()
+                    except Exception as kexc:  # noqa: BLE001 - Redis may be down too
+                        log.warning("claims_keepalive_failed", error=str(kexc)[:300])
+                until = time.monotonic() + delay
+                while time.monotonic() < until and not self.should_stop():  # a stop ends the wait early
+                    await asyncio.sleep(min(0.25, until - time.monotonic()))
+                delay = min(2 * delay, rc.verifier_outage_backoff_max_s)
 
     def _sampling(self, task: PromptTask) -> SamplingParams:
         s = self.cfg.algorithm.sampling
@@ -224,7 +261,7 @@ class GroupBuilder:
             samples[k] = [self._sample(task, gid, f"{gid}:{i}", res, c) for i, c in enumerate(res.completions)]
             items += [self._item(task, s, rethought=False) for s in samples[k]]
         t1 = time.perf_counter()
-        verdicts = await self.scorer.score(items)
+        verdicts = await self._score(items)
         score_s = time.perf_counter() - t1
         for k in live:
             for s in samples[k]:
@@ -302,7 +339,7 @@ class GroupBuilder:
             cand = self._rethought_sample(tasks[k], samples[k][plan.index], first[k][plan.index], plan, res, y2)
             candidates.append((k, plan, cand, y2))
             items.append(self._item(tasks[k], cand, rethought=True))
-        verdicts = await self.scorer.score(items)
+        verdicts = await self._score(items)
         by_task: dict[int, list[tuple[rethink.Decision, Sample]]] = {}
         for k, plan, cand, y2 in candidates:
             v = verdicts[cand.sample_id]
@@ -420,9 +457,12 @@ class Actor:
         self.gate = gate or SwapGate(cfg.rollout.partial_rollouts)
         self.stats = stats or ActorStats()
         self.builder = GroupBuilder(cfg, engine, scorer, server_id, self.stats)
+        self.builder.should_stop = lambda: self._stop.is_set()
+        self.builder.keepalive = self._keep_claims
         self._stop = asyncio.Event()
         self._held: dict[str, Any] = {}  # entry_id -> ClaimedTask not yet acked/released
         self._backoff = 0.0
+        self._own_pending = hasattr(buffer, "reclaim_own")  # tasks a previous incarnation held
         self.on_lag: Any = None  # optional coroutine fn(learner_version) called while paused for stale weights
 
     def request_stop(self) -> None:
@@ -478,9 +518,11 @@ class Actor:
                     if self.stopping:
                         break
                     try:
-                        claimed = await self.buffer.claim_tasks(
-                            self.server_id, self.cfg.rollout.batch_prompts, self.cfg.rollout.claim_block_ms
-                        )
+                        claimed = await self._reclaim_own() if self._own_pending else []
+                        if not claimed:
+                            claimed = await self.buffer.claim_tasks(
+                                self.server_id, self.cfg.rollout.batch_prompts, self.cfg.rollout.claim_block_ms
+                            )
                     except Exception as exc:  # noqa: BLE001
                         log.warning("claim_failed", server_id=self.server_id, error=f"{type(exc).__name__}: {exc}")
                         claimed = []
@@ -514,6 +556,22 @@ class Actor:
                 log.warning("release_failed", entry_id=c.entry_id, error=f"{type(exc).__name__}: {exc}")
         log.info("claim_given_back", server_id=self.server_id, tasks=len(claimed), reason=reason)
         return True
+
+    async def _keep_claims(self) -> None:
+        """Reset the idle time of the tasks held, so other servers do not take them meanwhile."""
+        if self._held and hasattr(self.buffer, "extend_claims"):
+            await self.buffer.extend_claims(self.server_id, list(self._held))
+
+    async def _reclaim_own(self) -> list[Any]:
+        """At start: the tasks still pending under this server's id (a previous incarnation died
+        holding them) are taken back at once, before any new task; other servers would only take
+        them after ``buffer.reclaim_idle_s``."""
+        got = await self.buffer.reclaim_own(self.server_id, self.cfg.rollout.batch_prompts)
+        if got:
+            log.info("own_tasks_reclaimed", server_id=self.server_id, n=len(got), task_ids=[c.task.task_id for c in got])
+        else:
+            self._own_pending = False
+        return got
 
     async def process(self, claimed: list[Any]) -> None:
         """Build, store and ack one batch; on failure release what is not acked and back off."""

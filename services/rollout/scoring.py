@@ -19,7 +19,13 @@ from common.config import RethinkerConfig
 
 
 class ScoringError(RuntimeError):
-    """The verifier could not score a batch (down, timed out after retries, or a missing id)."""
+    """The verifier could not score a batch (down, timed out after retries, or a missing id).
+    ``unavailable``: the verifier could not be reached or kept failing (worth waiting for), as
+    opposed to a rejected request or a malformed answer."""
+
+    def __init__(self, message: str, *, unavailable: bool = False) -> None:
+        super().__init__(message)
+        self.unavailable = unavailable
 
 
 class Scorer(Protocol):
@@ -45,10 +51,13 @@ class HttpScorer:
         items = list(items)
         if not items:
             return {}
+        from services.verifier.client import VerifierUnavailable
+
         try:
             results = await self.client.averify(items)
         except Exception as exc:  # noqa: BLE001 - any client failure ends this batch
-            raise ScoringError(f"verifier at {self.base_url} failed: {type(exc).__name__}: {exc}") from exc
+            raise ScoringError(f"verifier at {self.base_url} failed: {type(exc).__name__}: {exc}",
+                               unavailable=isinstance(exc, VerifierUnavailable)) from exc
         out: dict[str, dict[str, Any]] = {}
         for it, r in zip(items, results):
             d = r.model_dump() if hasattr(r, "model_dump") else dict(r)

@@ -47,10 +47,16 @@ def test_pacing_backpressure_epochs_and_resume(make_cfg, synth_rows):
     ref = PromptFeeder(cfg, rows, publish=lambda tasks: None, can_publish=None)
     ref.load_state_dict(state)
     assert nxt._next_rows(3) == ref._next_rows(3)
-    # republishing already published tasks (a restart from an older checkpoint) adds no new work
+    # a feeder restarted from an older checkpoint (here: the very start) republishes tasks the buffer
+    # already has: duplicates, not counted as published, and it moves on to new work in the same call
+    # (counting them as published starved a restarted learner until sample_timeout_s)
     old = PromptFeeder(cfg, rows, publish=client.publish_tasks, can_publish=client.can_publish, batch=2)
-    assert old.top_up(0, version=0) == 3 and old.state.duplicates == 3
-    assert client.inflight_tasks() == 0
+    assert old.top_up(0, version=0) == 3
+    assert old.state.duplicates == 6 and old.state.published == 3
+    ref2 = PromptFeeder(cfg, rows, publish=lambda tasks: None, can_publish=None)
+    ref2.load_state_dict(state)
+    expect = [f"{rows[i].qid}:e{e}" for e, i in ref2._next_rows(3)]
+    assert [t.task_id for t in _claim_all(client)] == expect  # exactly the rows after the crash point
 
 
 def test_sync_mode_publishes_one_round_per_step(make_cfg, synth_rows):

@@ -167,3 +167,64 @@ def test_a_short_batch_is_never_padded_by_repetition(make_cfg, synth_rows, polic
     else:
         assert len(items) == 8 and stats["batch_fill"] == 1.0 and idle >= 0.5
         assert trainer.feeder.state.extra_rounds == 1  # the wait asked the feeder for one more round
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)  # a learner that waited for its lost tasks would sit out sample_timeout_s (600 s)
+def test_redis_restart_without_persistence_is_reported_and_training_carries_on(make_cfg, tiny_model_dir, tmp_path):
+    """A private redis-server without persistence is killed and restarted empty after step 2: the
+    learner says what was lost (buffer_store_lost), is granted a new feed window and trains on."""
+    import shutil
+    import signal
+    import subprocess
+    import threading
+
+    import redis
+
+    from learner.trainer import Trainer
+    from rethinker.local_redis import free_port
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server not installed")
+    port = free_port()
+    argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
+
+    def start_redis() -> subprocess.Popen:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        r = redis.Redis(port=port)
+        for _ in range(200):
+            try:
+                r.ping()
+                return proc
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    server = {"proc": start_redis()}
+    cfg = make_cfg(f"redis.url=redis://127.0.0.1:{port}/0", "learner.total_steps=5", "learner.checkpoint_every=50",
+                   "algorithm.ssr.staleness_bound=1")
+    trainer = Trainer(cfg)
+    producer = Producer(cfg, str(tiny_model_dir)).start()
+    restarted = threading.Event()
+
+    def restart_after_step_2() -> None:
+        while trainer.step < 2:
+            time.sleep(0.02)
+        server["proc"].send_signal(signal.SIGKILL)
+        server["proc"].wait()
+        server["proc"] = start_redis()  # empty: no AOF, no RDB
+        restarted.set()
+
+    killer = threading.Thread(target=restart_after_step_2, daemon=True)
+    killer.start()
+    try:
+        summary = trainer.run()
+    finally:
+        producer.stop()
+        trainer.close()
+        server["proc"].send_signal(signal.SIGKILL)
+        server["proc"].wait()
+    assert restarted.is_set() and summary["step"] == 5 and summary["version"] == 5
+    assert trainer.store_resets == 1
+    assert trainer.feeder.state.published > cfg.learner.prompts_per_step * 5  # the window was granted again

@@ -66,10 +66,10 @@ def test_connect_redis_uses_the_password(own_redis, tmp_path):
     base = ["launcher.start_redis=false", f"redis.url={own_redis}"]
     assert not answering(own_redis)  # the server really requires the password
     cfg = load_config(None, base, environ={"RETHINKER__REDIS__PASSWORD": PASSWORD})
-    assert connect_redis(cfg, tmp_path) is cfg  # answers with the password: used as it is
+    assert connect_redis(cfg, tmp_path) == (cfg, None)  # answers with the password: used as it is, nothing started
     url_pw = own_redis.replace("redis://", f"redis://:{PASSWORD}@")
     cfg = load_config(None, ["launcher.start_redis=false", f"redis.url={url_pw}"], environ={})
-    assert connect_redis(cfg, tmp_path) is cfg  # a password inside the URL works too
+    assert connect_redis(cfg, tmp_path) == (cfg, None)  # a password inside the URL works too
     wrong = load_config(None, base, environ={"RETHINKER__REDIS__PASSWORD": "wrong"})
     with pytest.raises(RedisUnavailable) as err:
         connect_redis(wrong, tmp_path)
@@ -111,8 +111,9 @@ def test_up_starts_its_redis_with_the_password_and_keeps_secrets_out_of_files_an
         # the launcher read them with the read token
         assert "sizes" in result.buffer_stats, result.buffer_stats
         state = run_dir / "redis"
-        url = (state / "url").read_text().strip()
-        assert answering(url, password=PASSWORD) and not answering(url)
+        url = cfg.redis.url  # the supervised redis-server listened on the configured local port
+        conf = state / "redis.conf"  # its password came from a 0600 file, not the command line
+        assert stat.S_IMODE(conf.stat().st_mode) == 0o600 and "requirepass" in conf.read_text()
         saved = run_dir / "config.yaml"
         assert stat.S_IMODE(saved.stat().st_mode) == 0o600
         text = saved.read_text()
@@ -129,6 +130,24 @@ def test_up_starts_its_redis_with_the_password_and_keeps_secrets_out_of_files_an
         assert reveal(again.redis.password) == PASSWORD
     finally:
         _stop_pidfile(run_dir / "redis" / "redis.pid")
+    assert not answering(url, password=PASSWORD)  # the run's own Redis stopped with the run
+
+
+def test_supervised_redis_requires_the_password_without_showing_it(tmp_path):
+    from rethinker.launcher import plan_redis
+
+    cfg = load_config(None, [f"redis.url=redis://127.0.0.1:{free_port()}/0"], environ={})
+    child, url = plan_redis(cfg, tmp_path, PASSWORD)
+    child.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not child.health_check() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert answering(url, password=PASSWORD) and not answering(url)
+        assert PASSWORD.encode() not in Path(f"/proc/{child.proc.pid}/cmdline").read_bytes()
+        assert stat.S_IMODE((tmp_path / "redis" / "redis.conf").stat().st_mode) == 0o600
+    finally:
+        child.stop(10)
 
 
 @pytest.fixture
@@ -171,7 +190,7 @@ def test_rediss_url_with_password_works_for_the_launcher_and_a_service(tls_redis
     url, ca = tls_redis
     env = {"RETHINKER__REDIS__URL": url, "RETHINKER__REDIS__PASSWORD": PASSWORD, "RETHINKER__REDIS__TLS_CA_CERTS": str(ca)}
     cfg = load_config(None, ["launcher.start_redis=false"], environ=env)
-    assert connect_redis(cfg, tmp_path) is cfg  # the TLS Redis is used, nothing is started
+    assert connect_redis(cfg, tmp_path) == (cfg, None)  # the TLS Redis is used, nothing is started
     assert not answering(url, password=PASSWORD)  # without the CA the certificate is refused
     port = free_port()
     log = tmp_path / "buffer.log"

@@ -72,6 +72,20 @@ def test_dead_consumer_tasks_are_reclaimed(cfg):
         assert c.inflight_tasks() == 0
 
 
+def test_a_restarted_consumer_reclaims_its_own_pending_tasks_at_once(cfg):
+    cfg.buffer.reclaim_idle_s = 600.0
+    with BufferClient(cfg) as c:
+        c.publish_tasks([make_task(i) for i in range(3)])
+        held = c.claim_tasks("server-a", 2)  # then server-a dies
+        assert c.claim_tasks("server-b", 5, block_ms=0)[0].task.task_id == "e0-t2"
+        assert c.claim_tasks("server-b", 5, block_ms=0) == []  # not idle for reclaim_idle_s yet
+        assert [t.task.task_id for t in c.reclaim_own("server-b", 5)] == ["e0-t2"]  # only its own
+        back = c.reclaim_own("server-a", 5)  # server-a restarted under its id: no idle wait
+        assert [t.task.task_id for t in back] == [t.task.task_id for t in held]
+        assert all(t.deliveries == 2 for t in back)
+        assert c.reclaim_own("server-unknown", 5) == []
+
+
 def test_release_gives_work_back_at_once(client):
     client.publish_tasks([make_task(0)])
     [t] = client.claim_tasks("stopping-server", 1)

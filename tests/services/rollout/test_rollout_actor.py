@@ -190,13 +190,63 @@ def test_stop_returns_the_batch_in_flight(cfg_factory, verifier_url):
     assert all(c.deliveries >= 2 for c in claimed)
 
 
-def test_verifier_outage_releases_then_rejects(cfg_factory):
-    """Scoring fails (verifier down): the batch's tasks go back to the queue; after
-    rollout.max_task_deliveries failed deliveries a task is acked without a group."""
+def test_verifier_outage_is_waited_out_without_dropping_or_duplicating(cfg_factory, tmp_path):
+    """The verifier is down when the batch is scored: the server keeps its generated responses and
+    its claims (another server cannot take the tasks), retries with backoff, and once a verifier
+    answers on that address every group is stored exactly once; nothing is rejected or released."""
+    from rollout_helpers import ServiceProc, free_port
+
+    from common.config import load_config
+
+    port = free_port()
+    cfg = cfg_factory(*BASE, f"verifier.url=http://127.0.0.1:{port}", "rollout.verifier_retries=0",
+                      "rollout.verifier_timeout_s=1", "rollout.max_task_deliveries=1", "buffer.reclaim_idle_s=1",
+                      "rollout.verifier_outage_backoff_s=0.2", "rollout.verifier_outage_backoff_max_s=0.5")
+    ts = tasks(2, prefix="down")
+
+    async def run():
+        buf = AsyncBufferClient(cfg)
+        await buf.publish_tasks(ts)
+        server = RolloutServer(cfg, server_id="rs-down", receive_weights=False)  # HttpScorer from the config
+        await server.start()
+        verifier = None
+        try:
+            async def waiting():
+                return server.stats.verifier_waits >= 4
+
+            await wait_for(waiting, timeout_s=60)
+            assert server.stats.tasks_rejected == 0 and server.stats.tasks_released == 0
+            assert (await buf.queue_stats()).pending == 2
+            await asyncio.sleep(1.5)  # past buffer.reclaim_idle_s: the claims are kept alive
+            assert await buf.claim_tasks("thief", 5, block_ms=0) == []
+            verifier = ServiceProc("verifier", load_config(None, [f"verifier.port={port}", "verifier.workers=1"]), tmp_path)
+
+            async def stored():
+                return server.stats.tasks_acked == 2
+
+            await wait_for(stored, timeout_s=120)
+            return server.stats, await buf.queue_stats(), [await buf.get_group(group_id_for(t)) for t in ts]
+        finally:
+            await server.stop()
+            await buf.close()
+            if verifier is not None:
+                verifier.terminate()
+
+    stats, qs, groups = asyncio.run(run())
+    assert stats.groups_stored == 2 and stats.groups_duplicate == 0 and stats.tasks_rejected == 0
+    assert stats.tasks_released == 0 and stats.batch_errors == 0 and qs.inflight == 0
+    assert all(g is not None and g.server_id == "rs-down" for g in groups)
+
+
+def test_verifier_outage_over_its_limit_releases_then_rejects(cfg_factory):
+    """With rollout.verifier_outage_max_s set, a batch the verifier cannot score in time fails: its
+    tasks go back to the queue; after rollout.max_task_deliveries failed deliveries a task is acked
+    without a group."""
     from rollout_helpers import free_port
 
     cfg = cfg_factory(*BASE, f"verifier.url=http://127.0.0.1:{free_port()}", "rollout.verifier_retries=0",
-                      "rollout.verifier_timeout_s=1", "rollout.max_task_deliveries=2")
+                      "rollout.verifier_timeout_s=1", "rollout.max_task_deliveries=2",
+                      "rollout.verifier_outage_max_s=0.5", "rollout.verifier_outage_backoff_s=0.2")
     [t] = tasks(1, prefix="down")
 
     async def run():
@@ -209,7 +259,7 @@ def test_verifier_outage_releases_then_rejects(cfg_factory):
             async def rejected():
                 return server.stats.tasks_rejected == 1
 
-            await wait_for(rejected, timeout_s=30)
+            await wait_for(rejected, timeout_s=60)
             return server.stats, await buf.queue_stats(), await buf.get_group(group_id_for(t))
         finally:
             await server.stop()
@@ -218,6 +268,36 @@ def test_verifier_outage_releases_then_rejects(cfg_factory):
     stats, qs, group = asyncio.run(run())
     assert stats.batch_errors == 2 and stats.tasks_released == 1 and stats.tasks_acked == 1
     assert "verifier" in stats.last_error and group is None and qs.inflight == 0
+
+
+def test_a_restarted_server_reclaims_its_own_pending_tasks_at_once(cfg_factory, verifier_url):
+    """Tasks a server held when it died are pending under its id; the same id restarted takes them
+    back at once (other servers would wait buffer.reclaim_idle_s, here 10 minutes)."""
+    cfg = cfg_factory(*BASE, "buffer.reclaim_idle_s=600")
+    ts = tasks(3, prefix="own")
+
+    async def run():
+        buf = AsyncBufferClient(cfg)
+        await buf.publish_tasks(ts)
+        dead = await buf.claim_tasks("rs-own", 2, block_ms=0)  # the previous incarnation's claims
+        assert len(dead) == 2 and await buf.claim_tasks("rs-other", 5, block_ms=0) != []
+        other = await buf.reclaim_own("rs-other", 5)  # a different id gets nothing of rs-own's
+        assert [c.task.task_id for c in other] == ["own2"]
+        await buf.release_task(other[0].entry_id)
+        server = server_for(cfg, verifier_url, receive_weights=False, server_id="rs-own")
+        await server.start()
+        try:
+            async def all_stored():
+                return server.stats.tasks_acked == 3
+
+            await wait_for(all_stored, timeout_s=120)
+            return await buf.queue_stats(), [await buf.get_group(group_id_for(t)) for t in ts]
+        finally:
+            await server.stop()
+            await buf.close()
+
+    qs, groups = asyncio.run(run())
+    assert qs.inflight == 0 and all(g is not None and g.server_id == "rs-own" for g in groups)
 
 
 def test_sync_mode_never_generates_with_weights_older_than_the_learner(cfg_factory, verifier_url, sft_model_dir):
