@@ -48,6 +48,8 @@ def test_import_paths_build_applications(config_name: str, monkeypatch: pytest.M
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    # the GPU config requires the weight-sync token; the pods get it from the secret's environment
+    monkeypatch.setenv("RETHINKER__LEARNER__WEIGHT_SYNC__TOKEN", "token-from-the-secret")
     doc = serve_config()
     source = config_sources()[config_name]
     for app in doc["applications"]:
