@@ -504,7 +504,7 @@ def role_ipc_receiver(cfg_path: str, out_dir: str) -> None:
 def part_ipc_sync(a: argparse.Namespace, model_dir: Path, cache: Path) -> dict[str, Any]:
     import torch
 
-    from common.config import load_config
+    from common.config import config_to_json, load_config
     from common.weight_transport import TensorSpec, make_sender
     from common.weight_transport.protocol import load_checkpoint_weights
 
@@ -522,7 +522,7 @@ def part_ipc_sync(a: argparse.Namespace, model_dir: Path, cache: Path) -> dict[s
         "learner.weight_sync.poll_s=0.05", f"learner.weight_sync.token={uuid.uuid4().hex}",
     ])
     work = Path(tempfile.mkdtemp(prefix="gpu-check-ipc-"))
-    (work / "cfg.json").write_text(cfg.model_dump_json())
+    (work / "cfg.json").write_text(config_to_json(cfg, reveal_secrets=True))  # the receiver needs the token
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen([sys.executable, __file__, "role-ipc-receiver", str(work / "cfg.json"), str(work)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
