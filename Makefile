@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: venv demo test test-fast test-vllm-api lock bench ablation ablation-quick docs clean
+.PHONY: venv demo test test-fast test-vllm-api lock bench ablation ablation-quick compose-smoke docs clean
 
 venv: $(STAMP)
 
@@ -66,6 +66,16 @@ ablation: venv
 ablation-quick: venv
 	@REDIS_URL=$$($(BIN)/python -m rethinker.local_redis) || exit 1; \
 	REDIS_URL=$$REDIS_URL $(BIN)/python benchmarks/ablation.py --quick
+
+# Opt-in slow lane (not CI): the docker compose stack for real (docs/deployment.md, "The compose
+# lane"): builds the CPU image, runs the CPU demo services in containers with host networking,
+# checks health, the dashboard and a rollout crash + restart, then `down -v`; one JSON line.
+# It starts (and stops) a bridge-less dockerd when no engine answers.  Site settings (torch wheel
+# source, CA certificates, base image) go in COMPOSE_SMOKE_ARGS, e.g.
+#   make compose-smoke COMPOSE_SMOKE_ARGS="--torch-index /srv/wheels/simple --ca-cert /etc/site-ca.crt"
+COMPOSE_SMOKE_ARGS ?=
+compose-smoke:
+	nice -n 10 $(PYTHON) benchmarks/compose_smoke.py $(COMPOSE_SMOKE_ARGS)
 
 clean:
 	rm -rf .cache runs .pytest_cache
