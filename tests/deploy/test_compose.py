@@ -1,7 +1,7 @@
-"""docker-compose.yml, validated offline (there is no Docker engine here).
+"""docker-compose.yml (with docker-compose.override.yml) and the lane's compose.hostnet.yml, offline.
 
-1. The file, after compose's variable interpolation, validates against the Compose Specification
-   JSON schema (vendored in schemas/compose_spec.json, see schemas/README.md).
+1. The files, merged as compose merges them and after compose's variable interpolation, validate
+   against the Compose Specification JSON schema (vendored in schemas/compose_spec.json).
 2. Every rethinker container's command parses with the real CLI parser, its config (the mounted
    YAML + its environment) loads with the real config schema, and the ports, health checks,
    service URLs, weight-sync rendezvous and start order agree with that config.
@@ -37,6 +37,7 @@ from deploy_checks import (
 
 COMPOSE = REPO / "docker-compose.yml"
 HOSTNET = REPO / "deploy" / "docker" / "compose.hostnet.yml"
+DEFAULT_OVERRIDE = REPO / "docker-compose.override.yml"
 SCHEMA = Path(__file__).parent / "schemas" / "compose_spec.json"
 
 # --------------------------------------------------------------------------- interpolation
@@ -80,10 +81,38 @@ def interpolate(value: Any, env: dict[str, str], used: set[str]) -> Any:
     return _VAR.sub(sub, value)
 
 
-def load_compose(env: dict[str, str] | None = None) -> tuple[dict[str, Any], set[str]]:
+def load_file(path: Path, env: dict[str, str] | None, used: set[str]) -> dict[str, Any]:
+    return interpolate(yaml.safe_load(path.read_text()), env or {}, used)
+
+
+def load_compose(env: dict[str, str] | None = None, *, with_default_override: bool = True) -> tuple[dict[str, Any], set[str]]:
+    """What `docker compose up` reads: docker-compose.yml merged with docker-compose.override.yml
+    (loaded by default when no -f is given); with_default_override=False: the first file alone, as
+    the `-f docker-compose.yml -f deploy/docker/compose.hostnet.yml` run of the lane reads it."""
     used: set[str] = set()
-    data = interpolate(yaml.safe_load(COMPOSE.read_text()), env or {}, used)
+    data = load_file(COMPOSE, env, used)
+    if with_default_override:
+        data = merge_override(data, load_file(DEFAULT_OVERRIDE, env, used), {"ports"}, DEFAULT_OVERRIDE.name)
     return data, used
+
+
+def merge_override(base: dict[str, Any], override: dict[str, Any], allowed: set[str], where: str) -> dict[str, Any]:
+    """Compose's merge of an override file, for the keys it may use here: the mappings
+    (environment, healthcheck) merge key by key, ports append, command and network_mode replace."""
+    assert {k for k in override if not k.startswith("x-")} == {"services"}, f"{where}: only services belong there"
+    out = yaml.safe_load(yaml.safe_dump(base))
+    for name, o in override["services"].items():
+        assert name in out["services"], f"{where}: unknown service {name}"
+        assert set(o) <= allowed, f"{where}: {name} changes {set(o) - allowed}: only {sorted(allowed)} belong there"
+        svc = out["services"][name]
+        for k, v in o.items():
+            if k in ("environment", "healthcheck"):
+                svc[k] = {**(svc.get(k) or {}), **v}
+            elif k == "ports":
+                svc[k] = [*(svc.get(k) or []), *v]
+            else:
+                svc[k] = v
+    return out
 
 
 # --------------------------------------------------------------------------- schema
@@ -454,25 +483,12 @@ def test_redis_and_volumes(compose: dict[str, Any], services: dict[str, Service]
 
 # --------------------------------------------------------------------------- host-network override
 
-_OVERRIDE_KEYS = {"network_mode", "environment", "command", "healthcheck"}
+HOSTNET_KEYS = {"network_mode", "environment", "command", "healthcheck"}
 
 
 def load_hostnet(env: dict[str, str] | None = None) -> tuple[dict[str, Any], set[str]]:
     used: set[str] = set()
-    return interpolate(yaml.safe_load(HOSTNET.read_text()), env or {}, used), used
-
-
-def merge_override(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Compose's merge of an override file for the keys the override may use: the mappings
-    (environment, healthcheck) merge key by key, command and network_mode replace."""
-    out = yaml.safe_load(yaml.safe_dump(base))
-    for name, o in override["services"].items():
-        assert name in out["services"], f"compose.hostnet.yml: unknown service {name}"
-        assert set(o) <= _OVERRIDE_KEYS, f"compose.hostnet.yml: {name} changes {set(o) - _OVERRIDE_KEYS}: only addresses and ports belong there"
-        svc = out["services"][name]
-        for k, v in o.items():
-            svc[k] = {**(svc.get(k) or {}), **v} if k in ("environment", "healthcheck") else v
-    return out
+    return load_file(HOSTNET, env, used), used
 
 
 def smoke_lane():
@@ -489,8 +505,10 @@ def test_hostnet_override() -> None:
     override, used = load_hostnet()
     assert schema_errors(override) == []
     assert "networks" not in override
-    base, _ = load_compose()
-    merged = merge_override(base, override)
+    base, _ = load_compose(with_default_override=False)
+    assert not any(svc.get("ports") for svc in base["services"].values()), \
+        "published ports belong in docker-compose.override.yml: host networking cannot publish them"
+    merged = merge_override(base, override, HOSTNET_KEYS, HOSTNET.name)
     assert schema_errors(merged) == []
     demo = {n: Service(n, svc, merged) for n, svc in merged["services"].items() if not svc.get("profiles")}
     assert set(demo) == set(override["services"]), "every CPU-demo service needs network_mode: host"
@@ -544,7 +562,7 @@ def test_hostnet_override() -> None:
 def test_hostnet_override_rejects_other_changes() -> None:
     """The merge model refuses an override that changes more than addresses and ports."""
     override, _ = load_hostnet()
-    base, _ = load_compose()
+    base, _ = load_compose(with_default_override=False)
     override["services"]["learner"]["volumes"] = ["/tmp:/workspace/runs"]
-    with pytest.raises(AssertionError, match="only addresses and ports"):
-        merge_override(base, override)
+    with pytest.raises(AssertionError, match="changes {'volumes'}"):
+        merge_override(base, override, HOSTNET_KEYS, HOSTNET.name)
