@@ -4,8 +4,8 @@
 What it does, in order, and what makes it fail (exit 1, after tearing down what it started):
 
 1. Docker engine: uses the one that answers; if none does (and it runs as root), starts
-   ``dockerd --bridge=none --iptables=false --ip-forward=false`` itself, niced, and stops that
-   process by its pid at the end.  No bridge or user network is ever created: every container runs
+   ``dockerd --bridge=none --iptables=false --ip-forward=false`` itself and stops that process by
+   its pid at the end.  No bridge or user network is ever created: every container runs
    with host networking (``deploy/docker/compose.hostnet.yml``) and talks on 127.0.0.1 only.
 2. Base image: ``--base-image`` (default the registry-free ``vl-rethinker-base:bookworm``); when
    that tag is missing it is built with ``deploy/docker/base/build-base.sh`` (mmdebstrap + docker
@@ -136,9 +136,11 @@ class Engine:
         if os.geteuid() != 0:
             raise SmokeFailure("no Docker engine answers; starting dockerd needs root (or start one yourself)")
         self.log_path = workdir / "dockerd.log"
-        cmd = ["nice", "-n", "10", dockerd, "--bridge=none", "--iptables=false", "--ip-forward=false",
+        # not niced: the containers inherit the engine's priority, and the stack must keep pace
+        # with its own health checks; the image build gets a low CPU weight instead (--cpu-shares)
+        cmd = [dockerd, "--bridge=none", "--iptables=false", "--ip-forward=false",
                "--ip-masq=false", "--pidfile", str(workdir / "dockerd.pid")]
-        log(f"no engine answers: starting {' '.join(cmd[3:])}")
+        log(f"no engine answers: starting {' '.join(cmd)}")
         with open(self.log_path, "wb") as out:
             self.started = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 90
@@ -154,7 +156,6 @@ class Engine:
         if self.started is None or self.started.poll() is not None:
             return
         log(f"stopping the dockerd it started (pid {self.started.pid})")
-        # `nice` exec()s dockerd, so this pid is dockerd's own
         self.started.send_signal(signal.SIGTERM)
         try:
             self.started.wait(timeout=60)
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-build", action="store_true", help="run the existing --image, do not build")
     p.add_argument("--steps", type=int, default=5, help="learner steps to wait for before the restart check")
     p.add_argument("--steps-after", type=int, default=3, help="learner steps required after the rollout came back")
-    p.add_argument("--timeout", type=float, default=2400.0, help="limit of the whole run after the build (s)")
+    p.add_argument("--timeout", type=float, default=5400.0, help="limit of the whole run after the build (s)")
     p.add_argument("--build-timeout", type=float, default=3600.0)
     p.add_argument("--project", default="rethinker-smoke", help="compose project name")
     p.add_argument("--keep-up", action="store_true", help="leave the stack running (debugging); no down -v")
@@ -351,8 +352,9 @@ def main(argv: list[str] | None = None) -> int:
                 build_args["PIP_EXTRA_INDEX_URL"] = " ".join(indexes.url(s) for s in args.pip_index)
             if args.ca_cert:
                 build_args["PIP_CERT"] = "/etc/ssl/certs/ca-certificates.crt"
-            cmd = ["nice", "-n", "10", docker, "build", "--network", "host", "-f", "deploy/docker/Dockerfile.cpu",
-                   "-t", args.image]
+            # --cpu-shares: the build's containers yield the CPU to others (the machine may be shared)
+            cmd = ["nice", "-n", "10", docker, "build", "--network", "host", "--cpu-shares", "256",
+                   "-f", "deploy/docker/Dockerfile.cpu", "-t", args.image]
             for k, v in build_args.items():
                 cmd += ["--build-arg", f"{k}={v}"]
             cmd.append(".")

@@ -566,3 +566,22 @@ def test_hostnet_override_rejects_other_changes() -> None:
     override["services"]["learner"]["volumes"] = ["/tmp:/workspace/runs"]
     with pytest.raises(AssertionError, match="changes {'volumes'}"):
         merge_override(base, override, HOSTNET_KEYS, HOSTNET.name)
+
+
+@pytest.mark.parametrize("files", [[], ["docker-compose.yml", "deploy/docker/compose.hostnet.yml"]],
+                         ids=["default", "hostnet"])
+def test_compose_tool_accepts_the_files(files: list[str]) -> None:
+    """docker-compose 1.29 / docker compose v2 itself parses the files (where one is installed)."""
+    import shutil
+    import subprocess
+
+    tool = ["docker-compose"] if shutil.which("docker-compose") else None
+    if tool is None and shutil.which("docker"):
+        if subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30).returncode == 0:
+            tool = ["docker", "compose"]
+    if tool is None:
+        pytest.skip("neither docker-compose nor docker compose is installed")
+    args = [a for f in files for a in ("-f", f)]
+    out = subprocess.run([*tool, *args, "config", "-q"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in os.environ.items() if not k.startswith(("SMOKE_", "REDIS_", "COMPOSE_"))})
+    assert out.returncode == 0, out.stderr
