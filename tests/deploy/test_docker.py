@@ -1,6 +1,8 @@
-"""The images (deploy/docker), checked offline: no Docker engine here, so no build.
+"""The images (deploy/docker), checked offline (building and running them is the opt-in compose lane,
+`make compose-smoke`).
 
-What is checked: the Dockerfiles' instructions (base image, pinned versions that agree with
+What is checked: the Dockerfiles' instructions (base image and torch source as build arguments
+with the public defaults, pip settings never kept as ENV, pinned versions that agree with
 pyproject/the lock, non-root user, HEALTHCHECK, ENTRYPOINT), that every file they COPY exists and
 is not excluded by .dockerignore, that the non-editable install they do contains every package of
 the repository, and the two helper scripts they install, run for real.
