@@ -406,30 +406,43 @@ def main(argv: list[str] | None = None) -> int:
             "rollout-1": f"http://127.0.0.1:{ports['SMOKE_ROLLOUT_1_PORT']}/healthz",
             "rollout-2": f"http://127.0.0.1:{ports['SMOKE_ROLLOUT_2_PORT']}/healthz",
         }
+        problems: list[str] = []
         for svc, url in health_urls.items():
             status, body = http_get(url)
             if status != 200:
-                failures.append(f"{svc}: GET {url} -> {status} {body[:200]!r}")
-        health = {}
-        for svc in SERVICES:
-            st = inspect(docker, stack.container(svc))["State"]
-            health[svc] = st.get("Health", {}).get("Status", "running" if st["Running"] else st["Status"])
-        result["health"] = health
-        failures += [f"{svc}: container {h}" for svc, h in health.items() if h not in ("healthy", "running")]
+                problems.append(f"{svc}: GET {url} -> {status} {body[:200]!r}")
+
+        def container_health() -> dict[str, str]:
+            out = {}
+            for svc in SERVICES:
+                st = inspect(docker, stack.container(svc))["State"]
+                out[svc] = st.get("Health", {}).get("Status", "running" if st["Running"] else st["Status"])
+            return out
+
+        def all_healthy() -> bool:
+            # a health check runs every interval: "starting" turns "healthy" after the first probe
+            # that passes (the learner can reach --steps before its first probe); "unhealthy" fails
+            health = result["health"] = container_health()
+            bad = [f"{svc}: container {h}" for svc, h in health.items() if h not in ("healthy", "running", "starting")]
+            if bad:
+                raise SmokeFailure("; ".join(bad))
+            return all(h in ("healthy", "running") for h in health.values())
+
+        wait_for("every container to be healthy", all_healthy, timeout=max(1.0, min(300.0, deadline - time.monotonic())))
         for job in JOBS:
             st = inspect(docker, stack.container(job))["State"]
             if st["Running"] or st["ExitCode"] != 0:
-                failures.append(f"job {job}: running={st['Running']} exit={st['ExitCode']}")
+                problems.append(f"job {job}: running={st['Running']} exit={st['ExitCode']}")
         status, body = http_get(f"{buffer_url}/")
         if status != 200 or b"<html" not in body.lower():
-            failures.append(f"buffer dashboard GET / -> {status}")
+            problems.append(f"buffer dashboard GET / -> {status}")
         st = stats(buffer_url)
         if st is None or "policy_version" not in st:
-            failures.append("buffer GET /v1/stats did not answer with the statistics")
+            problems.append("buffer GET /v1/stats did not answer with the statistics")
         else:
             result["stats_live_servers"] = st.get("servers", {}).get("live")
-        if failures:
-            raise SmokeFailure("; ".join(failures))
+        if problems:
+            raise SmokeFailure("; ".join(problems))
 
         # ---------------------------------------------------------------- crash and restart
         victim = "rollout-1"
