@@ -14,8 +14,8 @@ import os
 import re
 import sys
 from pathlib import Path
-from unittest import mock
 from typing import Any
+from unittest import mock
 
 import jsonschema
 import pytest
