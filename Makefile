@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: venv demo test test-fast test-chaos test-vllm-api lock bench bench-async-sync ablation ablation-quick docs clean gpu-wheels gpu-check
+.PHONY: venv demo test test-fast test-chaos test-vllm-api lock bench bench-async-sync ablation ablation-quick compose-smoke docs clean gpu-wheels gpu-check
 
 venv: $(STAMP)
 
@@ -67,7 +67,7 @@ docs: venv
 
 bench: venv
 	@REDIS_URL=$$($(BIN)/python -m rethinker.local_redis) || exit 1; \
-	for b in benchmarks/*.py; do case $$b in benchmarks/ablation.py|benchmarks/gpu_check.py) continue;; esac; echo "== $$b"; REDIS_URL=$$REDIS_URL $(BIN)/python $$b || exit 1; done
+	for b in benchmarks/*.py; do case $$b in benchmarks/ablation.py|benchmarks/gpu_check.py|benchmarks/compose_smoke.py) continue;; esac; echo "== $$b"; REDIS_URL=$$REDIS_URL $(BIN)/python $$b || exit 1; done
 
 # Opt-in lane (not CI): the asynchronous pipeline against the synchronous on-policy baseline on the
 # demo task, same step count in both modes (one JSON line; about 10 minutes on 2 cores).
@@ -86,6 +86,16 @@ ablation: venv
 ablation-quick: venv
 	@REDIS_URL=$$($(BIN)/python -m rethinker.local_redis) || exit 1; \
 	REDIS_URL=$$REDIS_URL $(BIN)/python benchmarks/ablation.py --quick
+
+# Opt-in slow lane (not CI): the docker compose stack for real (docs/deployment.md, "The compose
+# lane"): builds the CPU image, runs the CPU demo services in containers with host networking,
+# checks health, the dashboard and a rollout crash + restart, then `down -v`; one JSON line.
+# It starts (and stops) a bridge-less dockerd when no engine answers.  Site settings (torch wheel
+# source, CA certificates, base image) go in COMPOSE_SMOKE_ARGS, e.g.
+#   make compose-smoke COMPOSE_SMOKE_ARGS="--torch-index /srv/wheels/simple --ca-cert /etc/site-ca.crt"
+COMPOSE_SMOKE_ARGS ?=
+compose-smoke:
+	nice -n 10 $(PYTHON) benchmarks/compose_smoke.py $(COMPOSE_SMOKE_ARGS)
 
 clean:
 	rm -rf .cache runs .pytest_cache

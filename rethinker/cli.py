@@ -202,15 +202,17 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_lazy("evaluation.chat", "cmd_chat"))
 
 
-_SERVE_GROUPS: dict[int, argparse._SubParsersAction] = {}
-
-
 def serve_parsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
-    """The shared ``rethinker serve SERVICE`` group: each service's registrar adds its parser here."""
-    if id(sub) not in _SERVE_GROUPS:
+    """The shared ``rethinker serve SERVICE`` group: each service's registrar adds its parser here.
+
+    The group is kept on ``sub`` itself: a table keyed by ``id(sub)`` would hand a new parser the
+    group of a collected one that had the same id."""
+    group = getattr(sub, "_rethinker_serve_group", None)
+    if group is None:
         p = sub.add_parser("serve", help="run one service (verifier, buffer, rollout, ...)")
-        _SERVE_GROUPS[id(sub)] = p.add_subparsers(dest="service", required=True, metavar="SERVICE")
-    return _SERVE_GROUPS[id(sub)]
+        group = p.add_subparsers(dest="service", required=True, metavar="SERVICE")
+        sub._rethinker_serve_group = group  # type: ignore[attr-defined]
+    return group
 
 
 def _add_serve_rollout(sub: argparse._SubParsersAction) -> None:

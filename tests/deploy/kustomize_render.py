@@ -1,4 +1,4 @@
-"""A small kustomize renderer for the subset of kustomize that deploy/k8s uses (no kustomize binary here).
+"""A small kustomize renderer for the subset of kustomize that deploy/k8s uses, for machines without kustomize.
 
 It renders a kustomization folder to the list of objects ``kustomize build`` would output, for
 exactly these fields, and refuses any other field (``KustomizeError``) so that a manifest can never
@@ -10,8 +10,9 @@ silently rely on a feature that is not rendered here:
   ``literals`` (``K=V``), ``envs`` (``K=V`` lines), ``type`` (secrets) and ``options``; behaviour
   ``create`` only; a content-hash suffix is appended to the name unless ``disableNameSuffixHash``
   (modelled on kustomize's hasher: sha256 of the Go-style JSON of kind/name/data, 10 hex digits
-  with 0,1,3,a,e mapped to g,h,k,m,t; not checked against the kustomize binary, so the suffix may
-  differ; what matters here is that it changes with the content and that references follow it);
+  with 0,1,3,a,e mapped to g,h,k,m,t; the suffix differs from the one kubectl 1.32's kustomize
+  v5.5.0 writes, which test_k8s.py's comparison leaves out; what matters here is that it changes
+  with the content and that references follow it);
 - ``generatorOptions``: ``disableNameSuffixHash``, ``labels``, ``annotations``;
 - ``patches``: strategic-merge patches from ``path`` or inline ``patch`` (no ``target``), matched by
   apiVersion group/kind/name; ``$patch: delete`` of an object or of a list item; lists merge by
@@ -26,8 +27,9 @@ silently rely on a feature that is not rendered here:
   references from sibling folders are fixed too, as kustomize does with its resources' original
   names).
 
-Its own behaviour is tested in tests/deploy/test_kustomize_render.py.  The real ``kustomize build`` /
-``kubectl apply -k`` remains the reference; this module is for offline validation only.
+Its own behaviour is tested in tests/deploy/test_kustomize_render.py, and its output is compared
+with the real kustomize's in tests/deploy/test_k8s.py wherever one is installed (the tests then
+check the real kustomize's output).  This module is for offline validation only.
 """
 
 from __future__ import annotations

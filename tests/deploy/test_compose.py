@@ -1,7 +1,7 @@
-"""docker-compose.yml, validated offline (there is no Docker engine here).
+"""docker-compose.yml (with docker-compose.override.yml) and the lane's compose.hostnet.yml, offline.
 
-1. The file, after compose's variable interpolation, validates against the Compose Specification
-   JSON schema (vendored in schemas/compose_spec.json, see schemas/README.md).
+1. The files, merged as compose merges them and after compose's variable interpolation, validate
+   against the Compose Specification JSON schema (vendored in schemas/compose_spec.json).
 2. Every rethinker container's command parses with the real CLI parser, its config (the mounted
    YAML + its environment) loads with the real config schema, and the ports, health checks,
    service URLs, weight-sync rendezvous and start order agree with that config.
@@ -9,13 +9,20 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import jsonschema
 import pytest
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "deploy" / "docker"))
+import healthcheck  # noqa: E402  (deploy/docker/healthcheck.py, the images' health check)
 
 from common.config import reveal
 from deploy_checks import (
@@ -30,6 +37,8 @@ from deploy_checks import (
 )
 
 COMPOSE = REPO / "docker-compose.yml"
+HOSTNET = REPO / "deploy" / "docker" / "compose.hostnet.yml"
+DEFAULT_OVERRIDE = REPO / "docker-compose.override.yml"
 SCHEMA = Path(__file__).parent / "schemas" / "compose_spec.json"
 
 # --------------------------------------------------------------------------- interpolation
@@ -73,10 +82,38 @@ def interpolate(value: Any, env: dict[str, str], used: set[str]) -> Any:
     return _VAR.sub(sub, value)
 
 
-def load_compose(env: dict[str, str] | None = None) -> tuple[dict[str, Any], set[str]]:
+def load_file(path: Path, env: dict[str, str] | None, used: set[str]) -> dict[str, Any]:
+    return interpolate(yaml.safe_load(path.read_text()), env or {}, used)
+
+
+def load_compose(env: dict[str, str] | None = None, *, with_default_override: bool = True) -> tuple[dict[str, Any], set[str]]:
+    """What `docker compose up` reads: docker-compose.yml merged with docker-compose.override.yml
+    (loaded by default when no -f is given); with_default_override=False: the first file alone, as
+    the `-f docker-compose.yml -f deploy/docker/compose.hostnet.yml` run of the lane reads it."""
     used: set[str] = set()
-    data = interpolate(yaml.safe_load(COMPOSE.read_text()), env or {}, used)
+    data = load_file(COMPOSE, env, used)
+    if with_default_override:
+        data = merge_override(data, load_file(DEFAULT_OVERRIDE, env, used), {"ports"}, DEFAULT_OVERRIDE.name)
     return data, used
+
+
+def merge_override(base: dict[str, Any], override: dict[str, Any], allowed: set[str], where: str) -> dict[str, Any]:
+    """Compose's merge of an override file, for the keys it may use here: the mappings
+    (environment, healthcheck) merge key by key, ports append, command and network_mode replace."""
+    assert {k for k in override if not k.startswith("x-")} == {"services"}, f"{where}: only services belong there"
+    out = yaml.safe_load(yaml.safe_dump(base))
+    for name, o in override["services"].items():
+        assert name in out["services"], f"{where}: unknown service {name}"
+        assert set(o) <= allowed, f"{where}: {name} changes {set(o) - allowed}: only {sorted(allowed)} belong there"
+        svc = out["services"][name]
+        for k, v in o.items():
+            if k in ("environment", "healthcheck"):
+                svc[k] = {**(svc.get(k) or {}), **v}
+            elif k == "ports":
+                svc[k] = [*(svc.get(k) or []), *v]
+            else:
+                svc[k] = v
+    return out
 
 
 # --------------------------------------------------------------------------- schema
@@ -179,12 +216,6 @@ class Service:
 
     source: Path | None = None
 
-    def healthcheck_url(self) -> str | None:
-        test = (self.svc.get("healthcheck") or {}).get("test")
-        if not test or test[0] != "CMD" or test[1] != "rethinker-healthcheck":
-            return None
-        return test[2] if len(test) > 2 else None
-
     def deps(self) -> dict[str, str]:
         d = self.svc.get("depends_on") or {}
         return {k: "service_started" for k in d} if isinstance(d, list) else {k: v["condition"] for k, v in d.items()}
@@ -212,6 +243,17 @@ def compose() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def services(compose: dict[str, Any]) -> dict[str, Service]:
     return {name: Service(name, svc, compose) for name, svc in compose["services"].items()}
+
+
+def probed_url(s: Service) -> str | None:
+    """The URL the image's health check probes in this service's container: its command line (with
+    the mounted config file's repository source) and its environment, through the real script."""
+    argv = ["rethinker", "serve", s.cmd.role, "--config", str(s.source)]
+    for o in s.cmd.overrides:
+        argv += ["--set", o]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RETHINKER__")}
+    with mock.patch.dict(os.environ, {**clean, **s.env}, clear=True):
+        return healthcheck.url_for_cmdline(argv)
 
 
 def group(services: dict[str, "Service"], profile: str | None) -> dict[str, "Service"]:
@@ -336,10 +378,11 @@ def test_services_agree_with_config(services: dict[str, Service], profile: str |
             svc_cfg = getattr(cfg, s.cmd.role)
             assert svc_cfg.host == "0.0.0.0", f"{where}: must bind 0.0.0.0 to be reachable"
             assert svc_cfg.port in s.container_ports(), f"{where}: port {svc_cfg.port} not exposed"
-            url = s.healthcheck_url()
-            assert url, f"{where}: needs a rethinker-healthcheck URL"
-            assert host_port(url) == ("127.0.0.1", svc_cfg.port), f"{where}: health check {url}"
-            assert url.split(str(svc_cfg.port), 1)[1] in SERVICE_PATHS[s.cmd.role]
+            # the check takes its port from the container's own config and environment (PID 1's
+            # `rethinker serve ROLE --config F`), so it follows any port override
+            assert s.svc["healthcheck"]["test"] == ["CMD", "rethinker-healthcheck"], f"{where}: health check"
+            assert probed_url(s) == f"http://127.0.0.1:{svc_cfg.port}/healthz", f"{where}: health check"
+            assert "/healthz" in SERVICE_PATHS[s.cmd.role]
         if s.cmd.role == "rollout":
             assert host_port(cfg.rollout.advertise_url) == (s.name, cfg.rollout.port), f"{where}: advertise_url"
             assert cfg.rollout.server_id == s.name
@@ -440,3 +483,109 @@ def test_redis_and_volumes(compose: dict[str, Any], services: dict[str, Service]
         assert "configs" not in s.svc, f"{name}: docker-compose v1 ignores `configs:`; bind-mount the file"
         df = dockerfile_of(s.svc)
         assert df is None or df.is_file(), f"{name}: {df} missing"
+
+
+# --------------------------------------------------------------------------- host-network override
+
+HOSTNET_KEYS = {"network_mode", "environment", "command", "healthcheck"}
+
+
+def load_hostnet(env: dict[str, str] | None = None) -> tuple[dict[str, Any], set[str]]:
+    used: set[str] = set()
+    return load_file(HOSTNET, env, used), used
+
+
+def smoke_lane():
+    spec = importlib.util.spec_from_file_location("compose_smoke", REPO / "benchmarks" / "compose_smoke.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_hostnet_override() -> None:
+    """The lane's override: every CPU-demo container on the host network, every server bound to
+    127.0.0.1 on its own port, every client pointed at those ports, nothing else changed."""
+    override, used = load_hostnet()
+    assert schema_errors(override) == []
+    assert "networks" not in override
+    base, _ = load_compose(with_default_override=False)
+    assert not any(svc.get("ports") for svc in base["services"].values()), \
+        "published ports belong in docker-compose.override.yml: host networking cannot publish them"
+    merged = merge_override(base, override, HOSTNET_KEYS, HOSTNET.name)
+    assert schema_errors(merged) == []
+    demo = {n: Service(n, svc, merged) for n, svc in merged["services"].items() if not svc.get("profiles")}
+    assert set(demo) == set(override["services"]), "every CPU-demo service needs network_mode: host"
+    for name, s in demo.items():
+        assert s.svc["network_mode"] == "host" and "networks" not in s.svc, name
+
+    redis_cmd = demo["redis"].svc["command"]
+    redis_port = int(redis_cmd[redis_cmd.index("--port") + 1])
+    assert redis_cmd[redis_cmd.index("--bind") + 1] == "127.0.0.1"
+    assert redis_cmd[redis_cmd.index("--dir") + 1] == "/data" and "/data" in demo["redis"].volume_targets()
+    assert redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
+    assert f"-p {redis_port} ping" in demo["redis"].svc["healthcheck"]["test"][1]
+    # the override replaces the whole command: the rest of it must stay the base file's
+    base_cmd = base["services"]["redis"]["command"]
+    assert [a for a in redis_cmd if a not in ("--bind", "127.0.0.1", "--port", str(redis_port))] == base_cmd
+
+    servers = {n: s for n, s in demo.items() if s.cmd and s.cmd.role in SERVICE_PATHS}
+    ports = {n: getattr(s.cfg, s.cmd.role).port for n, s in servers.items()}
+    learner = demo["learner"].cfg.learner.weight_sync
+    all_ports = [redis_port, *ports.values(), learner.master_port]
+    assert len(set(all_ports)) == len(all_ports), f"ports collide on the shared host network: {all_ports}"
+    assert not set(range(learner.master_port, learner.master_port + learner.port_span)) & set(all_ports[:-1])
+    for name, s in demo.items():
+        if s.cfg is None or s.cmd.role not in ("verifier", "buffer", "rollout", "learn"):
+            continue
+        cfg = s.cfg
+        assert host_port(cfg.redis.url) == ("127.0.0.1", redis_port), name
+        for target in ("verifier", "buffer"):
+            assert host_port(getattr(cfg, target).base_url()) == ("127.0.0.1", ports[target]), f"{name}: {target}.url"
+        if s.cmd.role in ("rollout", "learn"):
+            assert (cfg.learner.weight_sync.master_addr, cfg.learner.weight_sync.master_port) == \
+                ("127.0.0.1", learner.master_port), f"{name}: weight-sync rendezvous"
+        if s.cmd.role in SERVICE_PATHS:
+            assert getattr(cfg, s.cmd.role).host == "127.0.0.1", f"{name} must bind 127.0.0.1 only"
+            assert probed_url(s) == f"http://127.0.0.1:{ports[name]}/healthz", f"{name}: health check"
+        if s.cmd.role == "rollout":
+            assert cfg.rollout.advertise_url == f"http://127.0.0.1:{ports[name]}" and cfg.rollout.server_id == name
+
+    # the lane sets exactly the override's port variables, with the same defaults
+    lane = smoke_lane()
+    smoke_vars = {v for v in used if v.startswith("SMOKE_")}
+    assert smoke_vars == set(lane.PORT_VARS)
+    assert (redis_port, ports["verifier"], ports["buffer"], ports["rollout-1"], ports["rollout-2"], learner.master_port) == \
+        tuple(lane.PORT_VARS[k] for k in ("SMOKE_REDIS_PORT", "SMOKE_VERIFIER_PORT", "SMOKE_BUFFER_PORT",
+                                          "SMOKE_ROLLOUT_1_PORT", "SMOKE_ROLLOUT_2_PORT", "SMOKE_SYNC_PORT"))
+    assert learner.port_span == lane.SYNC_PORT_SPAN
+    moved, _ = load_hostnet({"SMOKE_BUFFER_PORT": "31200"})
+    assert moved["services"]["buffer"]["environment"]["RETHINKER__BUFFER__PORT"] == "31200"
+
+
+def test_hostnet_override_rejects_other_changes() -> None:
+    """The merge model refuses an override that changes more than addresses and ports."""
+    override, _ = load_hostnet()
+    base, _ = load_compose(with_default_override=False)
+    override["services"]["learner"]["volumes"] = ["/tmp:/workspace/runs"]
+    with pytest.raises(AssertionError, match="changes {'volumes'}"):
+        merge_override(base, override, HOSTNET_KEYS, HOSTNET.name)
+
+
+@pytest.mark.parametrize("files", [[], ["docker-compose.yml", "deploy/docker/compose.hostnet.yml"]],
+                         ids=["default", "hostnet"])
+def test_compose_tool_accepts_the_files(files: list[str]) -> None:
+    """docker-compose 1.29 / docker compose v2 itself parses the files (where one is installed)."""
+    import shutil
+    import subprocess
+
+    tool = ["docker-compose"] if shutil.which("docker-compose") else None
+    if tool is None and shutil.which("docker"):
+        if subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30).returncode == 0:
+            tool = ["docker", "compose"]
+    if tool is None:
+        pytest.skip("neither docker-compose nor docker compose is installed")
+    args = [a for f in files for a in ("-f", f)]
+    out = subprocess.run([*tool, *args, "config", "-q"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in os.environ.items() if not k.startswith(("SMOKE_", "REDIS_", "COMPOSE_"))})
+    assert out.returncode == 0, out.stderr

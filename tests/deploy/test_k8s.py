@@ -1,9 +1,12 @@
-"""deploy/k8s, validated offline: no cluster, no kustomize binary, no kubeconform here.
+"""deploy/k8s, validated offline: no cluster here.
 
-Each overlay is rendered with tests/deploy/kustomize_render.py, every object is validated strictly
-(kubernetes client models + JSON field names; the RayService with a vendored schema of the fields
-we use, its pod templates with the client models and its serveConfigV2 with Ray Serve's schema),
-and then checked against the code: commands parse with the real CLI, each container's config
+Each overlay is rendered with the real kustomize where one is installed (`kustomize build`, or
+`kubectl kustomize`), else with tests/deploy/kustomize_render.py (the two are compared where both
+run); every object is validated strictly against the official Kubernetes OpenAPI schemas
+(kubernetes-validate, strict: unknown fields rejected, for two Kubernetes releases) and with the
+kubernetes client models + JSON field names (the RayService with a vendored schema of the fields we
+use, its pod templates with the official schemas and the client models, its serveConfigV2 with Ray
+Serve's schema), and then checked against the code: commands parse with the real CLI, each container's config
 (mounted ConfigMap + env from ConfigMaps/Secrets/downward API) loads with the real config schema,
 and ports, probes, Service DNS names, the weight-sync rendezvous and the replica counts agree with
 that config.
@@ -14,6 +17,8 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
@@ -56,10 +61,62 @@ def overlay(request: pytest.FixtureRequest) -> str:
 _RENDERED: dict[str, list[dict[str, Any]]] = {}
 
 
+def real_kustomize() -> list[str] | None:
+    """The real kustomize, if installed: `kustomize build`, or kubectl's built-in `kubectl kustomize`."""
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    kubectl = shutil.which("kubectl")
+    if kubectl and subprocess.run([kubectl, "kustomize", "--help"], capture_output=True, timeout=60).returncode == 0:
+        return [kubectl, "kustomize"]
+    return None
+
+
+def real_render(overlay: str) -> list[dict[str, Any]] | None:
+    cmd = real_kustomize()
+    if cmd is None:
+        return None
+    out = subprocess.run([*cmd, str(K8S / "overlays" / overlay)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"{' '.join(cmd)} {overlay}: {out.stderr}"
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
 def rendered(overlay: str) -> list[dict[str, Any]]:
+    """The overlay's objects as the real kustomize renders them, or, where none is installed, as
+    kustomize_render.py does (test_builtin_renderer_matches_kustomize keeps the two in line)."""
     if overlay not in _RENDERED:
-        _RENDERED[overlay] = render(K8S / "overlays" / overlay)
+        real = real_render(overlay)
+        _RENDERED[overlay] = real if real is not None else render(K8S / "overlays" / overlay)
     return _RENDERED[overlay]
+
+
+_HASHED = re.compile(r"\b(rethinker-(?:config|env|secrets))-[a-z0-9]{10}\b")
+
+
+def _normalised(objs: list[dict[str, Any]]) -> list[Any]:
+    """Objects with the generated names' hash suffix cut and every list of named items sorted (a
+    strategic-merge patch may put new list items first or last: the order means nothing there)."""
+
+    def norm(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: norm(x) for k, x in v.items()}
+        if isinstance(v, list):
+            items = [norm(x) for x in v]
+            if items and all(isinstance(x, dict) for x in items):
+                key = next((k for k in ("name", "mountPath", "containerPort", "key") if all(k in x for x in items)), None)
+                if key is not None:
+                    items.sort(key=lambda x: str(x[key]))
+            return items
+        return _HASHED.sub(r"\1-HASH", v) if isinstance(v, str) else v
+
+    return sorted((norm(o) for o in objs), key=lambda o: (o["kind"], o["metadata"]["name"]))
+
+
+def test_builtin_renderer_matches_kustomize(overlay: str) -> None:
+    """kustomize_render.py renders what the real kustomize renders (where one is installed)."""
+    real = real_render(overlay)
+    if real is None:
+        pytest.skip("no kustomize and no kubectl with kustomize on this machine")
+    assert _normalised(render(K8S / "overlays" / overlay)) == _normalised(real)
 
 
 def objects_of(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -244,6 +301,53 @@ def test_every_object_validates_strictly(overlay: str) -> None:
         else:
             problems += [f"{where}: {e}" for e in k8s_errors(o)]
     assert problems == []
+
+
+# Kubernetes releases whose official OpenAPI schemas (kubernetes-validate's bundled copies, the
+# schemas kubeconform uses) every object must satisfy: an older supported release and the newest.
+K8S_VERSIONS = ("1.30.0", "1.37.0")
+
+
+def openapi_errors(obj: dict[str, Any]) -> list[str]:
+    """Strict validation against the official schemas of each release in K8S_VERSIONS (unknown
+    fields rejected).  A RayService (a CRD) is checked through its pod templates, each as a v1
+    PodTemplate."""
+    import kubernetes_validate
+
+    if obj["kind"] == "RayService":
+        cluster = obj["spec"]["rayClusterConfig"]
+        groups = [("head", cluster["headGroupSpec"])] + [(g["groupName"], g) for g in cluster.get("workerGroupSpecs", [])]
+        docs = [{"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name}, "template": g["template"]}
+                for name, g in groups]
+    else:
+        docs = [obj]
+    errors = []
+    for version in K8S_VERSIONS:
+        for doc in docs:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                errors.append(f"k8s {version}: {'/'.join(map(str, exc.path))}: {exc.message}")
+    return errors
+
+
+def test_every_object_validates_against_openapi_schemas(overlay: str) -> None:
+    problems = []
+    for o in rendered(overlay):
+        problems += [f"{o['kind']}/{o['metadata']['name']}: {e}" for e in openapi_errors(o)]
+    assert problems == []
+
+
+def test_openapi_validation_bites() -> None:
+    dep = json.loads(json.dumps(one(rendered("cpu-demo"), "Deployment", "buffer")))
+    dep["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["paht"] = "/x"
+    assert any("paht" in e for e in openapi_errors(dep))
+    dep = json.loads(json.dumps(one(rendered("cpu-demo"), "Deployment", "buffer")))
+    dep["spec"]["replicas"] = "two"
+    assert any("replicas" in e or "two" in e for e in openapi_errors(dep))
+    rs = json.loads(json.dumps(one(rendered("gpu"), "RayService", "verifier")))
+    rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "x"
+    assert any("imagePullPolcy" in e for e in openapi_errors(rs))
 
 
 def test_strict_validation_bites() -> None:

@@ -50,3 +50,17 @@ def test_missing_config_file():
 def test_unknown_command_is_a_usage_error():
     r = run("frobnicate")
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_build_parser_again_after_the_last_one_was_collected():
+    """Parsers built one after the other in one process (as the deploy checks do) never share their
+    `serve` group, even when a new subparsers object gets the address of a collected one."""
+    import gc
+
+    from rethinker.cli import build_parser
+
+    for _ in range(50):
+        parser = build_parser()
+        assert parser.parse_args(["serve", "verifier"]).service == "verifier"
+        del parser
+        gc.collect()
