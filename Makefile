@@ -37,10 +37,12 @@ test-fast: venv
 	@REDIS_URL=$$($(BIN)/python -m rethinker.local_redis) || exit 1; \
 	REDIS_URL=$$REDIS_URL $(BIN)/python -m pytest -q -m "not slow and not e2e" $(PYTEST_ARGS)
 
-# Opt-in lane: kill each process of a live `rethinker up` in turn (tests/system/test_chaos.py, 2-3
-# minutes on 2 cores); `python benchmarks/chaos.py` prints the recovery seconds per fault.
+# The chaos test alone (also part of `make test`): kill each process of a live `rethinker up` in turn
+# (tests/system/test_chaos.py, 2-3 minutes on 2 cores); `python benchmarks/chaos.py` prints the
+# recovery seconds per fault.
 test-chaos: venv
-	RETHINKER_CHAOS=1 $(BIN)/python -m pytest -q -ra tests/system/test_chaos.py $(PYTEST_ARGS)
+	@REDIS_URL=$$($(BIN)/python -m rethinker.local_redis) || exit 1; \
+	REDIS_URL=$$REDIS_URL $(BIN)/python -m pytest -q -ra tests/system/test_chaos.py $(PYTEST_ARGS)
 
 # Opt-in lane: installs vllm==0.33.0 into its own venv and checks that every vLLM name and
 # signature our engine uses exists (vLLM cannot run without a GPU).

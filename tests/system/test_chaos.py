@@ -5,7 +5,8 @@ Redis server is killed and restarted by the launcher.  Asserted: every process w
 the launcher, the learner finished a step within 60 s of each fault, the learner resumed from its
 last complete checkpoint and its steps count on from there, the published policy version never went
 back, no prompt task was lost, no group was stored twice, and after SIGTERM no process of the run
-is left.  Opt-in lane (2-3 minutes on a loaded 2-core machine): ``make test-chaos``."""
+is left.  Part of ``make test`` (2-3 minutes on a loaded 2-core machine); ``make test-chaos`` runs
+it alone."""
 
 from __future__ import annotations
 
