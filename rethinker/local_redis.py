@@ -60,6 +60,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports on 127.0.0.1 (all held open until the last is chosen)."""
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
 def start_local(state: Path = DEFAULT_STATE, *, appendonly: bool = False, password: str | None = None) -> str | None:
     """Start a daemonized redis-server on a free port (requiring `password` when given); returns
     its URL, without the password (None when impossible)."""
