@@ -4,9 +4,7 @@ its data across a kill -9 (AOF), and `rethinker up` leaving no process behind.""
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -17,6 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from rethinker.chaos import json_events
 from rethinker.supervisor import BudgetExceeded, Child, ChildFailed, RestartPolicy, Supervisor, group_alive
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,15 +171,8 @@ def test_supervised_redis_keeps_its_data_across_kill_9(tmp_path):
 
 def events(path: Path) -> list[dict]:
     """The JSON log events in the launcher's stderr (the live status display is interleaved)."""
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        m = re.search(r'\{"ts".*\}', line)
-        if m:
-            try:
-                out.append(json.loads(m.group(0)))
-            except ValueError:
-                pass
-    return out
+    assert path.exists(), path
+    return json_events(path)
 
 
 def started(path: Path) -> list[tuple[str, int]]:
