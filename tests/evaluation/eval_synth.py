@@ -416,12 +416,23 @@ def write_mathvision_github(repo: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 def write_mathverse_json(folder: Path, images_in_folder: bool) -> list[dict[str, Any]]:
-    """The MathVerse JSON release: ``testmini.json`` (a list of records whose ``image`` is a file name)
-    with the images in ``images/`` (``images_in_folder``) or next to the json; plus
-    ``testmini_text_only.json`` beside it, which the testmini split must not read."""
+    """The MathVerse JSON release: ``testmini.json``, a list of records whose ``image`` is a path under
+    the release's image folders (``images_version_1-4/image_<problem>.png`` for Text Dominant, Text
+    Lite and Vision Intensive, ``images_version_5/...`` for Vision Dominant, ``images_version_6/...``
+    for Vision Only: the same file name in each folder, different pictures).  The folders sit in
+    ``images/`` (``images_in_folder``: ``images.zip`` unzipped) or next to the json (the release's
+    ``images_version_*`` folders as uploaded); plus ``testmini_text_only.json`` beside it, which the
+    testmini split must not read."""
     folder.mkdir(parents=True, exist_ok=True)
-    img_dir = folder / "images" if images_in_folder else folder
-    img_dir.mkdir(parents=True, exist_ok=True)
+    img_root = folder / "images" if images_in_folder else folder
+    version_dir = {"Text Dominant": "images_version_1-4", "Text Lite": "images_version_1-4",
+                   "Vision Intensive": "images_version_1-4", "Vision Dominant": "images_version_5",
+                   "Vision Only": "images_version_6"}
+    problem = "7"
+    pictures = {d: png(color_for(int(problem), n)) for n, d in enumerate(sorted(set(version_dir.values())), 1)}
+    for d, data in pictures.items():
+        (img_root / d).mkdir(parents=True, exist_ok=True)
+        (img_root / d / f"image_{problem}.png").write_bytes(data)
     records, truth = [], []
     for s in range(1, 6):
         mc = s % 2 == 1
@@ -429,15 +440,13 @@ def write_mathverse_json(folder: Path, images_in_folder: bool) -> list[dict[str,
         version = VERSIONS[s - 1]
         q = "" if version == "Vision Only" else (
             f"{tag} Find the angle.\nChoices:\nA:30°\nB:45°\nC:60°\nD:90°" if mc else f"{tag} Find the area.")
-        name = f"image_{s}.png"
-        data = png(color_for(s, 7))
-        (img_dir / name).write_bytes(data)
-        records.append(dict(sample_index=str(s), problem_index=str(s), problem_version=version, question=q, image=name,
+        image = f"{version_dir[version]}/image_{problem}.png"
+        records.append(dict(sample_index=str(s), problem_index=problem, problem_version=version, question=q, image=image,
                             answer="B" if mc else "12", question_type="multi-choice" if mc else "free-form",
                             metadata=dict(split="testmini", source="synthetic", subject="plane geometry", subfield="angle"),
                             query_wo="...", query_cot="...", question_for_eval=q))
         truth.append(dict(id=str(s), gold="B" if mc else "12", question_type="multiple_choice" if mc else "free_form",
-                          problem_version=version, bytes=data))
+                          problem_version=version, bytes=pictures[version_dir[version]]))
     (folder / "testmini.json").write_text(json.dumps(records, indent=4, ensure_ascii=False))
     text_only = [dict(r, sample_index=str(100 + i), image="", problem_version="Text Only", question=f"[mathverse-text-{i}] Find x.")
                  for i, r in enumerate(records)]

@@ -103,7 +103,8 @@ def test_hf_parquet_splits_in_one_folder_are_not_mixed(tmp_path):
 def test_mathverse_json_release(tmp_path, images_in_folder):
     truth = eval_synth.write_mathverse_json(tmp_path / "mathverse", images_in_folder)
     items = load_benchmark("mathverse", tmp_path)
-    _check(items, truth)  # testmini_text_only.json beside it is a separate variant
+    assert len({t["bytes"] for t in truth}) == 3  # one file name, a different picture in each version folder
+    _check(items, truth)  # each version's own picture; testmini_text_only.json beside it is a separate variant
     assert [it.categories["problem_version"] for it in items] == [t["problem_version"] for t in truth]
     assert items[4].question == "<image>\nAnswer the question shown in the image."
     text_only = load_benchmark("mathverse:text_only", tmp_path)
