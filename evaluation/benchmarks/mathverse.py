@@ -3,8 +3,10 @@
 Accepted local layouts (the public release's two forms)::
 
     DATA_DIR/mathverse/testmini.parquet                      # parquet, images inline in ``image``
-    DATA_DIR/mathverse/testmini.json + images/...            # JSON release, images.zip extracted into images/
-    DATA_DIR/mathverse/testmini.json + the image files next to it
+    DATA_DIR/mathverse/testmini.json + images/images_version_1-4/...  # JSON release, images.zip extracted into images/
+    DATA_DIR/mathverse/testmini.json + images_version_1-4/ ...        # the image folders next to it
+                                     # ("image": "images_version_5/image_7.png": one file name per problem,
+                                     #  a different picture in each version's folder)
     DATA_DIR/mathverse/testmini_text_only.{parquet,json}     # variant ``text_only`` (no images)
 
 (also under ``data/``).  ``testmini`` never reads ``testmini_text_only`` (split names are matched
