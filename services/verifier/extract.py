@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 
 from .normalize import strip_wrappers
-from .statements import TRIGGER, choice_statement, final_claim, strip_qualifier
+from .statements import TRIGGER, WORD_PHRASE, choice_statement, final_claim, strip_qualifier
 
 MAX_SIBLINGS = 8  # more disagreeing boxes than this in one paragraph: not credited
 MAX_SIBLING_WALK = 256  # boxes looked at before the last one (a paragraph of 40,000 boxes is hostile)
@@ -264,10 +264,12 @@ def _walk_back(text: str, starts: list[int], standing: str, *, head_claims: bool
     """
     end = len(text)
     confirmed = False
+    word = _TEXT_WRAP.sub(r"\1", standing).strip()
+    words = bool(WORD_PHRASE.fullmatch(word)) and word.lower() not in ("yes", "no", "true", "false")
     for st in reversed(starts):
         seg = text[st:end]
         stance = _stance(seg)
-        claim = final_claim(seg, strict=stance != "neg")
+        claim = final_claim(seg, strict=stance != "neg", words=words)
         if claim is not None and not (_LETTER.fullmatch(standing) and not _LETTER.fullmatch(claim[1])):
             return _Walk("claim", st + claim[0], claim[1].strip())
         if stance == "neg" and not confirmed:
@@ -291,6 +293,7 @@ def _walk_back(text: str, starts: list[int], standing: str, *, head_claims: bool
 
 
 _LETTER = re.compile(r"\s*\(?[A-Ka-k]\)?\s*\.?\s*")
+_TEXT_WRAP = re.compile(r"^\s*\\(?:text|mathrm|textrm|mbox)\s*\{([^{}]*)\}\s*$")
 
 
 def _after_answer(tail: str, tail_offset: int, standing: str = "") -> Extraction | None:

@@ -47,6 +47,7 @@ _APPROX = re.compile(r"^(?:\\approx|≈|~|=)[ \t]{0,3}")
 _PERCENT = re.compile(r"(?:[ \t]{0,3}\\?%|[ \t]{1,3}percent|[ \t]{1,3}per[ \t]cent)$", re.I)
 _DEGREE = re.compile(r"\^[ \t]{0,3}\{?[ \t]{0,3}\\circ[ \t]{0,3}\}?|°|\\degree\b|\\circ\b|[ \t]{1,3}degrees?\b|\{\}\^\{\\circ\}", re.I)
 _CURRENCY = re.compile(r"^(?:\\\$|\$|USD|US\$|€|£|¥|\\euro)[ \t]{0,2}")
+_CURRENCY_AFTER = re.compile(r"[ \t]{0,2}(?:\\\$|\$|USD|EUR|€|£|¥|\\euro)$")  # "1.234,50 €"
 _MODULUS = re.compile(r"[ \t]{0,3}(?:\\pmod[ \t]{0,2}\{?[ \t]{0,2}\d{1,12}[ \t]{0,2}\}?|\([ \t]{0,2}\\?mod[ \t]{1,3}\d{1,12}[ \t]{0,2}\)|\\bmod[ \t]{0,2}\d{1,12}|\\mod[ \t]{0,2}\d{1,12}|mod[ \t]{1,3}\d{1,12})$")
 # locale forms: 1.234,5 / 1.234.567 / 1 234,5 / 1'234 / a lone decimal comma (3,5 and 2,1875; not 1,234)
 _LOCALE_DOT_GROUPS_COMMA = re.compile(r"([-+]?)(\d{1,3}(?:\.\d{3})+),(\d{1,30})(?![\d.,])")
@@ -195,6 +196,7 @@ def _prepare(s: str) -> tuple[str, bool] | None:
         t = t[: m.start()].strip()
     t = _CURRENCY.sub("", t, count=1).strip()
     t = t.rstrip(".").strip()
+    t = _CURRENCY_AFTER.sub("", t, count=1).strip()
     t = _MODULUS.sub("", t).strip()
     t = _locale(t)
     return t, percent

@@ -28,7 +28,10 @@ _CHOOSE = re.compile(
     r"(?i)\bI(?:'ll|\s+will|\s+would)?\s{1,3}(?:choose|pick|select|go\s+with)\s{1,3}(?:option\s{1,3}|choice\s{1,3}|answer\s{1,3})?"
     r"(\(?[A-K]\)?|\*\*\(?[A-K]\)?\*\*)(?![A-Za-z0-9])"
 )
-_VERB = re.compile(r"(?i)(?<![A-Za-z\\])(?:is|are|was|were|equals|becomes|has|have|comes to|(?:should|must|would) be)(?![A-Za-z])|=|≈|\\approx(?![A-Za-z])")
+_VERB = re.compile(
+    r"(?i)(?<![A-Za-z\\])(?:is|are|was|were|equals|becomes|has|have|comes to|(?:should|must|would) be)(?![A-Za-z])|"
+    r"(?<=\bit)['’]s(?![A-Za-z])|(?<=\bthat)['’]s(?![A-Za-z])|=|≈|\\approx(?![A-Za-z])"  # "so it's 8"
+)
 # words by which a continuation corrects the earlier work (the trigger's own "mistake" is hypothetical)
 CORRECTION = re.compile(
     r"(?i)\b(?:instead|misread|missed|forgot|overlooked|miscount\w*|miscalculat\w*|should have|incorrectly|"
@@ -102,8 +105,9 @@ def _split_top(s: str, cut: re.Pattern[str]) -> str:
     return s
 
 
-def _value(rest: str) -> str | None:
-    """The answer a clause states after its verb, or None when it is not an answer by itself."""
+def _value(rest: str, words: bool = False) -> str | None:
+    """The answer a clause states after its verb, or None when it is not an answer by itself.
+    ``words``: a short word phrase ("a cylinder") is a value too (the standing answer is a word)."""
     v = _QUALIFIER.sub("", rest, count=1).strip()
     if not v or v.lower().startswith(("not ", "no ", "wrong", "incorrect", "correct", "right")):
         return None
@@ -123,10 +127,19 @@ def _value(rest: str) -> str | None:
         return _FILLER_TAIL.sub("", clause).strip()
     if _NUMBER_WORDS.fullmatch(clause):
         return clause
+    if words and WORD_PHRASE.fullmatch(clause) and not _EVALUATIVE.match(clause):
+        return clause
     return None
 
 
+# a short word answer ("a cylinder", "New York") and words that judge rather than answer ("fine")
+WORD_PHRASE = re.compile(r"(?:(?:a|an|the)\s+)?[A-Za-z]{2,30}(?:[\s-][A-Za-z]{2,30}){0,2}")
+_EVALUATIVE = re.compile(r"(?i)(?:correct|right|wrong|incorrect|fine|ok|okay|good|valid|invalid|consistent|the same|unchanged|true|false)\b")
+
+
 _DEFINITE = re.compile(r"(?i)^\s*(?:the|its|it|this|that|[A-Za-z]\s*=)\b")
+# "the correct value is 6": a statement of the value, not a verdict on the standing answer
+_CORRECTED_SUBJECT = re.compile(r"(?i)^\s*the\s+(?:correct|right|actual|true)\s+[A-Za-z]")
 
 
 def _committed(sent: str, verb_start: int, corrected: bool) -> bool:
@@ -138,20 +151,22 @@ def _committed(sent: str, verb_start: int, corrected: bool) -> bool:
         return False  # "The length is 6 and the width is 4": a list of facts, not one statement
     if _CONCLUDE.match(clause) or (_CONCLUDE.match(sent) and not _VERB.search(before)):
         return True
-    return corrected and bool(_DEFINITE.match(clause))
+    return (corrected or bool(_CORRECTED_SUBJECT.match(clause))) and bool(_DEFINITE.match(clause))
 
 
-def final_claim(text: str, *, strict: bool = False) -> tuple[int, str] | None:
+def final_claim(text: str, *, strict: bool = False, words: bool = False) -> tuple[int, str] | None:
     """(sentence start, answer) stated by the closing sentence of ``text`` (see the module docstring).
 
     ``strict`` (the text after an answer that was not retracted): only the sentence's single, final
     statement counts, and only as a conclusion ("so the angle is 30°"), or as a one-clause definite
     statement ("The area is 2 \\times 4 = 8.") when it recomputes the value or the text corrects
     something ("I added the sides instead of multiplying them", "Is that right? No, it should be 7.");
-    "Each side is 2 cm, and there are 3 sides." keeps the answer.
+    "Each side is 2 cm, and there are 3 sides." keeps the answer.  ``words``: a short word phrase is a
+    value too ("so it is a cylinder"; for a standing answer that is a word).
     """
     corrected = strict and bool(CORRECTION.search(text))
     start, sent = last_sentence(text)
+    sent = sent.replace("**", "")  # markdown emphasis: "So there are **7** birds."
     if not sent or sent.endswith("?") or _HEDGE.search(sent):
         return None
     verbs = list(_VERB.finditer(sent))
@@ -168,7 +183,7 @@ def final_claim(text: str, *, strict: bool = False) -> tuple[int, str] | None:
         recomputed = "=" in sent[m.end() :]  # "The area is 6 \\times 4 = 24.": a recomputation states its result
         if strict and (not _committed(sent, m.start(), corrected or recomputed) or _WORD_VERB.search(sent, m.end())):
             continue  # after a standing answer only the sentence's single, final statement counts
-        v = _value(sent[m.end() :])
+        v = _value(sent[m.end() :], words)
         if v is not None:
             return start, v
     return None
