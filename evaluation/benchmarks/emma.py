@@ -20,7 +20,9 @@ Field mapping:
   options* becomes an ``<image>`` token at its place, so an option that is a picture (``"<image_3>"``)
   is rendered as ``C. <image>`` with image 3 there, as EMMA's reference code interleaves the images
   of its query (question, then "A: ...", "B: ..."); images mentioned nowhere go first;
-- categories: ``subject``, ``category``, ``task``; ``context`` and ``source`` are kept in meta.
+- ``context`` (background text some items carry) goes before the question, as in EMMA's reference
+  prompt (``{context}`` then the question); it is also kept in meta with ``source``;
+- categories: ``subject``, ``category``, ``task``.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ def load(path: Path, variant: str | None = None) -> list[EvalItem]:
             options = row.options()
             is_mc = row.text("type").lower().startswith("multiple") or (bool(options) and not row.text("type"))
             text, choices, images = row.question_and_options(options, MAX_IMAGES)
+            context = row.text("context").strip()
+            if context:
+                text = f"{context}\n{text}"
             item = EvalItem(
                 id=f"{subject_dir or subject}/{row.id}",
                 benchmark=NAME if variant == "all" else f"{NAME}:{variant}",

@@ -328,7 +328,8 @@ def write_emma(root: Path, per_subject: int = 3) -> list[dict[str, Any]]:
             row = dict(pid=str(k), question=f"{tag} Look at <image_1>. What is the result?", options=options or None,
                        answer=answer, solution="", subject=subject, task=f"{subject.lower()}-task-{k % 2}",
                        category="2D Transformation" if k % 2 else "Path Tracing", source="synthetic",
-                       type="Multiple Choice" if mc else "Open-ended", context="")
+                       type="Multiple Choice" if mc else "Open-ended",
+                       context="A 3x3 grid is rotated by 90 degrees." if k == 3 else "")
             row["image_1"] = {"bytes": png(color_for(num, 1)), "path": None}
             for i in range(2, 6):
                 row[f"image_{i}"] = None

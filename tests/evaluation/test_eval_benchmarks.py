@@ -106,6 +106,13 @@ def test_emma_subjects_variants_and_unique_ids(bench_root):
     assert items[1].question_type == "free_form" and items[1].gold == "4"
 
 
+def test_emma_context_goes_before_the_question(bench_root):
+    root, _ = bench_root
+    items = {it.id: it for it in load_benchmark("emma", root)}
+    assert items["Math/3"].question.startswith("A 3x3 grid is rotated by 90 degrees.\n[emma-3] Look at <image>.")
+    assert items["Math/1"].question.startswith("[emma-1] Look at <image>.")  # no context: the question alone
+
+
 def test_virl_synthetic_eval_set_via_training_loader(synth_data_dir):
     items = load_benchmark(f"synthetic={synth_data_dir / 'eval.parquet'}")
     assert len(items) == 6
