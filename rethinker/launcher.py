@@ -24,6 +24,7 @@ secrets through their environment (``common.config.secret_env``), never on a com
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import SecretStr
 
+from common.cli_args import add_config_args
 from common.config import RethinkerConfig, config_to_yaml, load_config, secret_env
 from common.logging import get_logger
 from rethinker.progress import LearnerProgress, ProgressReporter, read_learner_status, status_line
@@ -349,6 +351,13 @@ def run_system(
     result.wall_s = time.monotonic() - t0
     result.restarts = {ch.name: ch.restarts for ch in children if ch.restarts}
     return result
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``rethinker up``."""
+    add_config_args(p)
+    p.add_argument("--steps", type=int, default=None, help="override learner.total_steps")
+    p.add_argument("--no-learner", action="store_true", help="start the services only (Ctrl-C stops them)")
 
 
 def cmd_up(args: Any) -> int:
