@@ -47,7 +47,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
                               "evaluate checkpoints with `rethinker eval` instead")
         from evaluation.periodic import make_eval_fn
 
-        trainer.eval_fn = make_eval_fn(cfg, trainer.engine.module, processor=trainer.processor)
+        trainer.eval_fn = make_eval_fn(cfg, trainer.policy.module, processor=trainer.processor)
     try:
         summary = trainer.run(max_steps=args.max_steps)
     finally:

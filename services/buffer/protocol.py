@@ -38,15 +38,15 @@ _ID_RE = re.compile(r"^[^\s]{1,256}$")
 # --------------------------------------------------------------------------- errors
 
 
-class BufferError(Exception):
+class BufferCommandError(Exception):
     """Base of the buffer client's own errors."""
 
 
-class MalformedGroupError(BufferError, ValueError):
+class MalformedGroupError(BufferCommandError, ValueError):
     """``add_group`` got a group it cannot store; nothing was written."""
 
 
-class BadArgumentError(BufferError, ValueError):
+class BadArgumentError(BufferCommandError, ValueError):
     """A call got an argument out of its domain (mode, n, id ...); nothing was written."""
 
 
