@@ -14,9 +14,10 @@ import sys
 from typing import Callable
 
 from common.config import ConfigError, RethinkerConfig, load_config
+from common.errors import CommonError
 
 
-class UsageError(Exception):
+class UsageError(CommonError):
     """A user error on the command line: printed as ``PROG: error: ...`` with exit status 2."""
 
 

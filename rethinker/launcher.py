@@ -43,6 +43,7 @@ from pydantic import SecretStr
 
 from common.cli_args import add_config_args
 from common.config import RethinkerConfig, config_to_yaml, load_config, secret_env
+from common.errors import LauncherError
 from common.logging import get_logger
 from rethinker.progress import LearnerProgress, ProgressReporter, read_learner_status, status_line
 from rethinker.supervisor import Child, ChildFailed, RestartPolicy, Supervisor, clean_env
@@ -52,7 +53,7 @@ __all__ = ["Child", "RunResult", "clean_env", "plan_children", "run_system"]
 log = get_logger("launcher")
 
 
-class ServiceDied(RuntimeError):
+class ServiceDied(LauncherError, RuntimeError):
     pass
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from common.codec import CodecError, decode, encode
 from common.config import RethinkerConfig
+from common.errors import BufferServiceError
 from common.redis_keys import RedisKeys
 from common.schemas import Group, PolicyVersion, PromptTask, Sample
 from common.staleness import staleness_bound
@@ -38,7 +39,7 @@ _ID_RE = re.compile(r"^[^\s]{1,256}$")
 # --------------------------------------------------------------------------- errors
 
 
-class BufferCommandError(Exception):
+class BufferCommandError(BufferServiceError):
     """Base of the buffer client's own errors."""
 
 

@@ -25,10 +25,11 @@ from typing import Any, Sequence
 import httpx
 
 from common.data.prompts import split_question
+from common.errors import RolloutServiceError
 from common.http_guard import auth_headers
 
 
-class RolloutClientError(RuntimeError):
+class RolloutClientError(RolloutServiceError, RuntimeError):
     """A request the server rejected (4xx, with its reason) or that kept failing after retries."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
