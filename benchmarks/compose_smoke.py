@@ -108,11 +108,11 @@ def port_free(port: int) -> bool:
     return True
 
 
-# ---------------------------------------------------------------------------------------- engine
+# ---------------------------------------------------------------------------------------- docker
 
 
 @dataclass
-class Engine:
+class DockerDaemon:
     """The Docker engine the lane talks to, and the dockerd process if the lane started it."""
 
     docker: str
@@ -312,15 +312,15 @@ def main(argv: list[str] | None = None) -> int:
         result["failures"] = failures
         print(json.dumps(result), flush=True)
         return 1
-    engine = Engine(docker)
+    daemon = DockerDaemon(docker)
     indexes = IndexServers(first_port=int(os.environ.get("SMOKE_INDEX_PORT", "27900")))
     stack: Stack | None = None
     t_all = time.monotonic()
     try:
-        if not engine.answers():
-            engine.start(workdir)
-        result["engine"] = engine.version()
-        result["engine_started_by_lane"] = engine.started is not None
+        if not daemon.answers():
+            daemon.start(workdir)
+        result["engine"] = daemon.version()
+        result["engine_started_by_lane"] = daemon.started is not None
         compose = compose_command(docker)
         result["compose"] = run([*compose, "version", "--short"], timeout=30, check=False).stdout.strip()
 
@@ -492,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
                 if cp.returncode != 0:
                     failures.append(f"down -v exited {cp.returncode}")
                     result["ok"] = False
-        engine.stop()
+        daemon.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     result["wall_s"] = round(time.monotonic() - t_all, 1)
     if failures:

@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from common.model_loading import load_processor
     from learner.batching import PromptCache, build_items
-    from learner.engine import PolicyEngine
+    from learner.policy_model import PolicyModel
     from learner.loss import LossConfig
     from learner.step import train_step
     from learner.synthetic import synthetic_batch
@@ -137,16 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     lcfg.learner.prompts_per_step = max(1, args.rows // per_prompt)
     lcfg.algorithm.ssr.train_fraction = 1.0
     lcfg.learner.micro_batch_size = min(lcfg.learner.micro_batch_size, args.rows)
-    engine = PolicyEngine(lcfg)
+    policy = PolicyModel(lcfg)
     proc = load_processor(model, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
-    samples, tasks = synthetic_batch(engine.module, proc, load_rows(str(data / "train.parquet")), n_prompts=lcfg.learner.prompts_per_step,
+    samples, tasks = synthetic_batch(policy.module, proc, load_rows(str(data / "train.parquet")), n_prompts=lcfg.learner.prompts_per_step,
                                      n=per_prompt, response_len=(6, 10), min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
     items, errors = build_items(samples, tasks, PromptCache(proc, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels))
     if errors:
         raise RuntimeError(errors[0])
     loss_cfg = LossConfig.from_grpo(lcfg.algorithm.grpo)
-    train_step(engine, items, loss_cfg)  # warm
-    steps = [train_step(engine, items, loss_cfg)["seconds"] for _ in range(args.repeats)]
+    train_step(policy, items, loss_cfg)  # warm
+    steps = [train_step(policy, items, loss_cfg)["seconds"] for _ in range(args.repeats)]
     out["learner_rows"] = len(items)
     out["learner_step_s"] = med(steps)
     out["learner_s_per_row"] = round(out["learner_step_s"] / len(items), 5)

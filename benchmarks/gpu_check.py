@@ -385,7 +385,7 @@ def part_learner(a: argparse.Namespace, model_dir: Path, cache: Path) -> dict[st
     from common.config import load_config
     from common.model_loading import load_processor
     from learner.batching import PromptCache, build_items
-    from learner.engine import PolicyEngine, is_vision_param
+    from learner.policy_model import PolicyModel, is_vision_param
     from learner.loss import LossConfig
     from learner.step import train_step
     from learner.synthetic import synthetic_batch
@@ -396,18 +396,18 @@ def part_learner(a: argparse.Namespace, model_dir: Path, cache: Path) -> dict[st
         f"learner.prompts_per_step={a.prompts}", f"algorithm.sampling.n={a.n}", f"learner.micro_batch_size={a.micro_batch}",
         "algorithm.ssr.train_fraction=1.0", "algorithm.grpo.kl_coef=0.0",
     ])
-    eng = PolicyEngine(cfg, with_reference=False)
+    policy = PolicyModel(cfg, with_reference=False)
     proc = load_processor(model_dir, min_pixels=a.pixels, max_pixels=a.pixels)
     rows = synth_rows(cache)
-    samples, tasks = synthetic_batch(eng.module, proc, rows, n_prompts=a.prompts, n=a.n, seed=0,
+    samples, tasks = synthetic_batch(policy.module, proc, rows, n_prompts=a.prompts, n=a.n, seed=0,
                                      response_len=(a.response_tokens, a.response_tokens), min_pixels=a.pixels, max_pixels=a.pixels)
     items, _ = build_items(samples, tasks, PromptCache(proc, min_pixels=a.pixels, max_pixels=a.pixels), replayed=[False] * len(samples))
     lcfg = LossConfig.from_grpo(cfg.algorithm.grpo)
     tokens = int(sum(it.num_tokens for it in items))
-    train_step(eng, items, lcfg)  # warm-up (allocations, kernels)
-    times = [float(train_step(eng, items, lcfg)["seconds"]) for _ in range(a.steps)]
-    params = sum(p.numel() for p in eng.module.parameters())
-    trainable = [(n, p) for n, p in eng.module.named_parameters() if p.requires_grad]
+    train_step(policy, items, lcfg)  # warm-up (allocations, kernels)
+    times = [float(train_step(policy, items, lcfg)["seconds"]) for _ in range(a.steps)]
+    params = sum(p.numel() for p in policy.module.parameters())
+    trainable = [(n, p) for n, p in policy.module.named_parameters() if p.requires_grad]
     non_embed = sum(p.numel() for n, p in trainable if "embed_tokens" not in n and "lm_head" not in n and not is_vision_param(n))
     sps = statistics.median(times)
     tps = tokens / sps

@@ -248,7 +248,7 @@ def bench_learner_step(repeats: int) -> dict:
     from common.model_loading import load_processor
     from common.tiny_model import ensure_tiny_model
     from learner.batching import PromptCache, build_items
-    from learner.engine import PolicyEngine
+    from learner.policy_model import PolicyModel
     from learner.loss import LossConfig
     from learner.step import train_step
     from learner.synthetic import synthetic_batch
@@ -265,19 +265,19 @@ def bench_learner_step(repeats: int) -> dict:
         cfg = load_config(None, [f"model.path={path}", "learner.zero_stage=2", "learner.precision=fp32", "learner.lr=1e-5",
                                  "learner.prompts_per_step=2", "algorithm.sampling.n=8", "learner.micro_batch_size=4",
                                  "data.min_pixels=3136", "data.max_pixels=12544"])
-        eng = PolicyEngine(cfg)
+        policy = PolicyModel(cfg)
         proc = load_processor(path, **pix)
-        samples, tasks = synthetic_batch(eng.module, proc, rows, n_prompts=1, n=8, seed=0, response_len=(24, 48), **pix)
+        samples, tasks = synthetic_batch(policy.module, proc, rows, n_prompts=1, n=8, seed=0, response_len=(24, 48), **pix)
         items, _ = build_items(samples, tasks, PromptCache(proc, **pix), replayed=[True] * 8)
         lcfg = LossConfig.from_grpo(cfg.algorithm.grpo)
-        train_step(eng, items, lcfg)  # warm-up
-        times = [train_step(eng, items, lcfg)["seconds"] for _ in range(repeats)]
+        train_step(policy, items, lcfg)  # warm-up
+        times = [train_step(policy, items, lcfg)["seconds"] for _ in range(repeats)]
         out[size] = {
             "learner_step_s": round(statistics.median(times), 4),
-            "params": int(sum(p.numel() for p in eng.module.parameters())),
+            "params": int(sum(p.numel() for p in policy.module.parameters())),
             "tokens": int(sum(it.num_tokens for it in items)),
         }
-        del eng
+        del policy
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return out
 

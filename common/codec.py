@@ -24,6 +24,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 import msgpack
 import numpy as np
 
+from common.errors import CommonError
 from common.schemas import SCHEMA_VERSION, SCHEMAS
 
 MAGIC = b"RTK"
@@ -36,7 +37,7 @@ _ALLOWED_DTYPES = {"<i4", "<i8", "<f4", "<f2", "<f8", "|u1", "|i1", "|b1", "<u4"
 T = TypeVar("T")
 
 
-class CodecError(ValueError):
+class CodecError(CommonError, ValueError):
     """A payload that cannot be encoded or decoded; the message says why."""
 
 

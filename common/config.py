@@ -34,6 +34,8 @@ from pydantic import (
     model_validator,
 )
 
+from common.errors import CommonError
+
 ENV_PREFIX = "RETHINKER__"
 
 PROMPT_SUFFIX = "\n\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -45,7 +47,7 @@ RETHINK_TRIGGERS = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(CommonError, ValueError):
     """A configuration problem; the message names the field path and the offending value."""
 
 

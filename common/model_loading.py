@@ -28,6 +28,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from common.errors import CommonError
+
 if TYPE_CHECKING:  # heavy imports stay lazy
     import torch
     from PIL import Image
@@ -40,7 +42,7 @@ VISION_PLACEHOLDER_TOKENS = ("<|image_pad|>", "<|video_pad|>")
 VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(CommonError, RuntimeError):
     """The model or processor could not be found or loaded; the message says what to do."""
 
 

@@ -35,6 +35,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from common.errors import CommonError
+
 STAMP_FILE = "rethinker_build.json"
 BUILDER_VERSION = 1  # bump when the output of the builder changes on purpose
 
@@ -109,7 +111,7 @@ SIZES: dict[str, dict[str, Any]] = {
 INIT_STD = 0.02
 
 
-class TinyModelError(RuntimeError):
+class TinyModelError(CommonError, RuntimeError):
     """A tiny-model build problem (bad size, unwritable folder)."""
 
 

@@ -12,5 +12,6 @@ Layout:
   the per-item jsonl it resumes from.
 - ``evaluation.report``: per-benchmark / per-category accuracy as JSON and a markdown table.
 - ``evaluation.periodic``: the learner's every-k-steps eval hook.
-- ``evaluation.chat``: one-shot inference; ``evaluation.main``: the ``rethinker eval`` command.
+- ``evaluation.chat``: one-shot inference; ``evaluation.main``: the entry points (arguments and run
+  functions of ``rethinker eval`` and ``rethinker chat``).
 """

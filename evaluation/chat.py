@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from common.cli_args import UsageError
 from evaluation.benchmarks.base import BenchmarkError, prepend_images
 from evaluation.generation import Decoded, Decoder
 from evaluation.prompts import EvalPrompt
@@ -26,23 +27,17 @@ from evaluation.prompts import EvalPrompt
 _PROBE_GOLD = "0"
 
 
-def _cli_error(msg: str) -> Exception:
-    from rethinker.cli import CLIError
-
-    return CLIError(msg)
-
-
 def build_chat_prompt(question: str, image_files: list[str], suffix: str) -> EvalPrompt:
     images = []
     for f in image_files:
         p = Path(f).expanduser()
         if not p.is_file():
-            raise _cli_error(f"--image {f!r}: no such file")
+            raise UsageError(f"--image {f!r}: no such file")
         images.append(p.read_bytes())
     try:
         text, images = prepend_images(question, images)
     except BenchmarkError as exc:
-        raise _cli_error(f"question: {exc}") from None
+        raise UsageError(f"question: {exc}") from None
     return EvalPrompt(question=text, images=images, suffix=suffix)
 
 
@@ -76,7 +71,8 @@ def format_result(d: Decoded, prompt: EvalPrompt, gold: str | None) -> dict[str,
     return out
 
 
-def cmd_chat(args: argparse.Namespace) -> int:
+def run_chat(args: argparse.Namespace) -> int:
+    """``rethinker chat`` (its arguments: ``evaluation.main.add_chat_arguments``)."""
     from evaluation.main import config_for, make_decoder
 
     cfg = config_for(args)
@@ -96,12 +92,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
     try:
         d = asyncio.run(go())
     except (ConnectionError, ValueError) as exc:
-        raise _cli_error(str(exc)) from None
+        raise UsageError(str(exc)) from None
     except Exception as exc:
         from common.model_loading import ModelLoadError
 
         if isinstance(exc, ModelLoadError):
-            raise _cli_error(str(exc)) from None
+            raise UsageError(str(exc)) from None
         raise
     result = format_result(d, prompt, args.gold)
     if args.json:

@@ -1,4 +1,7 @@
-"""``rethinker eval``: the command-line entry of the benchmark runner.
+"""The evaluation part's entry points: ``rethinker eval`` (the benchmark runner) and ``rethinker chat``.
+
+Each command's arguments are declared here (``add_eval_arguments``, ``add_chat_arguments``) and
+run by ``cmd_eval`` / ``cmd_chat`` (the latter is evaluation/chat.py's ``run_chat``).
 
     rethinker eval --model PATH_OR_NAME --bench mathvista,mathverse --data-dir DIR
                    [--server URL ...] [--force-rethink] [--out DIR] [--max-items N] ...
@@ -16,23 +19,57 @@ import asyncio
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from common.cli_args import UsageError, add_config_args
 from common.config import RethinkerConfig, load_config
-from common.logging import configure_logging
 
-from evaluation.benchmarks import REGISTRY, BenchmarkError, EvalItem, load_benchmark, parse_bench
-from evaluation.generation import Decoder, EngineDecoder
-from evaluation.judging import Judge
-from evaluation.report import pct
-from evaluation.runner import EvalRunner, RunMismatchError, RunSettings
-from evaluation.store import ResultsFileError
+if TYPE_CHECKING:  # the modules below are imported when a command runs: building the parser stays cheap
+    from evaluation.benchmarks import EvalItem
+    from evaluation.generation import Decoder
 
 
-def _cli_error(msg: str) -> Exception:
-    from rethinker.cli import CLIError
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``rethinker eval``."""
+    add_config_args(p)
+    p.add_argument("--model", metavar="PATH_OR_NAME", help="model folder or hub id (default: model.path)")
+    p.add_argument("--bench", action="append", metavar="NAME[:VARIANT][=PATH],...",
+                   help="benchmarks, comma-separated or repeated (default: eval.benchmarks); see --list")
+    p.add_argument("--data-dir", metavar="DIR", help="folder holding one sub-folder per benchmark (default: eval.data_dir)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: eval.out_dir/<model>[-rethink])")
+    p.add_argument("--server", action="append", metavar="URL", help="decode with running rollout servers (repeatable)")
+    p.add_argument("--force-rethink", action="store_true", help='append "\\n\\nWait" and report accuracy before/after')
+    p.add_argument("--max-new-tokens", type=int, metavar="N", help="default: eval.max_new_tokens (2048)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="prompts per decoding batch (default: eval.batch_size)")
+    p.add_argument("--max-items", type=int, metavar="N", help="first N items of each benchmark")
+    p.add_argument("--judge-workers", type=int, metavar="N", help="verifier processes; 0 grades in-process")
+    p.add_argument("--engine", choices=["hf", "vllm"], help="local engine (default: rollout.engine)")
+    p.add_argument("--device", metavar="DEV", help="hf engine device: auto, cpu, cuda:0 ...")
+    p.add_argument("--overwrite", action="store_true", help="discard earlier results in the output folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar / progress lines")
+    p.add_argument("--list", action="store_true", help="list the benchmarks, variants and expected folders")
 
-    return CLIError(msg)
+
+def add_chat_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``rethinker chat`` (evaluation/chat.py)."""
+    add_config_args(p)
+    p.add_argument("question", help="the question (images go first, or at <image> placeholders)")
+    p.add_argument("--model", metavar="PATH_OR_NAME", help="model folder or hub id (default: model.path)")
+    p.add_argument("--image", action="append", metavar="FILE", help="an image file (repeatable)")
+    p.add_argument("--max-new-tokens", type=int, metavar="N", help="default: eval.max_new_tokens (2048)")
+    p.add_argument("--force-rethink", action="store_true", help='continue after "\\n\\nWait" and show both answers')
+    p.add_argument("--gold", metavar="ANSWER", help="grade the response against this answer")
+    p.add_argument("--server", action="append", metavar="URL", help="use a running rollout server instead of a local engine")
+    p.add_argument("--engine", choices=["hf", "vllm"], help="local engine (default: rollout.engine)")
+    p.add_argument("--device", metavar="DEV", help="hf engine device: auto, cpu, cuda:0 ...")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """``rethinker chat``: see evaluation/chat.py."""
+    from evaluation.chat import run_chat
+
+    return run_chat(args)
 
 
 def model_slug(model: str) -> str:
@@ -73,6 +110,8 @@ def bench_args(values: list[str] | None, default: list[str]) -> list[str]:
 
 def make_decoder(cfg: RethinkerConfig, servers: list[str]) -> tuple[Decoder, Any]:
     """The decoder for ``servers`` (HTTP) or a local engine; returns (decoder, engine or None)."""
+    from evaluation.generation import EngineDecoder
+
     if servers:
         from evaluation.server_decoder import ServerDecoder
 
@@ -84,6 +123,8 @@ def make_decoder(cfg: RethinkerConfig, servers: list[str]) -> tuple[Decoder, Any
 
 
 def load_all(refs: list[str], data_dir: str | None, max_items: int | None) -> dict[str, list[EvalItem]]:
+    from evaluation.benchmarks import BenchmarkError, load_benchmark, parse_bench
+
     out: dict[str, list[EvalItem]] = {}
     for r in refs:
         ref = parse_bench(r)
@@ -97,6 +138,8 @@ def load_all(refs: list[str], data_dir: str | None, max_items: int | None) -> di
 
 
 def print_benchmarks() -> None:
+    from evaluation.benchmarks import REGISTRY
+
     for name, spec in REGISTRY.items():
         variants = ", ".join(f"{v}{' (default)' if v == spec.default_variant else ''}" for v in spec.variants)
         print(f"{name:12s} {spec.description}\n{'':12s} variants: {variants}; folders: {', '.join(spec.dir_names)}")
@@ -114,6 +157,9 @@ async def run_eval(
     decoder: Decoder | None = None,
 ) -> dict[str, Any]:
     """Build the runner around a decoder (a local engine unless given / ``servers``) and run."""
+    from evaluation.judging import Judge
+    from evaluation.runner import EvalRunner, RunSettings
+
     settings = RunSettings(
         model=model_label,
         max_new_tokens=cfg.eval.max_new_tokens,
@@ -151,6 +197,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if getattr(args, "list", False):
         print_benchmarks()
         return 0
+    from common.logging import configure_logging
+    from evaluation.benchmarks import BenchmarkError
+    from evaluation.report import pct
+    from evaluation.runner import RunMismatchError
+    from evaluation.store import ResultsFileError
+
     cfg = config_for(args)
     configure_logging(cfg.run.log_level)
     servers = list(args.server or []) or list(cfg.eval.servers)
@@ -178,14 +230,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
             )
         )
     except (BenchmarkError, RunMismatchError, ResultsFileError) as exc:
-        raise _cli_error(str(exc)) from None
+        raise UsageError(str(exc)) from None
     except ConnectionError as exc:
-        raise _cli_error(f"{exc} (finished items are saved in {out_dir}; run the same command again to resume)") from None
+        raise UsageError(f"{exc} (finished items are saved in {out_dir}; run the same command again to resume)") from None
     except Exception as exc:
         from common.model_loading import ModelLoadError
 
         if isinstance(exc, ModelLoadError):
-            raise _cli_error(str(exc)) from None
+            raise UsageError(str(exc)) from None
         raise
     for name in benches:
         s = summary["benchmarks"][name]

@@ -9,7 +9,7 @@ What decodes:
 
 - a rollout ``Engine`` (``services.rollout.engines``) -- e.g. an hf engine the learner keeps its
   current weights in (``await engine.load_weights(...)``) -- via ``EngineDecoder``;
-- a transformers model object (the learner's own module, e.g. ``ds_engine.module``; a wrapper with
+- a transformers model object (the learner's own module, e.g. ``PolicyModel.module``; a wrapper with
   ``.module`` is unwrapped) plus its processor (loaded from ``model.path`` when not given), via
   ``ModelDecoder`` (batched ``model.generate``; eval mode during the call, the previous mode after);
 - any object with the ``Decoder`` interface (evaluation.generation).

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from common.config import PROMPT_SUFFIX
+from common.errors import EvaluationError
 from common.logging import get_logger
 
 from evaluation.benchmarks.base import EvalItem
@@ -45,7 +46,7 @@ log = get_logger("evaluation")
 FATAL_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
 
 
-class RunMismatchError(ValueError):
+class RunMismatchError(EvaluationError, ValueError):
     """Resuming into an output folder written with other settings."""
 
 

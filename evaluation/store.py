@@ -14,8 +14,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from common.errors import EvaluationError
 
-class ResultsFileError(ValueError):
+
+class ResultsFileError(EvaluationError, ValueError):
     """A results file that cannot be resumed from; the message names the file and line."""
 
 

@@ -19,12 +19,13 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from common.errors import LearnerError
 from common.schemas import PromptTask, Sample
 
 WAIT_RE = re.compile(r"\bwait\b", re.IGNORECASE)
 
 
-class BatchError(ValueError):
+class BatchError(LearnerError, ValueError):
     """A sample that cannot be turned into model inputs; the message names it."""
 
 

@@ -84,13 +84,13 @@ def _copy_model_files(source: str | None, dest: Path, module: Any) -> None:
             log.warning("processor_not_exported", source=source, error=str(exc))
 
 
-def export_hf(engine: Any, out_dir: str | os.PathLike[str], *, version: int, step: int, max_shard_bytes: int = MAX_SHARD_BYTES) -> Path | None:
+def export_hf(policy: Any, out_dir: str | os.PathLike[str], *, version: int, step: int, max_shard_bytes: int = MAX_SHARD_BYTES) -> Path | None:
     """Write the full weights as a transformers model folder.  Collective (every rank must call);
     rank 0 writes.  Returns the folder on rank 0, None elsewhere."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
-    specs = engine.manifest()
+    specs = policy.manifest()
     # shard plan (deterministic)
     shards: list[list[int]] = [[]]
     size = 0
@@ -104,20 +104,20 @@ def export_hf(engine: Any, out_dir: str | os.PathLike[str], *, version: int, ste
     names = ["model.safetensors"] if n == 1 else [f"model-{k + 1:05d}-of-{n:05d}.safetensors" for k in range(n)]
     shard_of = {i: k for k, idx in enumerate(shards) for i in idx}
     tmp = out.with_name(out.name + ".tmp")
-    if engine.rank == 0:
+    if policy.rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     current: dict[str, torch.Tensor] = {}
     cur_k = 0
-    for i, t in enumerate(engine.full_parameters()):
-        if engine.rank != 0:
+    for i, t in enumerate(policy.full_parameters()):
+        if policy.rank != 0:
             continue
         k = shard_of[i]
         if k != cur_k:
             save_file(current, str(tmp / names[cur_k]), metadata={"format": "pt"})
             current, cur_k = {}, k
         current[specs[i].name] = t.detach().to("cpu", copy=True).contiguous()
-    if engine.rank != 0:
+    if policy.rank != 0:
         return None
     save_file(current, str(tmp / names[cur_k]), metadata={"format": "pt"})
     if n > 1:
@@ -126,7 +126,7 @@ def export_hf(engine: Any, out_dir: str | os.PathLike[str], *, version: int, ste
             "weight_map": {specs[i].name: names[shard_of[i]] for i in range(len(specs))},
         }
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
-    _copy_model_files(engine.model_path, tmp, engine.module)
+    _copy_model_files(policy.model_path, tmp, policy.module)
     (tmp / "policy_version.json").write_text(json.dumps({"version": version, "step": step, "time": time.time()}))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
@@ -134,9 +134,9 @@ def export_hf(engine: Any, out_dir: str | os.PathLike[str], *, version: int, ste
 
 
 class CheckpointManager:
-    def __init__(self, cfg: Any, engine: Any) -> None:
+    def __init__(self, cfg: Any, policy: Any) -> None:
         self.cfg = cfg
-        self.engine = engine
+        self.policy = policy
         self.dir = Path(cfg.learner.checkpoint_dir)
         self.keep = max(1, cfg.learner.keep_checkpoints)
 
@@ -157,14 +157,14 @@ class CheckpointManager:
         t0 = time.perf_counter()
         tag = tag_of(step)
         state = dict(client_state, step=step, version=version, rng=rng_state(), saved_at=time.time())
-        if self.engine.rank == 0:
+        if self.policy.rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(self.dir / tag, ignore_errors=True)  # a half-written one from a killed run
         if dist.is_initialized():
             dist.barrier()
-        self.engine.engine.save_checkpoint(str(self.dir), tag=tag, client_state=state, save_latest=False)
-        hf = export_hf(self.engine, self.hf_dir(tag), version=version, step=step)
-        if self.engine.rank == 0:
+        self.policy.ds_model.save_checkpoint(str(self.dir), tag=tag, client_state=state, save_latest=False)
+        hf = export_hf(self.policy, self.hf_dir(tag), version=version, step=step)
+        if self.policy.rank == 0:
             readable = {k: v for k, v in state.items() if k != "rng"}
             (self.dir / tag / "learner.json").write_text(json.dumps(readable, indent=1, default=str))
             tmp = self.dir / (LATEST + ".tmp")
@@ -190,7 +190,7 @@ class CheckpointManager:
         tag = self.latest_tag()
         if tag is None:
             return None
-        path, state = self.engine.engine.load_checkpoint(
+        path, state = self.policy.ds_model.load_checkpoint(
             str(self.dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
         )
         if path is None:

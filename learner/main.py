@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
 
 def _prepare_env() -> None:
@@ -30,10 +30,11 @@ def _prepare_env() -> None:
 
 def cmd_learn(args: argparse.Namespace) -> int:
     _prepare_env()
-    from common.config import ConfigError, load_config
+    from common.cli_args import config_from_args
+    from common.config import ConfigError
     from common.logging import configure_logging
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = config_from_args(args)
     configure_logging(cfg.run.log_level)
     from learner.trainer import Trainer, summary_json
 
@@ -46,7 +47,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
                               "evaluate checkpoints with `rethinker eval` instead")
         from evaluation.periodic import make_eval_fn
 
-        trainer.eval_fn = make_eval_fn(cfg, trainer.engine.module, processor=trainer.processor)
+        trainer.eval_fn = make_eval_fn(cfg, trainer.policy.module, processor=trainer.processor)
     try:
         summary = trainer.run(max_steps=args.max_steps)
     finally:
@@ -58,10 +59,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
 def cmd_sft(args: argparse.Namespace) -> int:
     _prepare_env()
-    from common.config import load_config
+    from common.cli_args import config_from_args
     from common.logging import configure_logging
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = config_from_args(args)
     configure_logging(cfg.run.log_level)
     from learner.sft import warmup
 
@@ -72,27 +73,33 @@ def cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_learn_args(p: argparse.ArgumentParser) -> None:
+# The argument functions import common/ inside: ``deepspeed learner/main.py`` runs this file before
+# the repository is on sys.path (see the end of the module).
+
+
+def add_learn_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``rethinker learn`` (and of ``python -m learner.main [learn]``)."""
+    from common.cli_args import add_config_args
+
+    add_config_args(p)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: learner.total_steps)")
     p.add_argument("--no-progress", action="store_true", help="no rich progress bar")
 
 
-def add_sft_args(p: argparse.ArgumentParser) -> None:
+def add_sft_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``rethinker sft-warmup`` (and of ``python -m learner.main sft``)."""
+    from common.cli_args import add_config_args
+
+    add_config_args(p)
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: launcher.warmup_sft_steps)")
     p.add_argument("--out", required=True, help="folder to write the warmed-up model to (transformers format)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from rethinker.cli import add_config_args
-
     ap = argparse.ArgumentParser(prog="python -m learner.main", description="VL-Rethinker learner")
     sub = ap.add_subparsers(dest="cmd")
-    learn = sub.add_parser("learn")
-    add_config_args(learn)
-    add_learn_args(learn)
-    sft = sub.add_parser("sft")
-    add_config_args(sft)
-    add_sft_args(sft)
+    add_learn_arguments(sub.add_parser("learn"))
+    add_sft_arguments(sub.add_parser("sft"))
     argv = list(sys.argv[1:] if argv is None else argv)
     # the deepspeed launcher appends --local_rank=N; torchrun sets LOCAL_RANK instead
     local = [a for a in argv if a.startswith(("--local_rank", "--local-rank"))]
@@ -103,17 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] not in ("learn", "sft"):
         argv = ["learn", *argv]
     args = ap.parse_args(argv)
-    from common.config import ConfigError
+    from common.cli_args import run_command
 
-    try:
-        return cmd_learn(args) if args.cmd == "learn" else cmd_sft(args)
-    except ConfigError as exc:
-        print(f"rethinker: error: {exc}", file=sys.stderr)
-        return 2
-
-
-def run_cli(args: Any) -> int:  # rethinker.cli entry (``_lazy("learner.main", "run_cli")``)
-    return cmd_learn(args)
+    return run_command(cmd_learn if args.cmd == "learn" else cmd_sft, args, prog="rethinker")
 
 
 if __name__ == "__main__":

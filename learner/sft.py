@@ -1,4 +1,4 @@
-"""Supervised warm-up on the learner's engine: NLL on chosen completion texts, then a model folder.
+"""Supervised warm-up on the learner's policy: NLL on chosen completion texts, then a model folder.
 
 ``warmup(cfg, steps=50, out_dir=...)`` trains ``steps`` optimizer steps of token-mean NLL on
 (prompt, completion) pairs built from the training rows and writes a transformers model folder
@@ -8,7 +8,7 @@ with a letter X drawn at random (seeded) among A-D: it teaches the answer format
 image information, so accuracy stays near chance (the CPU demo's warm-up).  Pass
 ``completion_fn(row, rng) -> str`` for another text.
 
-Same DeepSpeed engine as RL (ZeRO, precision, micro-batches of ``micro_batch_size``), with a constant
+Same DeepSpeed setup as RL (ZeRO, precision, micro-batches of ``micro_batch_size``), with a constant
 learning rate (``lr``, default ``learner.lr``) and ``samples_per_step`` pairs per step.
 """
 
@@ -24,7 +24,7 @@ import torch
 from common.config import RethinkerConfig
 from common.logging import get_logger
 from learner.batching import TrainItem, forward_logprobs, micro_batches, pad_rows
-from learner.engine import PolicyEngine, samples_per_step
+from learner.policy_model import PolicyModel, samples_per_step
 from learner.step import rank_slice
 
 log = get_logger("learner.sft")
@@ -82,8 +82,8 @@ def warmup(
     c.learner.min_lr_ratio = 1.0
     if lr is not None:
         c.learner.lr = lr
-    engine = PolicyEngine(c, with_reference=False)
-    processor = load_processor(engine.model_path, min_pixels=c.data.min_pixels, max_pixels=c.data.max_pixels)
+    policy = PolicyModel(c, with_reference=False)
+    processor = load_processor(policy.model_path, min_pixels=c.data.min_pixels, max_pixels=c.data.max_pixels)
     if rows is None:
         rows = load_training_rows(c, processor)
     items = sft_items(rows, processor, c, completion_fn=completion_fn, seed=c.run.seed)
@@ -92,17 +92,17 @@ def warmup(
     t0 = time.perf_counter()
     for step in range(steps):
         batch = [items[i] for i in (order.randrange(len(items)) for _ in range(n))]
-        mine = rank_slice(batch, engine.rank, engine.world)
+        mine = rank_slice(batch, policy.rank, policy.world)
         total, tokens = 0.0, 0.0
         for mb in micro_batches(mine, c.learner.micro_batch_size):
-            logp = forward_logprobs(engine.model_for_forward, mb, pad_token_id=engine.pad_token_id)
+            logp = forward_logprobs(policy.model_for_forward, mb, pad_token_id=policy.pad_token_id)
             mask = pad_rows([torch.ones(it.num_tokens) for it in mb]).to(logp.device)
             loss = (-logp * mask).sum() / mask.sum()
-            engine.backward(loss)
-            engine.micro_step()
+            policy.backward(loss)
+            policy.micro_step()
             total += float(loss.detach()) * float(mask.sum())
             tokens += float(mask.sum())
-        if engine.rank == 0 and (step % 10 == 0 or step == steps - 1):
-            log.info("sft_step", step=step + 1, nll=round(total / max(tokens, 1.0), 4), grad_norm=engine.grad_norm(),
+        if policy.rank == 0 and (step % 10 == 0 or step == steps - 1):
+            log.info("sft_step", step=step + 1, nll=round(total / max(tokens, 1.0), 4), grad_norm=policy.grad_norm(),
                      seconds=round(time.perf_counter() - t0, 2))
-    return export_hf(engine, out_dir, version=0, step=0)
+    return export_hf(policy, out_dir, version=0, step=0)

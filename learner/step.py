@@ -88,10 +88,10 @@ def _reference_logprobs(ref_model: Any, items: Sequence[TrainItem], pad_token_id
         return forward_logprobs(ref_model, items, pad_token_id=pad_token_id)
 
 
-def train_step(engine: Any, items: Sequence[TrainItem], loss_cfg: LossConfig, *, version: int | None = None) -> dict[str, float]:
+def train_step(policy: Any, items: Sequence[TrainItem], loss_cfg: LossConfig, *, version: int | None = None) -> dict[str, float]:
     """Run one optimizer step over ``items`` (all ranks' items; this rank takes its slots).
 
-    ``engine`` is a ``learner.engine.PolicyEngine``; ``version`` is the policy version of the weights
+    ``policy`` is a ``learner.policy_model.PolicyModel``; ``version`` is the policy version of the weights
     being trained (rows older than it are off-policy; None: only replayed rows are).  Returns
     token-weighted means of the loss stats of this rank plus ``grad_norm``, ``lr``, ``tokens``,
     ``seconds``, ``rows`` and ``off_policy_share``.
@@ -100,26 +100,26 @@ def train_step(engine: Any, items: Sequence[TrainItem], loss_cfg: LossConfig, *,
     if not items:
         raise ValueError("train_step needs at least one item")
     plan = plan_micro_batches(
-        len(items), world=engine.world, grad_accum=engine.grad_accum, micro_batch_size=engine.cfg.learner.micro_batch_size
+        len(items), world=policy.world, grad_accum=policy.grad_accum, micro_batch_size=policy.cfg.learner.micro_batch_size
     )
     filled = sum(1 for a, b in plan if b > a)
     weight = len(plan) / filled
-    mine = plan[engine.rank * engine.grad_accum : (engine.rank + 1) * engine.grad_accum]
+    mine = plan[policy.rank * policy.grad_accum : (policy.rank + 1) * policy.grad_accum]
     sums: dict[str, float] = {}
     tokens = 0.0
     loss_sum = 0.0
     rows = off_rows = 0.0
-    model = engine.model_for_forward
+    model = policy.model_for_forward
     for start, stop in mine:
         empty = stop == start
         mb = [items[0]] if empty else list(items[start:stop])
-        logp = forward_logprobs(model, mb, pad_token_id=engine.pad_token_id)
+        logp = forward_logprobs(model, mb, pad_token_id=policy.pad_token_id)
         b = MicroBatch.of(mb, device=logp.device)
         off = off_policy_rows(b, version)
         old, is_w = behaviour_inputs(logp, b, off, loss_cfg)
         ref = None
-        if engine.reference is not None and loss_cfg.kl_coef:
-            ref = _reference_logprobs(engine.reference, mb, engine.pad_token_id).to(logp.device, logp.dtype)
+        if policy.reference is not None and loss_cfg.kl_coef:
+            ref = _reference_logprobs(policy.reference, mb, policy.pad_token_id).to(logp.device, logp.dtype)
         loss, st = grpo_loss(
             logp,
             old,
@@ -132,8 +132,8 @@ def train_step(engine: Any, items: Sequence[TrainItem], loss_cfg: LossConfig, *,
             ref_logp=ref,
             sampler_logp=b.sampler_logp,
         )
-        engine.backward(loss * (0.0 if empty else weight))
-        engine.micro_step()
+        policy.backward(loss * (0.0 if empty else weight))
+        policy.micro_step()
         if empty:
             continue
         n = st["tokens"]
@@ -144,7 +144,7 @@ def train_step(engine: Any, items: Sequence[TrainItem], loss_cfg: LossConfig, *,
         for k, v in st.items():
             if k != "tokens":
                 sums[k] = sums.get(k, 0.0) + v * n
-    if engine.world > 1:  # token-weighted means over every rank's micro-batches
+    if policy.world > 1:  # token-weighted means over every rank's micro-batches
         import torch.distributed as dist
 
         keys = sorted(sums)
@@ -157,7 +157,7 @@ def train_step(engine: Any, items: Sequence[TrainItem], loss_cfg: LossConfig, *,
     out["tokens"] = tokens
     out["rows"] = rows
     out["off_policy_share"] = off_rows / max(rows, 1.0)
-    out["grad_norm"] = engine.grad_norm()
-    out["lr"] = engine.lr()
+    out["grad_norm"] = policy.grad_norm()
+    out["lr"] = policy.lr()
     out["seconds"] = time.perf_counter() - t0
     return out

@@ -20,11 +20,11 @@ log = get_logger("learner.sync")
 
 
 class WeightSync:
-    def __init__(self, cfg: Any, engine: Any, *, buffer: Any = None, sender: Any = None) -> None:
+    def __init__(self, cfg: Any, policy: Any, *, buffer: Any = None, sender: Any = None) -> None:
         self.cfg = cfg
-        self.engine = engine
+        self.policy = policy
         self.buffer = buffer
-        self.sender = sender if sender is not None or engine.rank != 0 else make_sender(cfg)
+        self.sender = sender if sender is not None or policy.rank != 0 else make_sender(cfg)
         self.checkpoint_path: str | None = None
         self.checkpoint_version: int | None = None
         self.last: SyncReport | None = None
@@ -32,10 +32,10 @@ class WeightSync:
 
     def sync(self, version: int, step: int) -> dict[str, Any]:
         t0 = time.perf_counter()
-        specs = self.engine.manifest()
+        specs = self.policy.manifest()
         chunk = int(self.cfg.learner.weight_sync.bucket_mb * 1024 * 1024)
-        tensors = self.engine.full_parameters(chunk_bytes=chunk)
-        if self.engine.rank != 0:
+        tensors = self.policy.full_parameters(chunk_bytes=chunk)
+        if self.policy.rank != 0:
             for _ in tensors:
                 pass
             return {"sync_s": time.perf_counter() - t0}
@@ -72,7 +72,7 @@ class WeightSync:
         return {sid: int(rec.loaded_version) for sid, rec in self.sender.members().items()}
 
     def publish_checkpoint(self, path: str, *, version: int, step: int) -> None:
-        if self.engine.rank != 0:
+        if self.policy.rank != 0:
             return
         self.checkpoint_path = str(path)
         self.checkpoint_version = version

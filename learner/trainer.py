@@ -40,7 +40,7 @@ from common.redis_keys import RedisKeys
 from common.schemas import PromptTask, Sample
 from learner.batching import PromptCache, TrainItem, build_items
 from learner.checkpoint import CheckpointManager
-from learner.engine import PolicyEngine, samples_per_step
+from learner.policy_model import PolicyModel, samples_per_step
 from learner.loss import LossConfig
 from learner.metrics import MetricsSink
 from learner.step import train_step
@@ -72,13 +72,13 @@ class Trainer:
         rows: Sequence[Any] | None = None,
         eval_fn: EvalFn | None = None,
         progress: bool = False,
-        engine: PolicyEngine | None = None,
+        policy: PolicyModel | None = None,
         poll_s: float = 0.05,
     ) -> None:
         _validate(cfg)
         self.cfg = cfg
-        self.engine = engine or PolicyEngine(cfg)
-        self.rank, self.world = self.engine.rank, self.engine.world
+        self.policy = policy or PolicyModel(cfg)
+        self.rank, self.world = self.policy.rank, self.policy.world
         self.n_samples = samples_per_step(cfg)
         self.loss_cfg = LossConfig.from_grpo(cfg.algorithm.grpo)
         self.eval_fn = eval_fn
@@ -86,11 +86,11 @@ class Trainer:
         from common.model_loading import load_processor
 
         self.processor = load_processor(
-            self.engine.model_path, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels,
+            self.policy.model_path, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels,
             trust_remote_code=cfg.model.trust_remote_code,
         )
         self.cache = PromptCache(self.processor, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
-        self.ckpt = CheckpointManager(cfg, self.engine)
+        self.ckpt = CheckpointManager(cfg, self.policy)
         self.step = 0
         self.version = 0
         self.version_offset = 0  # version - step; > 0 after a resume that continued above published versions
@@ -118,7 +118,7 @@ class Trainer:
             from common.redis_conn import sync_client
 
             self.redis = sync_client(cfg.redis)
-        self.sync = WeightSync(cfg, self.engine, buffer=self.buffer)
+        self.sync = WeightSync(cfg, self.policy, buffer=self.buffer)
         self.metrics = MetricsSink(cfg, enabled=self.rank == 0, progress=progress and self.rank == 0)
 
     # ------------------------------------------------------------------ resume
@@ -379,7 +379,7 @@ class Trainer:
             if not items:
                 continue
             batch_stats = self._batch_stats(batch) if self.rank == 0 else {}  # lags vs the version it was drawn for
-            stats = train_step(self.engine, items, self.loss_cfg, version=self.version)
+            stats = train_step(self.policy, items, self.loss_cfg, version=self.version)
             tokens = stats["tokens"]
             self.step += 1
             self.version = self.step + self.version_offset

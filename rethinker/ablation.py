@@ -20,6 +20,7 @@ and replayed share of the trained rows, each vs learner step, mean over seeds wi
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import statistics
@@ -29,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from common.cli_args import add_config_args, config_from_args
 from common.config import ConfigError, RethinkerConfig
 from common.logging import get_logger
 
@@ -342,9 +344,19 @@ def _csv(value: str, cast: type = str) -> list[Any]:
         raise ConfigError(f"ablate: cannot read {value!r}: {exc}") from exc
 
 
-def cmd_ablate(args: Any) -> int:
-    from rethinker.cli import config_from_args
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``rethinker ablate``."""
+    add_config_args(p)
+    p.add_argument("--modes", default="grpo,filter,ssr", help="comma-separated algorithm.ssr.mode values (default: all three)")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
+    p.add_argument("--seed-list", default=None, help="explicit comma-separated seeds (instead of --seeds)")
+    p.add_argument("--rethink", default="off", help="comma-separated variants: off, on, nll0 (rethinking with nll_coef 0)")
+    p.add_argument("--steps", type=int, default=None, help="learner steps per run (default learner.total_steps)")
+    p.add_argument("--out", default=None, help="output folder (default run.run_dir)")
+    p.add_argument("--resume", action="store_true", help="keep the runs already in <out>/ablation.json")
 
+
+def cmd_ablate(args: Any) -> int:
     cfg = config_from_args(args)
     seeds = _csv(args.seed_list, int) if args.seed_list else list(range(args.seeds))
     doc = run_ablation(

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.cli_args import add_config_args, config_from_args
 from common.config import RethinkerConfig
 from common.logging import get_logger
 from rethinker.launcher import clean_env
@@ -218,9 +220,13 @@ def run_demo(cfg: RethinkerConfig, progress: ProgressReporter | None = None) -> 
     return summary
 
 
-def cmd_demo(args: Any) -> int:
-    from rethinker.cli import config_from_args
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``rethinker demo``."""
+    add_config_args(p)
+    p.add_argument("--steps", type=int, default=None, help="override learner.total_steps")
 
+
+def cmd_demo(args: Any) -> int:
     cfg = config_from_args(args)
     if args.steps is not None:
         cfg.learner.total_steps = args.steps

@@ -24,6 +24,7 @@ secrets through their environment (``common.config.secret_env``), never on a com
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -40,7 +41,9 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import SecretStr
 
+from common.cli_args import add_config_args
 from common.config import RethinkerConfig, config_to_yaml, load_config, secret_env
+from common.errors import LauncherError
 from common.logging import get_logger
 from rethinker.progress import LearnerProgress, ProgressReporter, read_learner_status, status_line
 from rethinker.supervisor import Child, ChildFailed, RestartPolicy, Supervisor, clean_env
@@ -50,7 +53,7 @@ __all__ = ["Child", "RunResult", "clean_env", "plan_children", "run_system"]
 log = get_logger("launcher")
 
 
-class ServiceDied(RuntimeError):
+class ServiceDied(LauncherError, RuntimeError):
     pass
 
 
@@ -349,6 +352,13 @@ def run_system(
     result.wall_s = time.monotonic() - t0
     result.restarts = {ch.name: ch.restarts for ch in children if ch.restarts}
     return result
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``rethinker up``."""
+    add_config_args(p)
+    p.add_argument("--steps", type=int, default=None, help="override learner.total_steps")
+    p.add_argument("--no-learner", action="store_true", help="start the services only (Ctrl-C stops them)")
 
 
 def cmd_up(args: Any) -> int:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import redis
 
+from common.errors import LauncherError
+
 DEFAULT_STATE = Path(".cache") / "redis"
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
@@ -114,7 +116,7 @@ def start_local(state: Path = DEFAULT_STATE, *, appendonly: bool = False, passwo
     return None
 
 
-class RedisUnavailable(RuntimeError):
+class RedisUnavailable(LauncherError, RuntimeError):
     """No Redis could be found or started; the message says how to get one."""
 
 

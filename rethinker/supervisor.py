@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from common.errors import LauncherError
 from common.logging import get_logger
 
 log = get_logger("launcher.supervisor")
@@ -150,7 +151,7 @@ class Child:
         return self.proc.returncode
 
 
-class ChildFailed(RuntimeError):
+class ChildFailed(LauncherError, RuntimeError):
     """A child failed in a way that ends the run."""
 
     def __init__(self, child: Child, message: str) -> None:

@@ -22,10 +22,12 @@ from typing import Any, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
+from common.errors import CommonError
+
 ImageLike = bytes | str | os.PathLike | Image.Image
 
 
-class ImageError(ValueError):
+class ImageError(CommonError, ValueError):
     """An image reference that cannot be resolved or decoded (the caller adds the row's qid)."""
 
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from common.data.schema import IMAGE_PLACEHOLDER
+from common.errors import CommonError
 
 
-class PromptError(ValueError):
+class PromptError(CommonError, ValueError):
     """A question whose placeholders do not fit its images."""
 
 

@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import CommonError
+
 # The column names of ViRL39K (and of our synthetic set).
 COL_QUESTION = "question"
 COL_ANSWER = "answer"
@@ -79,7 +81,7 @@ _LOOKUP: dict[str, str] = {_norm(c): c for c in CATEGORIES}
 _LOOKUP.update({_norm(k): v for k, v in _ALIASES.items()})
 
 
-class DataError(ValueError):
+class DataError(CommonError, ValueError):
     """Bad data: a missing column or field, a corrupt image, an unknown category, a bad pass rate.
 
     The message names the file and, for a row problem, the row's ``qid``.

@@ -84,13 +84,14 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 import torch
 
+from common.errors import CommonError
 
 WeightsArg = Union[dict[str, torch.Tensor], Iterator[tuple[str, torch.Tensor]]]
 OnWeights = Callable[[WeightsArg, int], None]
 """``on_weights(weights, version)``; see the module docstring."""
 
 
-class WeightSyncError(RuntimeError):
+class WeightSyncError(CommonError, RuntimeError):
     """A round that could not complete (timeout, lost peer, manifest mismatch, bad token)."""
 
 

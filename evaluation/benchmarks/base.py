@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from common.errors import EvaluationError
+
 IMAGE_TOKEN = "<image>"
 NUMBERED_IMAGE = r"<image\s*_?(\d+)>"  # a release's numbered placeholder: <image 1>, <image1>, <image_1>
 LETTERS = string.ascii_uppercase  # option letters; the verifier accepts A-K
@@ -33,7 +35,7 @@ MULTIPLE_CHOICE = "multiple_choice"
 FREE_FORM = "free_form"
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(EvaluationError, ValueError):
     """Bad or missing benchmark data; the message names the file / item / field."""
 
 

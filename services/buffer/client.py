@@ -44,7 +44,7 @@ from services.buffer.library import ensure_library, ensure_library_async, is_mis
 from services.buffer.protocol import (
     AddGroupResult,
     BadArgumentError,
-    BufferError,
+    BufferCommandError,
     ClaimedTask,
     MalformedGroupError,
     PublishResult,
@@ -60,7 +60,7 @@ __all__ = [
     "AsyncBufferClient",
     "BadArgumentError",
     "BufferClient",
-    "BufferError",
+    "BufferCommandError",
     "ClaimedTask",
     "MalformedGroupError",
     "PublishResult",

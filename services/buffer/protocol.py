@@ -21,6 +21,7 @@ import numpy as np
 
 from common.codec import CodecError, decode, encode
 from common.config import RethinkerConfig
+from common.errors import BufferServiceError
 from common.redis_keys import RedisKeys
 from common.schemas import Group, PolicyVersion, PromptTask, Sample
 from common.staleness import staleness_bound
@@ -38,15 +39,15 @@ _ID_RE = re.compile(r"^[^\s]{1,256}$")
 # --------------------------------------------------------------------------- errors
 
 
-class BufferError(Exception):
+class BufferCommandError(BufferServiceError):
     """Base of the buffer client's own errors."""
 
 
-class MalformedGroupError(BufferError, ValueError):
+class MalformedGroupError(BufferCommandError, ValueError):
     """``add_group`` got a group it cannot store; nothing was written."""
 
 
-class BadArgumentError(BufferError, ValueError):
+class BadArgumentError(BufferCommandError, ValueError):
     """A call got an argument out of its domain (mode, n, id ...); nothing was written."""
 
 

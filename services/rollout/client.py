@@ -1,6 +1,6 @@
 """Public HTTP client of a rollout server (used by evaluation and the launcher).
 
-    from services.rollout.client import RolloutClient, build_messages
+    from services.rollout.client import RolloutClient, build_request_messages
 
     c = RolloutClient("http://127.0.0.1:8300")
     c.wait_ready(timeout_s=120)
@@ -24,11 +24,12 @@ from typing import Any, Sequence
 
 import httpx
 
-from common.data.schema import IMAGE_PLACEHOLDER
+from common.data.prompts import split_question
+from common.errors import RolloutServiceError
 from common.http_guard import auth_headers
 
 
-class RolloutClientError(RuntimeError):
+class RolloutClientError(RolloutServiceError, RuntimeError):
     """A request the server rejected (4xx, with its reason) or that kept failing after retries."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
@@ -41,22 +42,16 @@ def _image_part(img: bytes | str) -> dict[str, Any]:
     return {"type": "image", "image": data}
 
 
-def build_messages(
+def build_request_messages(
     question: str, images: Sequence[bytes | str] = (), *, system: str | None = None
 ) -> list[dict[str, Any]]:
-    """Chat messages for ``question`` with ``<image>`` placeholders; images are encoded bytes (or
-    base64 strings).  Images without a placeholder go first (as in common.data.prompts)."""
-    pieces = question.split(IMAGE_PLACEHOLDER)
-    n_ph = len(pieces) - 1
-    if n_ph > len(images):
-        raise ValueError(f"question has {n_ph} {IMAGE_PLACEHOLDER} placeholders but {len(images)} images")
-    lead = len(images) - n_ph
-    content: list[dict[str, Any]] = [_image_part(images[i]) for i in range(lead)]
-    for k, text in enumerate(pieces):
-        if k > 0:
-            content.append(_image_part(images[lead + k - 1]))
-        if text:
-            content.append({"type": "text", "text": text})
+    """The ``messages`` of a ``/v1/generate`` request for ``question`` with ``<image>`` placeholders;
+    images are encoded bytes (or base64 strings), sent base64-encoded.  Images are placed by
+    ``common.data.prompts.split_question`` (those without a placeholder go first), as in training;
+    the server builds the model's chat messages from these."""
+    content: list[dict[str, Any]] = []
+    for piece in split_question(question, len(images)):
+        content.append(_image_part(images[piece]) if isinstance(piece, int) else {"type": "text", "text": piece})
     msgs: list[dict[str, Any]] = []
     if system is not None:
         msgs.append({"role": "system", "content": system})
@@ -117,7 +112,7 @@ class RolloutClient:
         return resp.json()
 
     def generate_question(self, question: str, images: Sequence[bytes | str] = (), **kw: Any) -> dict[str, Any]:
-        return self.generate(build_messages(question, images), **kw)
+        return self.generate(build_request_messages(question, images), **kw)
 
     def status(self) -> dict[str, Any]:
         resp = self._request("GET", "/v1/status")
@@ -181,7 +176,7 @@ class AsyncRolloutClient:
         return resp.json()
 
     async def generate_question(self, question: str, images: Sequence[bytes | str] = (), **kw: Any) -> dict[str, Any]:
-        return await self.generate(build_messages(question, images), **kw)
+        return await self.generate(build_request_messages(question, images), **kw)
 
     async def status(self) -> dict[str, Any]:
         resp = await self._request("GET", "/v1/status")

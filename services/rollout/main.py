@@ -15,6 +15,7 @@ import os
 import signal
 from typing import Iterator
 
+from common.cli_args import add_config_args, config_from_args
 from common.config import RethinkerConfig
 from common.logging import configure_logging, get_logger
 
@@ -73,9 +74,12 @@ async def serve(cfg: RethinkerConfig) -> int:
     return rc
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from rethinker.cli import config_from_args
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``rethinker serve rollout`` (and of this module run standalone)."""
+    add_config_args(p)
 
+
+def cmd_serve(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     configure_logging(cfg.run.log_level)
     import logging
@@ -87,10 +91,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m services.rollout.main --config F --set ...``"""
-    from rethinker.cli import add_config_args
-
     p = argparse.ArgumentParser(prog="rethinker serve rollout")
-    add_config_args(p)
+    add_arguments(p)
     return cmd_serve(p.parse_args(argv))
 
 

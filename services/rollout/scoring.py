@@ -16,9 +16,10 @@ import asyncio
 from typing import Any, Protocol, Sequence
 
 from common.config import RethinkerConfig
+from common.errors import RolloutServiceError
 
 
-class ScoringError(RuntimeError):
+class ScoringError(RolloutServiceError, RuntimeError):
     """The verifier could not score a batch (down, timed out after retries, or a missing id).
     ``unavailable``: the verifier could not be reached or kept failing (worth waiting for), as
     opposed to a rejected request or a malformed answer."""

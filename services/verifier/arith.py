@@ -25,7 +25,9 @@ _PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "neg": 3, "^": 4}
 
 
 class _Undecided(Exception):
-    pass
+    """Private control flow: exact arithmetic cannot decide (the check returns None).  Caught in
+    this module, never raised out of it, so it stays outside the project's ``RethinkerError``
+    hierarchy (common/errors.py)."""
 
 
 def _int(digits: str) -> int:

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 import httpx
 
 from common.config import RethinkerConfig
+from common.errors import VerifierServiceError
 from common.http_guard import auth_headers
 
 from .schemas import VerifyItem, VerifyResult
@@ -30,7 +31,7 @@ from .schemas import VerifyItem, VerifyResult
 __all__ = ["VerifierClient", "VerifierError", "VerifierRequestError", "VerifierUnavailable", "VerifyItem", "VerifyResult"]
 
 
-class VerifierError(RuntimeError):
+class VerifierError(VerifierServiceError, RuntimeError):
     """Base of the client's errors."""
 
 

@@ -28,7 +28,9 @@ _WORD = re.compile(r"[a-z]{2,}")
 
 
 class _Reject(Exception):
-    pass
+    """Private control flow: the fast path gives up on an expression (``fast_parse`` returns None).
+    Caught in this module, never raised out of it, so it stays outside the project's
+    ``RethinkerError`` hierarchy (common/errors.py)."""
 
 
 def _to_python(s: str) -> str:

@@ -13,7 +13,8 @@ import logging
 import sys
 from typing import Sequence
 
-from common.config import ConfigError, RethinkerConfig, load_config
+from common.cli_args import add_config_args, config_from_args, run_command
+from common.config import RethinkerConfig
 
 
 def serve(cfg: RethinkerConfig, ray: bool = False) -> None:
@@ -38,16 +39,15 @@ def serve(cfg: RethinkerConfig, ray: bool = False) -> None:
     )
 
 
-def add_arguments(p: argparse.ArgumentParser, *, with_config: bool = True) -> None:
-    if with_config:
-        p.add_argument("--config", "-c", metavar="FILE", help="YAML config (see configs/)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``rethinker serve verifier`` (and of this module run standalone)."""
+    add_config_args(p)
     p.add_argument("--ray", action="store_true", help="deploy on Ray Serve (batching + autoscaling) instead of uvicorn")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """``rethinker serve verifier`` (argparse namespace with config, overrides, ray)."""
-    cfg = load_config(getattr(args, "config", None), getattr(args, "overrides", []) or [])
+    cfg = config_from_args(args)
     logging.basicConfig(level=cfg.run.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve(cfg, ray=bool(getattr(args, "ray", False)))
     return 0
@@ -58,10 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        return cmd_serve(args)
-    except ConfigError as exc:
-        print(f"verifier: error: {exc}", file=sys.stderr)
-        return 2
+        return run_command(cmd_serve, args, prog="verifier")
     except KeyboardInterrupt:
         return 130
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from common.errors import VerifierServiceError
+
 if TYPE_CHECKING:
     from .grader import Verdict
 
@@ -37,11 +39,11 @@ STARTUP_TIMEOUT_S = 120.0
 MAX_START_FAILURES = 5
 
 
-class PoolClosed(RuntimeError):
+class PoolClosed(VerifierServiceError, RuntimeError):
     """The pool was closed."""
 
 
-class WorkerStartError(RuntimeError):
+class WorkerStartError(VerifierServiceError, RuntimeError):
     """Grading workers die before becoming ready (e.g. an import error); the message says why."""
 
 

@@ -1,4 +1,4 @@
-"""Format warm-up: a few NLL steps on the engine make the chosen completions likelier, and the result
+"""Format warm-up: a few NLL steps on the policy make the chosen completions likelier, and the result
 is a model folder that transformers (and the RL learner) load."""
 
 from __future__ import annotations

@@ -99,15 +99,15 @@ def test_nll_rows_are_the_positive_advantage_responses_with_a_wait():
 
 @pytest.fixture
 def batch_items(make_cfg, synth_rows):
-    """A function ``(engine, n, **kw) -> items`` of n rows of one synthetic group of 8 (replayed rows
+    """A function ``(policy, n, **kw) -> items`` of n rows of one synthetic group of 8 (replayed rows
     keep their sampler log-probs)."""
     from common.model_loading import load_processor
     from learner.batching import PromptCache, build_items
     from learner.synthetic import synthetic_batch
 
-    def make(eng, n: int, *, policy_version: int = 0, replayed: bool = False, seed: int = 0) -> list[TrainItem]:
-        proc = load_processor(eng.model_path, min_pixels=3136, max_pixels=12544)
-        samples, tasks = synthetic_batch(eng.module, proc, synth_rows, n_prompts=1, n=8, seed=seed,
+    def make(policy, n: int, *, policy_version: int = 0, replayed: bool = False, seed: int = 0) -> list[TrainItem]:
+        proc = load_processor(policy.model_path, min_pixels=3136, max_pixels=12544)
+        samples, tasks = synthetic_batch(policy.module, proc, synth_rows, n_prompts=1, n=8, seed=seed,
                                          min_pixels=3136, max_pixels=12544, policy_version=policy_version)
         items, errors = build_items(samples[:n], tasks, PromptCache(proc, min_pixels=3136, max_pixels=12544),
                                     replayed=[replayed] * n)
@@ -120,11 +120,11 @@ def batch_items(make_cfg, synth_rows):
 def test_a_short_batch_trains_as_the_mean_of_its_filled_micro_batches(make_cfg, batch_items):
     """One row in a step of two micro-batch slots gives exactly the update of that row alone in a
     step of one slot: the empty slot adds nothing and the DeepSpeed accumulation scale is undone."""
-    from learner.engine import PolicyEngine
+    from learner.policy_model import PolicyModel
     from learner.step import train_step
 
-    two = PolicyEngine(make_cfg())  # 8 rows per step in 2 micro-batches of 4
-    one = PolicyEngine(make_cfg("learner.micro_batch_size=8"))  # 8 rows per step in 1 micro-batch
+    two = PolicyModel(make_cfg())  # 8 rows per step in 2 micro-batches of 4
+    one = PolicyModel(make_cfg("learner.micro_batch_size=8"))  # 8 rows per step in 1 micro-batch
     assert (two.grad_accum, one.grad_accum) == (2, 1)
     lcfg = LossConfig.from_grpo(make_cfg().algorithm.grpo)
     items = batch_items(two, 1)
@@ -141,21 +141,21 @@ def test_a_short_batch_trains_as_the_mean_of_its_filled_micro_batches(make_cfg, 
 
 
 def test_a_batch_mixing_on_policy_stale_and_replayed_rows(make_cfg, batch_items):
-    from learner.engine import PolicyEngine
+    from learner.policy_model import PolicyModel
     from learner.step import train_step
 
     cfg = make_cfg("learner.micro_batch_size=8")
-    eng = PolicyEngine(cfg)
-    on = batch_items(eng, 3, policy_version=4)
-    stale = batch_items(eng, 3, policy_version=2, seed=1)
-    replay = batch_items(eng, 2, policy_version=1, replayed=True, seed=2)
+    policy = PolicyModel(cfg)
+    on = batch_items(policy, 3, policy_version=4)
+    stale = batch_items(policy, 3, policy_version=2, seed=1)
+    replay = batch_items(policy, 2, policy_version=1, replayed=True, seed=2)
     for it in stale + replay:  # the behaviour policy differed from the learner's by 0.2 nats per token
         it.sampler_logp = it.sampler_logp - 0.2
     items = on + stale + replay
     base = LossConfig.from_grpo(cfg.algorithm.grpo)
     st = {}
     for mode in ("behaviour", "decoupled", "recompute"):
-        st[mode] = train_step(PolicyEngine(cfg), items, dataclasses.replace(base, off_policy=mode), version=4)
+        st[mode] = train_step(PolicyModel(cfg), items, dataclasses.replace(base, off_policy=mode), version=4)
         assert st[mode]["off_policy_share"] == pytest.approx(5 / 8)
     tokens = lambda rows: sum(it.num_tokens for it in rows)  # noqa: E731
     share_off = tokens(stale + replay) / tokens(items)
@@ -170,14 +170,14 @@ def test_a_batch_mixing_on_policy_stale_and_replayed_rows(make_cfg, batch_items)
 
 
 def test_gradients_reach_the_vision_tower_when_it_is_trained(make_cfg, batch_items):
-    from learner.engine import PolicyEngine, is_vision_param
+    from learner.policy_model import PolicyModel, is_vision_param
     from learner.step import train_step
 
-    eng = PolicyEngine(make_cfg("learner.freeze_vision=false"))
-    before = {n: p.detach().clone() for n, p in eng.module.named_parameters() if is_vision_param(n)}
-    assert before and all(p.requires_grad for n, p in eng.module.named_parameters() if is_vision_param(n))
-    st = train_step(eng, batch_items(eng, 8), LossConfig.from_grpo(eng.cfg.algorithm.grpo), version=0)
+    policy = PolicyModel(make_cfg("learner.freeze_vision=false"))
+    before = {n: p.detach().clone() for n, p in policy.module.named_parameters() if is_vision_param(n)}
+    assert before and all(p.requires_grad for n, p in policy.module.named_parameters() if is_vision_param(n))
+    st = train_step(policy, batch_items(policy, 8), LossConfig.from_grpo(policy.cfg.algorithm.grpo), version=0)
     assert st["grad_norm"] > 0
-    after = dict(eng.module.named_parameters())
+    after = dict(policy.module.named_parameters())
     moved = [n for n in before if not torch.equal(before[n], after[n].detach())]
     assert len(moved) >= len(before) - 1, sorted(set(before) - set(moved))

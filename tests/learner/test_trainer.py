@@ -127,7 +127,7 @@ def _groups(trainer, rows, *, n_groups: int, n: int, seed: int):
     from common.schemas import Group
     from learner.synthetic import synthetic_batch
 
-    samples, tasks = synthetic_batch(trainer.engine.module, trainer.processor, rows, n_prompts=n_groups, n=n, seed=seed,
+    samples, tasks = synthetic_batch(trainer.policy.module, trainer.processor, rows, n_prompts=n_groups, n=n, seed=seed,
                                      min_pixels=3136, max_pixels=12544)
     out = []
     for task in tasks.values():

@@ -25,7 +25,7 @@ def main() -> None:
     from common.model_loading import load_model, load_processor
     from learner.batching import PromptCache, build_items
     from learner.checkpoint import export_hf
-    from learner.engine import PolicyEngine
+    from learner.policy_model import PolicyModel
     from learner.loss import LossConfig
     from learner.step import train_step
     from learner.synthetic import synthetic_batch
@@ -43,19 +43,19 @@ def main() -> None:
     del plain
     items, errors = build_items(samples, tasks, PromptCache(proc, **pix), replayed=[i % 2 == 0 for i in range(8)])
     assert not errors, errors
-    eng = PolicyEngine(cfg)
-    losses = [train_step(eng, items, LossConfig.from_grpo(cfg.algorithm.grpo))["loss"] for _ in range(steps)]
-    sd = eng.gathered_state_dict()
-    hf = export_hf(eng, out / "hf", version=steps, step=steps)
+    policy = PolicyModel(cfg)
+    losses = [train_step(policy, items, LossConfig.from_grpo(cfg.algorithm.grpo))["loss"] for _ in range(steps)]
+    sd = policy.gathered_state_dict()
+    hf = export_hf(policy, out / "hf", version=steps, step=steps)
     if sync_version is not None:
-        ws = WeightSync(cfg, eng)
+        ws = WeightSync(cfg, policy)
         rep = ws.sync(sync_version, steps)
-        if eng.rank == 0:
+        if policy.rank == 0:
             (out / "sync.json").write_text(json.dumps(rep))
-    if eng.rank == 0:
+    if policy.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         save_file(sd, str(out / "params.safetensors"))
-        (out / "losses.json").write_text(json.dumps({"losses": losses, "world": eng.world, "hf": str(hf)}))
+        (out / "losses.json").write_text(json.dumps({"losses": losses, "world": policy.world, "hf": str(hf)}))
 
 
 if __name__ == "__main__":

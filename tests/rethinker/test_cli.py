@@ -64,3 +64,31 @@ def test_build_parser_again_after_the_last_one_was_collected():
         assert parser.parse_args(["serve", "verifier"]).service == "verifier"
         del parser
         gc.collect()
+
+
+def test_nothing_below_the_cli_imports_the_rethinker_package():
+    """common/, services/, learner/ and evaluation/ take their command-line helpers from
+    common/cli_args.py; only the rethinker package (the CLI, launcher, demo) imports rethinker."""
+    import ast
+
+    offenders = []
+    for part in ("common", "services", "learner", "evaluation"):
+        for path in sorted((ROOT / part).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                offenders += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names
+                              if n == "rethinker" or n.startswith("rethinker.")]
+    assert offenders == []
+
+
+def test_each_process_entry_module_runs_standalone_with_the_shared_config_args():
+    """`python -m <part>.main --help` shows the same --config/--set as `rethinker serve ...`."""
+    for module in ("services.verifier.main", "services.buffer.main", "services.rollout.main", "learner.main"):
+        r = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, (module, r.stderr)
+        assert "--config" in r.stdout and "--set SECTION.FIELD=VALUE" in r.stdout, (module, r.stdout)

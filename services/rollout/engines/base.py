@@ -40,6 +40,7 @@ from typing import Any, Iterable, Literal, Mapping, Sequence, Union
 import numpy as np
 
 from common.config import RethinkerConfig, SamplingConfig
+from common.errors import RolloutServiceError
 from common.schemas import PromptTask
 
 FinishReason = Literal["stop", "length"]
@@ -55,7 +56,7 @@ class StagedRound:
 WeightsLike = Union[Mapping[str, Any], Iterable[tuple[str, Any]], str, Path, StagedRound]
 
 
-class EngineError(RuntimeError):
+class EngineError(RolloutServiceError, RuntimeError):
     """A generation or weight-loading failure the caller can report (bad input, unknown weight name)."""
 
 

@@ -13,7 +13,7 @@ from common.model_loading import load_model
 from common.weight_transport import make_sender, specs_of
 from rollout_helpers import free_port, png, start_http, stop_http
 from services.rollout.app import create_app
-from services.rollout.client import AsyncRolloutClient, RolloutClientError, build_messages
+from services.rollout.client import AsyncRolloutClient, RolloutClientError, build_request_messages
 from services.rollout.scoring import HttpScorer
 from services.rollout.server import RolloutServer
 
@@ -50,7 +50,7 @@ def test_generate_status_health_metrics(cfg_factory, verifier_url, sft_model_dir
                 temperature=0.0, max_new_tokens=30, force_rethink=True,
             )
             # errors: 400 with a reason / 422 for schema violations, never 500
-            body = {"messages": build_messages("<image>?", [b"not an image"])}
+            body = {"messages": build_request_messages("<image>?", [b"not an image"])}
             bad_image = await raw.post("/v1/generate", json=body)
             remote = await raw.post("/v1/generate", json={"messages": [{"role": "user", "content": [
                 {"type": "image_url", "image_url": {"url": "http://example.com/x.png"}}, {"type": "text", "text": "?"}]}]})

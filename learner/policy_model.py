@@ -2,7 +2,7 @@
 
 - ``init_distributed()``: gloo when ``DS_ACCELERATOR=cpu`` (or no CUDA), NCCL otherwise; a lone
   process without torchrun/deepspeed-launcher variables becomes a world of one on a free port.
-- ``PolicyEngine(cfg)``: loads the policy (``common.model_loading``), freezes the vision tower when
+- ``PolicyModel(cfg)``: loads the policy (``common.model_loading``), freezes the vision tower when
   ``learner.freeze_vision``, wraps it with ``deepspeed.initialize`` using a torch ``AdamW`` (so no
   FusedAdam/CPUAdam build) and a ``LambdaLR``: linear warm-up over ``warmup_ratio * total_steps``
   steps, then cosine down to ``min_lr_ratio * lr`` at ``total_steps``.  Gradient clipping is
@@ -121,23 +121,26 @@ def is_vision_param(name: str) -> bool:
     return name.startswith(("visual.", "model.visual.")) or ".visual." in name
 
 
-class _EngineAsModel:
-    """What ``teacher_forced_logprobs_batch`` needs of a model, routed through the DeepSpeed engine
-    (its forward installs the gradient-accumulation hooks)."""
+class _DeepSpeedForward:
+    """What ``teacher_forced_logprobs_batch`` needs of a model, routed through the DeepSpeed-wrapped
+    model (its forward installs the gradient-accumulation hooks)."""
 
-    def __init__(self, engine: Any) -> None:
-        self._engine = engine
-        self.config = engine.module.config
+    def __init__(self, ds_model: Any) -> None:
+        self._ds_model = ds_model
+        self.config = ds_model.module.config
 
     def parameters(self):
-        return self._engine.module.parameters()
+        return self._ds_model.module.parameters()
 
     def __call__(self, **kwargs: Any) -> Any:
-        return self._engine(**kwargs)
+        return self._ds_model(**kwargs)
 
 
-class PolicyEngine:
-    """The trainable policy under DeepSpeed, plus an optional frozen reference model."""
+class PolicyModel:
+    """The trainable policy under DeepSpeed, plus an optional frozen reference model.
+
+    ``ds_model`` is what ``deepspeed.initialize`` returns (DeepSpeed's own engine object); ``module``
+    the transformers model inside it."""
 
     def __init__(self, cfg: RethinkerConfig, *, model: Any = None, with_reference: bool | None = None) -> None:
         import deepspeed
@@ -179,14 +182,14 @@ class PolicyEngine:
             )
 
         self.ds_config = ds_config(cfg, world=self.world, grad_accum=self.grad_accum)
-        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+        self.ds_model, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,
             optimizer=optimizer,
             lr_scheduler=make_sched,
             config=self.ds_config,
             dist_init_required=False,
         )
-        self.module = self.engine.module
+        self.module = self.ds_model.module
         self.zero3 = lc.zero_stage == 3
         self.pad_token_id = self._pad_id()
         self.reference = None
@@ -214,21 +217,21 @@ class PolicyEngine:
     # ---- training
     @property
     def model_for_forward(self) -> Any:
-        return _EngineAsModel(self.engine)
+        return _DeepSpeedForward(self.ds_model)
 
     def backward(self, loss: torch.Tensor) -> None:
-        self.engine.backward(loss)
+        self.ds_model.backward(loss)
 
     def micro_step(self) -> None:
         """After each micro-batch's backward: DeepSpeed steps the optimizer at the accumulation boundary."""
-        self.engine.step()
+        self.ds_model.step()
 
     @property
     def at_boundary(self) -> bool:
-        return bool(self.engine.is_gradient_accumulation_boundary())
+        return bool(self.ds_model.is_gradient_accumulation_boundary())
 
     def grad_norm(self) -> float:
-        g = self.engine.get_global_grad_norm()
+        g = self.ds_model.get_global_grad_norm()
         if g is None:
             return float("nan")
         return float(g.item() if torch.is_tensor(g) else g)
@@ -238,7 +241,7 @@ class PolicyEngine:
 
     @property
     def global_steps(self) -> int:
-        return int(self.engine.global_steps)
+        return int(self.ds_model.global_steps)
 
     # ---- full weights
     def manifest(self) -> list[TensorSpec]:

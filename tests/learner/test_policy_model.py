@@ -1,4 +1,4 @@
-"""DeepSpeed engine on CPU (single rank, ZeRO-2): the schedule, loss going down on a fixed batch,
+"""The DeepSpeed policy model (learner/policy_model.py) on CPU (single rank, ZeRO-2): the schedule, loss going down on a fixed batch,
 the frozen vision tower, and the HF export."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from learner.engine import grad_accum_steps, is_vision_param, lr_factor, samples_per_step
+from learner.policy_model import grad_accum_steps, is_vision_param, lr_factor, samples_per_step
 
 
 def test_lr_schedule_warmup_then_cosine_to_min_ratio():
@@ -37,22 +37,22 @@ def test_zero2_steps_reduce_the_loss_and_respect_a_frozen_vision_tower(make_cfg,
     from common.model_loading import load_model, load_processor
     from learner.batching import PromptCache, build_items
     from learner.checkpoint import export_hf
-    from learner.engine import PolicyEngine
+    from learner.policy_model import PolicyModel
     from learner.loss import LossConfig
     from learner.step import train_step
     from learner.synthetic import synthetic_batch
 
     cfg = make_cfg("learner.freeze_vision=true", "learner.total_steps=20", "learner.warmup_ratio=0.1")
-    eng = PolicyEngine(cfg)
-    assert eng.world == 1 and eng.grad_accum == 2
-    before = {n: p.detach().clone() for n, p in eng.module.named_parameters()}
-    proc = load_processor(eng.model_path, min_pixels=3136, max_pixels=12544)
-    samples, tasks = synthetic_batch(eng.module, proc, synth_rows, n_prompts=1, n=8, seed=0, min_pixels=3136, max_pixels=12544)
+    policy = PolicyModel(cfg)
+    assert policy.world == 1 and policy.grad_accum == 2
+    before = {n: p.detach().clone() for n, p in policy.module.named_parameters()}
+    proc = load_processor(policy.model_path, min_pixels=3136, max_pixels=12544)
+    samples, tasks = synthetic_batch(policy.module, proc, synth_rows, n_prompts=1, n=8, seed=0, min_pixels=3136, max_pixels=12544)
     # a replayed (stored log-prob) batch: the clipped surrogate really moves as the policy changes
     items, errors = build_items(samples, tasks, PromptCache(proc, min_pixels=3136, max_pixels=12544), replayed=[True] * 8)
     assert not errors
     lcfg = LossConfig.from_grpo(cfg.algorithm.grpo)
-    stats = [train_step(eng, items, lcfg) for _ in range(6)]
+    stats = [train_step(policy, items, lcfg) for _ in range(6)]
     losses = [s["loss"] for s in stats]
     assert losses[-1] < losses[0] - 0.05, losses
     assert sum(b < a for a, b in zip(losses, losses[1:])) >= 4, losses
@@ -63,14 +63,14 @@ def test_zero2_steps_reduce_the_loss_and_respect_a_frozen_vision_tower(make_cfg,
     assert [round(s["lr"], 8) for s in stats] == [
         round(1e-3 * lr_factor(k, total_steps=20, warmup_ratio=0.1, min_lr_ratio=0.5), 8) for k in range(1, 7)
     ]
-    assert eng.global_steps == 6
-    after = dict(eng.module.named_parameters())
+    assert policy.global_steps == 6
+    after = dict(policy.module.named_parameters())
     vision = [n for n in before if is_vision_param(n)]
     assert vision and all(torch.equal(before[n], after[n]) for n in vision)
     text = [n for n in before if not is_vision_param(n)]
     assert sum(not torch.equal(before[n], after[n].detach()) for n in text) >= len(text) - 1
     # the export is a transformers model folder with exactly these weights
-    out = export_hf(eng, tmp_path / "hf", version=6, step=6)
+    out = export_hf(policy, tmp_path / "hf", version=6, step=6)
     loaded = load_model(out)
     for n, p in loaded.named_parameters():
         assert torch.equal(p, after[n].detach()), n
@@ -80,24 +80,24 @@ def test_zero2_steps_reduce_the_loss_and_respect_a_frozen_vision_tower(make_cfg,
 def test_bf16_engine_with_a_reference_model_reports_the_kl_term(make_cfg, synth_rows):
     from common.model_loading import load_processor
     from learner.batching import PromptCache, build_items
-    from learner.engine import PolicyEngine
+    from learner.policy_model import PolicyModel
     from learner.loss import LossConfig
     from learner.step import train_step
     from learner.synthetic import synthetic_batch
 
     cfg = make_cfg("learner.precision=bf16", "algorithm.grpo.kl_coef=0.1", "learner.zero_stage=1")
-    eng = PolicyEngine(cfg)
-    assert eng.reference is not None and next(eng.module.parameters()).dtype == torch.bfloat16
-    proc = load_processor(eng.model_path, min_pixels=3136, max_pixels=12544)
-    samples, tasks = synthetic_batch(eng.reference, proc, synth_rows, n_prompts=1, n=8, seed=4, min_pixels=3136, max_pixels=12544)
+    policy = PolicyModel(cfg)
+    assert policy.reference is not None and next(policy.module.parameters()).dtype == torch.bfloat16
+    proc = load_processor(policy.model_path, min_pixels=3136, max_pixels=12544)
+    samples, tasks = synthetic_batch(policy.reference, proc, synth_rows, n_prompts=1, n=8, seed=4, min_pixels=3136, max_pixels=12544)
     items, _ = build_items(samples, tasks, PromptCache(proc, min_pixels=3136, max_pixels=12544))
     lcfg = LossConfig.from_grpo(cfg.algorithm.grpo)
-    s1 = train_step(eng, items, lcfg)
-    s2 = train_step(eng, items, lcfg)
-    s3 = train_step(eng, items, lcfg)
+    s1 = train_step(policy, items, lcfg)
+    s2 = train_step(policy, items, lcfg)
+    s3 = train_step(policy, items, lcfg)
     assert s1["kl_ref"] < 1e-2  # policy == reference up to bf16 rounding
     assert s3["kl_ref"] > s1["kl_ref"] and math.isfinite(s3["loss"])
     assert s2["loss"] != s1["loss"]
     # the manifest reports the trained (bf16) dtype and full shapes: what rollout servers receive
-    specs = eng.manifest()
-    assert {s.dtype for s in specs} == {"bfloat16"} and len(specs) == len(list(eng.module.parameters()))
+    specs = policy.manifest()
+    assert {s.dtype for s in specs} == {"bfloat16"} and len(specs) == len(list(policy.module.parameters()))
