@@ -168,10 +168,6 @@ class RedisKeys:
         """Hash server_id -> weight-sync join record (token proof, backend, heartbeat, loaded version)."""
         return self._k("w", "sync_members")
 
-    @property
-    def learner_state(self) -> str:
-        return self._k("w", "learner")
-
     def all_patterns(self) -> list[str]:
         """Glob patterns covering every key of this namespace (used by admin clear and tests)."""
         return [f"{self.namespace}:*"]
