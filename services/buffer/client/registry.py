@@ -1,4 +1,4 @@
-"""Rollout-server registry commands (``{w}`` keys ``servers`` and ``server_alive``).
+"""Rollout-server registry commands (``RedisKeys.rollout_servers`` and ``rollout_server_alive``, ``{w}``).
 
 The registry answers "which rollout *services* are up, where, and how are they doing": one entry
 per rollout server process (``info``: address, engine, loaded version, readiness, in-flight tasks,
@@ -28,7 +28,7 @@ from services.buffer.client.transport import Command, Fcall
 
 def registry_keys(keys: RedisKeys) -> list[str]:
     """The registry's keys, in the order the ``rtk_w_*`` functions take them."""
-    return [keys.servers, keys.server_alive]
+    return [keys.rollout_servers, keys.rollout_server_alive]
 
 
 def register_server(c: ClientState, server_id: str, info: dict[str, Any], ttl_s: float) -> Command[None]:

@@ -1,8 +1,9 @@
 """Trajectory-store commands (``{s}`` keys): add groups, sample batches, sizes, read back.
 
 Writers: rollout servers (``add_group``); the learner (``sample``: draws move responses between
-pools).  Readers: the learner (``wait_for_samples``, ``sizes``), the HTTP app, tests.  Each command
-is written once and runs on both clients (``transport``).
+pools).  Readers: the learner (``sizes``, ``stats``), the HTTP app (``stats``, ``get_group``,
+``get_sample``, ``snapshot``), tests.  Each command is written once and runs on both clients
+(``transport``).
 """
 
 from __future__ import annotations
