@@ -7,7 +7,13 @@ no longer enough: one tag per shard, ``{<shard>}``).
 
 - ``{q}``   prompt queue: the stream of prompt tasks, its consumer group, dedup set, in-flight count.
 - ``{s}``   trajectory store: groups, samples, fresh/replay priority indexes, counters, stats.
-- ``{w}``   weight sync and membership: published policy versions, rollout server registry.
+- ``{w}``   versions and membership: the published policy version, the rollout-server registry and
+            the weight-sync state (round, checkpoint pointer, receivers' membership).
+
+Each fact has one owner, the only module that writes it (docs/buffer.md, "Who writes, who reads"):
+``{q}`` / ``{s}`` / ``policy_version*`` / ``rollout_server*``: ``services.buffer.client`` (modules
+``queue``, ``store``, ``versions``, ``registry``); ``sync_round`` / ``sync_members``:
+``common.weight_transport``.
 """
 
 from __future__ import annotations
@@ -131,10 +137,11 @@ class RedisKeys:
     def store_pattern(self) -> str:
         return self._k(self.shard, "*")
 
-    # ---- weights and membership ({w})
+    # ---- versions and membership ({w})
     @property
     def policy_version(self) -> str:
-        """Hash: the latest published ``PolicyVersion`` (version, step, checkpoint, time)."""
+        """Hash: the latest published ``PolicyVersion`` (version, step, checkpoint, time); the one
+        record of the learner's version (``services.buffer.client.versions``)."""
         return self._k("w", "policy_version")
 
     @property
@@ -149,28 +156,29 @@ class RedisKeys:
         return self._k("w", "policy_events")
 
     @property
-    def servers(self) -> str:
-        """Hash server_id -> registration (address, engine, loaded version, last heartbeat)."""
+    def rollout_servers(self) -> str:
+        """Hash server_id -> a rollout server process's registration (address, engine, loaded
+        version, readiness, load); the rollout-server registry (``services.buffer.client.registry``)."""
         return self._k("w", "servers")
 
     @property
-    def server_alive(self) -> str:
-        """Zset server_id -> heartbeat expiry (Redis server time); maintained by the buffer client."""
+    def rollout_server_alive(self) -> str:
+        """Zset server_id -> registry heartbeat expiry (Redis server time)."""
         return self._k("w", "server_alive")
 
     @property
     def sync_round(self) -> str:
-        """Hash describing the current weight-sync round (members, rendezvous, version)."""
+        """Hash of the weight sync (``common.weight_transport``): field ``round`` (the current round's
+        descriptor), ``checkpoint`` (the checkpoint pointer for late joiners), ``last_result`` (the
+        last round's report)."""
         return self._k("w", "sync_round")
 
     @property
     def sync_members(self) -> str:
-        """Hash server_id -> weight-sync join record (token proof, backend, heartbeat, loaded version)."""
+        """Hash member id -> weight-sync join record (token proof, backend, GPU, heartbeat, loaded
+        version) of each weight *receiver*; the sender invites from it.  Not the rollout-server
+        registry (``rollout_servers``): see ``services.buffer.client.registry``."""
         return self._k("w", "sync_members")
-
-    @property
-    def learner_state(self) -> str:
-        return self._k("w", "learner")
 
     def all_patterns(self) -> list[str]:
         """Glob patterns covering every key of this namespace (used by admin clear and tests)."""

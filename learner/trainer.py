@@ -13,7 +13,7 @@ One iteration (= one optimizer step = one policy version)::
     every sync_every:       WeightSync.sync(version)  -> rollout servers, PolicyVersion published
     every checkpoint_every: CheckpointManager.save    -> resume point + HF export for late joiners
     every eval_every:       eval_fn(step) -> dict     (hook for the evaluation runner)
-    metrics                             TensorBoard / W&B / JSONL / rich bar; Redis learner_state hash
+    metrics                             TensorBoard / W&B / JSONL / rich bar
 
 On start the latest checkpoint (if any) is restored (step, version, optimizer, scheduler, data cursor,
 RNG) and the current weights are broadcast at once, so rollout servers that kept running through a
@@ -36,7 +36,6 @@ import torch
 
 from common.config import ConfigError, RethinkerConfig
 from common.logging import get_logger
-from common.redis_keys import RedisKeys
 from common.schemas import PromptTask, Sample
 from learner.batching import PromptCache, TrainItem, build_items
 from learner.checkpoint import CheckpointManager
@@ -96,7 +95,6 @@ class Trainer:
         self.version_offset = 0  # version - step; > 0 after a resume that continued above published versions
         self.buffer = None
         self.feeder = None
-        self.redis = None
         self._stop = False
         self._groups_seen: int | None = None
         self._empty_rounds = 0  # consecutive rounds of new groups without an effective response
@@ -115,9 +113,6 @@ class Trainer:
             if rows is None:
                 rows = load_training_rows(cfg, self.processor)
             self.feeder = PromptFeeder(cfg, rows, publish=buffer.publish_tasks, can_publish=buffer.can_publish)
-            from common.redis_conn import sync_client
-
-            self.redis = sync_client(cfg.redis)
         self.sync = WeightSync(cfg, self.policy, buffer=self.buffer)
         self.metrics = MetricsSink(cfg, enabled=self.rank == 0, progress=progress and self.rank == 0)
 
@@ -338,16 +333,6 @@ class Trainer:
         out.setdefault("effective_share", out["batch_effective_share"])
         return out
 
-    def _publish_state(self, status: str, extra: dict[str, Any] | None = None) -> None:
-        if self.redis is None:
-            return
-        try:
-            fields = {"step": self.step, "version": self.version, "status": status, "time": time.time()}
-            fields.update({k: v for k, v in (extra or {}).items() if isinstance(v, (int, float, str))})
-            self.redis.hset(RedisKeys(self.cfg.redis.namespace).learner_state, mapping={k: str(v) for k, v in fields.items()})
-        except Exception:  # noqa: BLE001
-            pass
-
     def save_checkpoint(self) -> float:
         t0 = time.perf_counter()
         hf = self.ckpt.save(step=self.step, version=self.version, client_state=self.client_state())
@@ -355,7 +340,9 @@ class Trainer:
         return time.perf_counter() - t0
 
     def run(self, max_steps: int | None = None) -> dict[str, Any]:
-        """Train until ``learner.total_steps`` (or ``max_steps`` more steps); returns a summary."""
+        """Train until ``learner.total_steps`` (or ``max_steps`` more steps); returns a summary: step,
+        version, status (``finished``, ``stopped`` by a signal or ``converged``: early stop), resumed,
+        converged and the last step's figures."""
 
         self._install_signals()
         resumed = self.resume()
@@ -364,7 +351,6 @@ class Trainer:
         if self.rank == 0:
             self.feeder.top_up(self.step, self.version)
         first = self.sync.sync(self.version, self.step)
-        self._publish_state("running", {"resumed": int(resumed)})
         log.info("learner_started", step=self.step, version=self.version, resumed=resumed, stop_at=stop_at,
                  world=self.world, samples_per_step=self.n_samples, first_sync_s=round(first.get("sync_s", 0.0), 4))
         last: dict[str, float] = {}
@@ -404,15 +390,15 @@ class Trainer:
             values["idle_share"] = idle / max(wall, 1e-9)
             values["step_s"] = wall
             self.metrics.log(self.step, values)
-            self._publish_state("running", {k: values[k] for k in ("loss", "idle_share", "sync_s") if k in values})
             last = values
             if self.rank == 0:
                 log.info("step", step=self.step, **{k: round(v, 5) for k, v in values.items() if isinstance(v, float)})
         if self._stop_all() and self.step % lc.checkpoint_every and self.step > 0:
             self.save_checkpoint()
-        self._publish_state("converged" if self.converged else "stopped" if self._stop else "finished")
+        status = "converged" if self.converged else "stopped" if self._stop else "finished"
         self.metrics.close()
-        return {"step": self.step, "version": self.version, "resumed": resumed, "converged": self.converged, "last": last}
+        return {"step": self.step, "version": self.version, "status": status, "resumed": resumed,
+                "converged": self.converged, "last": last}
 
     def _stop_all(self) -> bool:
         """The stop flag, agreed by every rank (any rank's signal stops all)."""

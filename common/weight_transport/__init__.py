@@ -121,8 +121,10 @@ def make_receiver(
 
 
 def read_sync_state(cfg: RethinkerConfig, redis: Any = None) -> dict[str, Any]:
-    """The ``sync_round`` hash decoded: latest ``version``, ``checkpoint`` {path, version, step},
-    current ``round`` descriptor and ``last_result`` (for dashboards and late joiners)."""
+    """The ``sync_round`` hash decoded: ``checkpoint`` {path, version, step}, current ``round``
+    descriptor and ``last_result`` (the last round's report), plus ``version``: the version the last
+    round carried (``last_result["version"]``).  The learner's published version itself is
+    ``BufferClient.policy_version()``."""
     import json
 
     from common.redis_conn import sync_client
@@ -133,5 +135,7 @@ def read_sync_state(cfg: RethinkerConfig, redis: Any = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in raw.items():
         key = k.decode() if isinstance(k, bytes) else k
-        out[key] = int(v) if key == "version" else json.loads(v)
+        out[key] = json.loads(v)
+    if "last_result" in out:
+        out["version"] = int(out["last_result"]["version"])
     return out

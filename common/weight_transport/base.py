@@ -65,8 +65,9 @@ Protocol of one round (all keys from ``common.redis_keys.RedisKeys``):
  4. Sender and ranked receivers build a fresh process group for this round only (backend-specific),
     the sender streams the buckets (``plan_buckets``: flattened per dtype, ``bucket_mb`` each), and a
     final all-reduce of a status flag confirms that everyone received everything.
- 5. The sender writes ``version`` into ``sync_round``; receivers hand the weights to ``on_weights``
-    and report ``loaded_version`` in their join record.  A failure (timeout, reset connection) ends
+ 5. The sender writes the round's report (``last_result``, with its version) into ``sync_round``
+    (the learner then publishes the ``PolicyVersion`` through the buffer client); receivers hand the
+    weights to ``on_weights`` and report ``loaded_version`` in their join record.  A failure (timeout, reset connection) ends
     the round for everyone; nothing is retried within the round: the next round is built afresh.
 """
 

@@ -49,7 +49,6 @@ from common.weight_transport.base import (
 log = get_logger("weight_sync")
 
 ROUND_FIELD = "round"
-VERSION_FIELD = "version"
 CHECKPOINT_FIELD = "checkpoint"
 RESULT_FIELD = "last_result"
 PIPELINE_DEPTH = 2  # bucket sends in flight while the next bucket fills
@@ -455,7 +454,6 @@ class RoundSender(WeightSender):
         report.total_s = time.perf_counter() - t0
         try:
             with self.r.pipeline(transaction=True) as p:
-                p.hset(self.keys.sync_round, VERSION_FIELD, str(version))
                 p.hset(
                     self.keys.sync_round,
                     RESULT_FIELD,

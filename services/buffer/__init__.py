@@ -1,6 +1,7 @@
 """The SSR buffer: Redis data plane of the system (prompt queue + prioritized trajectory store).
 
-- ``client``   ``BufferClient`` / ``AsyncBufferClient``: the only module other parts import.
+- ``client``   ``BufferClient`` / ``AsyncBufferClient``: the only package other parts import (one
+              module per key group; each command written once for both clients).
 - ``protocol`` argument/reply handling of the Redis Functions shared by both clients.
 - ``fastcodec`` byte-identical fast paths of ``common.codec`` for Sample frames (the hot loop).
 - ``library``  the Redis Functions library (``lua/rethinker_buffer.lua``): load + version check.

@@ -1,8 +1,8 @@
 """Arguments and replies of the buffer's Redis Functions, shared by the sync and asyncio clients.
 
 Everything here is pure (no I/O): validation of groups and tasks, building the ``FCALL`` key and
-argument lists, and turning replies into the result types below.  The clients in ``client.py`` only
-add the round trips.
+argument lists, and turning replies into the result types below.  The commands of the
+``services.buffer.client`` package only add the round trips.
 """
 
 from __future__ import annotations

@@ -55,12 +55,7 @@ def test_trainer_feeds_trains_broadcasts_and_checkpoints(make_cfg, tiny_model_di
     assert state["version"] == 4 and state["checkpoint"]["version"] == 4 and state["checkpoint"]["path"] == str(hf.resolve())
     pv = BufferClient(cfg).policy_version()
     assert pv.version == 4 and pv.step == 4
-    import redis
-
-    from common.redis_keys import RedisKeys
-
-    ls = redis.Redis.from_url(cfg.redis.url).hgetall(RedisKeys(cfg.redis.namespace).learner_state)
-    assert ls[b"status"] == b"finished" and ls[b"step"] == b"4" and ls[b"version"] == b"4"
+    assert summary["status"] == "finished"
     # metrics: every step has the promised figures; eval hook ran every 2 steps
     rows = [json.loads(line) for line in (tmp_path / "run" / "learner_metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["prefix"] == "train"]

@@ -44,7 +44,7 @@ def test_server_registry_heartbeats_expire(client):
     assert client.live_servers()["srv-a"]["loaded_version"] == 2  # kept alive by the heartbeat
     time.sleep(1.1)
     assert set(client.live_servers()) == {"srv-b"}  # expired heartbeat: not live (and pruned)
-    assert client.r.hexists(client.keys.servers, "srv-a") == 0
+    assert client.r.hexists(client.keys.rollout_servers, "srv-a") == 0
     client.unregister_server("srv-b")
     assert client.live_servers() == {}
     with pytest.raises(BadArgumentError):
