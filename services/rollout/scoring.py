@@ -70,7 +70,7 @@ class HttpScorer:
         return out
 
     async def close(self) -> None:
-        self.client.close()
+        await self.client.aclose()
 
 
 class LocalScorer:

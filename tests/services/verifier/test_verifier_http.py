@@ -231,6 +231,45 @@ def test_client_sync_async_batching_and_errors(server) -> None:
     assert "after 3 attempts" in str(err.value) and time.perf_counter() - t0 < 5
 
 
+def test_async_client_keeps_its_connection_across_calls(server) -> None:
+    """Consecutive ``averify`` calls on one loop reuse one kept-alive connection (a client per call
+    would open a new connection, and build a new TLS context, every time); a new loop gets its own."""
+    url, _ = server
+    port = int(url.rsplit(":", 1)[1])
+    accepted = 0
+
+    async def main() -> list[bool]:
+        nonlocal accepted
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            finally:
+                writer.close()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal accepted
+            accepted += 1
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", port)
+            await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer), return_exceptions=True)
+
+        proxy = await asyncio.start_server(handle, "127.0.0.1", 0)
+        proxy_port = proxy.sockets[0].getsockname()[1]
+        client = VerifierClient(f"http://127.0.0.1:{proxy_port}", timeout_s=30, retries=0)
+        out = []
+        for i in range(5):
+            (res,) = await client.averify([(f"\\boxed{{{i}}}", str(i))])
+            out.append(res.correct)
+        await client.aclose()
+        proxy.close()
+        return out
+
+    assert asyncio.run(main()) == [True] * 5
+    assert accepted == 1
+
+
 def test_sigterm_stops_the_server_and_all_its_workers(server) -> None:
     url, proc = server
     children = psutil.Process(proc.pid).children(recursive=True)
