@@ -83,6 +83,11 @@ def run_config(base: RethinkerConfig, spec: RunSpec, *, out: Path, warm_model: s
     return cfg
 
 
+def _fmt(x: float | None, digits: int) -> str:
+    """A figure for the progress line; a run without training steps has none ("-")."""
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
 def _mean(xs: Sequence[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
@@ -294,15 +299,22 @@ def run_ablation(
         reset_namespace(rcfg)
         t0 = time.monotonic()
         result = run_system(rcfg)
+        if result.stopped_by is not None:  # the grid was asked to stop: the cut-short run is not recorded
+            reset_namespace(rcfg)
+            print(f"ablate: stopped by {result.stopped_by} during {spec.name}; {len(runs)} runs recorded in "
+                  f"{result_path} (run again with --resume to go on)", file=sys.stderr)
+            doc = _write(result_path, meta, runs, time.monotonic() - t_start)
+            doc["stopped_by"] = result.stopped_by
+            return doc
         rec = run_record(spec, read_learner_metrics(Path(rcfg.run.run_dir)), initial=initial,
                          wall_s=time.monotonic() - t0, returncode=result.returncode)
         reset_namespace(rcfg)
         runs.append(rec)
         if progress:
             f = rec["figures"]
-            print(f"[{i + 1}/{len(specs)}] {spec.name}: final accuracy {f['final_accuracy']:.3f}, "
-                  f"steps to 0.8 {f['steps_to_0.8']}, replayed share {f['replayed_share']:.3f}, "
-                  f"effective {f['effective_share_first']:.2f} -> {f['effective_share_last']:.2f}, "
+            print(f"[{i + 1}/{len(specs)}] {spec.name}: final accuracy {_fmt(f['final_accuracy'], 3)}, "
+                  f"steps to 0.8 {f['steps_to_0.8']}, replayed share {_fmt(f['replayed_share'], 3)}, "
+                  f"effective {_fmt(f['effective_share_first'], 2)} -> {_fmt(f['effective_share_last'], 2)}, "
                   f"{rec['wall_s']:.0f} s (total {time.monotonic() - t_start:.0f} s)", flush=True)
         if result.returncode != 0:
             print(f"ablate: run {spec.name} failed (exit {result.returncode}); see {rcfg.run.run_dir}/logs", file=sys.stderr)
@@ -372,4 +384,6 @@ def cmd_ablate(args: Any) -> int:
     print(f"results: {Path(args.out or cfg.run.run_dir) / 'ablation.json'}")
     for p in doc.get("plots", []):
         print(f"curve:   {p}")
+    if doc.get("stopped_by"):
+        return 130 if doc["stopped_by"] == "SIGINT" else 143
     return 0 if all(r["returncode"] == 0 for r in doc["runs"]) else 1

@@ -67,6 +67,7 @@ class RunResult:
     buffer_stats: dict[str, Any] = field(default_factory=dict)
     dashboard_url: str = ""
     restarts: dict[str, int] = field(default_factory=dict)  # supervised restarts per child
+    stopped_by: str | None = None  # the signal (SIGINT / SIGTERM) that ended the run early, if any
 
 
 def probe_services(cfg: RethinkerConfig, children: list[Child]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
@@ -338,7 +339,8 @@ def run_system(
         http.close()
         result.rollout_status, result.buffer_stats = probe_services(cfg, children)
         if stop_requested["signal"] is not None:
-            log.info("stopping", reason=signal.Signals(stop_requested["signal"]).name)
+            result.stopped_by = signal.Signals(stop_requested["signal"]).name
+            log.info("stopping", reason=result.stopped_by)
     except ServiceDied as exc:
         print(f"rethinker up: {exc}", file=sys.stderr)
         rc = 1

@@ -14,6 +14,7 @@ import pytest
 from common.config import ConfigError, load_config
 from rethinker.ablation import (
     RunSpec,
+    _fmt,
     markdown_table,
     plan_runs,
     run_config,
@@ -106,3 +107,42 @@ def test_cli_refuses_unknown_modes_before_running_anything(tmp_path):
     )
     assert r.returncode == 2 and "bogus" in r.stderr and "modes from" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_signal_stops_the_grid_and_the_cut_short_run_is_not_recorded(tmp_path, monkeypatch):
+    """SIGTERM/SIGINT during a run (the launcher reports ``stopped_by``) ends the whole grid: the
+    runs finished before stay in ablation.json, the interrupted one is left for ``--resume``.  The
+    system launcher is replaced here: the loop of the grid is what is tested."""
+    import rethinker.ablation as ablation
+    import rethinker.demo as demo
+    import rethinker.launcher as launcher
+    import rethinker.local_redis as local_redis
+    import common.model_loading as model_loading
+    from rethinker.launcher import RunResult
+
+    cfg = load_config(ROOT / "configs" / "ablation-cpu.yaml")
+    started: list[str] = []
+    metrics = [{"prefix": "train", "step": s, "samples": 96.0, "replayed": 0.0, "effective_share": 0.9} for s in (1, 2)]
+
+    def fake_run_system(rcfg):
+        started.append(Path(rcfg.run.run_dir).name)
+        return RunResult(returncode=0, wall_s=1.0, stopped_by="SIGTERM" if len(started) == 2 else None)
+
+    monkeypatch.setattr(launcher, "run_system", fake_run_system)
+    monkeypatch.setattr(launcher, "read_learner_metrics", lambda _d: metrics)
+    monkeypatch.setattr(demo, "prepare_data", lambda _c: None)
+    monkeypatch.setattr(demo, "reset_namespace", lambda _c: None)
+    monkeypatch.setattr(model_loading, "ensure_model", lambda _m: None)
+    monkeypatch.setattr(local_redis, "ensure_redis", lambda url: url)
+    monkeypatch.setattr(ablation, "_warm_model", lambda *a, **k: ("warm-model", 0.25))
+
+    doc = ablation.run_ablation(cfg, modes=["grpo", "filter", "ssr"], seeds=[0], rethinks=["off"],
+                                out=tmp_path, progress=False)
+    assert started == ["grpo-rethink_off-s0", "filter-rethink_off-s0"]  # ssr never started
+    assert doc["stopped_by"] == "SIGTERM"
+    saved = json.loads((tmp_path / "ablation.json").read_text())
+    assert [r["name"] for r in saved["runs"]] == ["grpo-rethink_off-s0"]
+
+
+def test_progress_figures_of_a_run_without_training_steps():
+    assert _fmt(None, 2) == "-" and _fmt(0.5, 3) == "0.500"
