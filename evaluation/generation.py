@@ -57,7 +57,7 @@ class Decoder(Protocol):
 
 
 def greedy_params(max_new_tokens: int) -> Any:
-    from services.rollout.engines.base import SamplingParams
+    from services.rollout.engines import SamplingParams
 
     return SamplingParams(n=1, temperature=0.0, top_p=1.0, top_k=-1, max_new_tokens=max_new_tokens)
 
@@ -78,7 +78,7 @@ class EngineDecoder:
     async def decode(
         self, prompts: Sequence[EvalPrompt], *, max_new_tokens: int, rethink_trigger: str | None = None
     ) -> list[Decoded]:
-        from services.rollout.engines.base import GenerationRequest
+        from services.rollout.engines import GenerationRequest
 
         if not prompts:
             return []
