@@ -15,19 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 from common.config import RethinkerConfig
-from common.weight_transport.base import (
-    Bucket,
-    JoinRecord,
-    OnWeights,
-    RoundDescriptor,
-    SyncReport,
-    TensorSpec,
-    WeightReceiver,
-    WeightSender,
-    WeightSyncError,
-    plan_buckets,
-    specs_of,
-)
+from common.interfaces import OnWeights, WeightReceiver, WeightSender
+from common.schemas.weights import JoinRecord, RoundDescriptor, SyncReport, TensorSpec, WeightSyncError
+from common.weight_transport.base import Bucket, plan_buckets, specs_of
 
 __all__ = [
     "Bucket",

@@ -19,7 +19,8 @@ import torch
 import torch.distributed as dist
 
 from common.config import RethinkerConfig
-from common.weight_transport.base import JoinRecord, OnWeights, WeightSyncError, dtype_name, dtype_of
+from common.interfaces import OnWeights
+from common.schemas.weights import JoinRecord, WeightSyncError, dtype_name, dtype_of
 from common.weight_transport.nccl import _resolve_device
 from common.weight_transport.protocol import Backend, Channel, RoundReceiver, RoundSender
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch.distributed as dist
 
 from common.config import RethinkerConfig
-from common.weight_transport.base import OnWeights
+from common.interfaces import OnWeights
 from common.weight_transport.protocol import Backend, Channel, ProcessGroupChannel, RoundReceiver, RoundSender
 
 

@@ -22,7 +22,8 @@ import torch
 import torch.distributed as dist
 
 from common.config import RethinkerConfig
-from common.weight_transport.base import OnWeights, WeightSyncError
+from common.interfaces import OnWeights
+from common.schemas.weights import WeightSyncError
 from common.weight_transport.protocol import Backend, Channel, RoundReceiver, RoundSender
 
 

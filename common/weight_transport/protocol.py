@@ -16,7 +16,6 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections import deque
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -27,24 +26,19 @@ from common.config import RethinkerConfig, reveal
 from common.logging import get_logger
 from common.redis_conn import sync_client
 from common.redis_keys import RedisKeys
-from common.weight_transport.base import (
-    Bucket,
+from common.interfaces import OnWeights, WeightReceiver, WeightSender
+from common.schemas.weights import (
+    JoinOutcome,
     JoinRecord,
-    OnWeights,
     RoundDescriptor,
     SyncReport,
     TensorSpec,
-    VersionWaiter,
-    WeightReceiver,
-    WeightSender,
     WeightSyncError,
     dtype_of,
     manifest_from_json,
     manifest_to_json,
-    plan_buckets,
-    round_secret,
-    token_proof,
 )
+from common.weight_transport.base import Bucket, VersionWaiter, plan_buckets, round_secret, token_proof
 
 log = get_logger("weight_sync")
 
@@ -478,28 +472,6 @@ class RoundSender(WeightSender):
 
 
 # --------------------------------------------------------------------------- participant
-
-
-@dataclass
-class JoinOutcome:
-    """What one participant did in one round (JSON-able: it crosses process boundaries)."""
-
-    member_id: str
-    round_id: str
-    version: int
-    joined: bool = False  # was given a rank (False: not invited, or too late)
-    ok: bool = False  # every bucket received, the round confirmed, and ``deliver`` returned
-    tensors: int = 0
-    num_bytes: int = 0
-    seconds: float = 0.0
-    error: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @staticmethod
-    def from_dict(data: dict[str, Any]) -> "JoinOutcome":
-        return JoinOutcome(**{k: data[k] for k in JoinOutcome.__dataclass_fields__ if k in data})
 
 
 class RoundParticipant:

@@ -25,33 +25,14 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from common.config import RethinkerConfig, reveal
-from common.weight_transport.base import JoinRecord, RoundDescriptor, WeightSyncError, token_proof
-from common.weight_transport.protocol import Backend, Channel, JoinOutcome, RoundReceiver, log, redis_now
+from common.schemas.weights import JoinOutcome, JoinRecord, RoundDescriptor, WeightSyncError, WorkerMember
+from common.weight_transport.base import token_proof
+from common.weight_transport.protocol import Backend, Channel, RoundReceiver, log, redis_now
 
 BACKENDS = ("gloo", "nccl", "cuda_ipc")
-
-
-@dataclass(frozen=True)
-class WorkerMember:
-    """One worker that receives rounds itself (what its ``weight_sync_init`` returned)."""
-
-    member_id: str
-    gpu_uuid: str = ""  # cuda_ipc: the worker's GPU (the sender invites only members on its GPU)
-    pid: int = 0
-    host: str = ""
-
-    @staticmethod
-    def from_dict(data: dict[str, Any]) -> "WorkerMember":
-        return WorkerMember(
-            member_id=str(data["member_id"]),
-            gpu_uuid=str(data.get("gpu_uuid", "")),
-            pid=int(data.get("pid", 0)),
-            host=str(data.get("host", "")),
-        )
 
 
 JoinWorkers = Callable[[RoundDescriptor, list[str], bool], Sequence[JoinOutcome]]

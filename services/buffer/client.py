@@ -38,21 +38,19 @@ from common.config import RethinkerConfig
 from common.redis_conn import async_client, sync_client
 from common.redis_keys import RedisKeys
 from common.schemas import Group, PolicyVersion, PromptTask, Sample
-from services.buffer import protocol as P
-from services.buffer.fastcodec import task_of_group_frame
-from services.buffer.library import ensure_library, ensure_library_async, is_missing_function
-from services.buffer.protocol import (
+from common.schemas.buffer import (
     AddGroupResult,
-    BadArgumentError,
-    BufferError,
     ClaimedTask,
-    MalformedGroupError,
     PublishResult,
     QueueStats,
     SampledBatch,
     SampleRecord,
     StoreSizes,
 )
+from services.buffer import protocol as P
+from services.buffer.fastcodec import task_of_group_frame
+from services.buffer.library import ensure_library, ensure_library_async, is_missing_function
+from services.buffer.protocol import BadArgumentError, BufferError, MalformedGroupError
 from services.buffer.stats import STATS_MAX_LAG, build_stats
 
 __all__ = [

@@ -35,12 +35,15 @@ from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence, Union
 
 import numpy as np
 
 from common.config import RethinkerConfig, SamplingConfig
 from common.schemas import PromptTask
+
+if TYPE_CHECKING:
+    from common.schemas.weights import JoinOutcome, WorkerMember
 
 FinishReason = Literal["stop", "length"]
 
@@ -345,11 +348,11 @@ class Engine(ABC):
     """True: weight-sync rounds are received by the engine's workers (``init_worker_receive``,
     ``receive_round``); the rollout server only coordinates."""
 
-    async def init_worker_receive(self, server_id: str) -> list[Any]:
+    async def init_worker_receive(self, server_id: str) -> list[WorkerMember]:
         """Make every worker a weight-sync member; returns their ``WorkerMember`` list."""
         raise EngineError(f"engine {self.name!r} receives weights in the server process")
 
-    async def receive_round(self, round_json: str, *, mode: str) -> list[Any]:
+    async def receive_round(self, round_json: str, *, mode: str) -> list[JoinOutcome]:
         """Run one weight-sync round in every worker (``mode``: stage / load / discard); returns their
         ``JoinOutcome`` list.  ``load`` holds generation back and sets the version when all loaded."""
         raise EngineError(f"engine {self.name!r} receives weights in the server process")

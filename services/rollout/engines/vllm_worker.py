@@ -107,8 +107,7 @@ class WeightLoaderExtension:
     def weight_sync_receive(self, round_json: str, mode: str) -> dict[str, Any]:
         """Take part in one round (see the module docstring); returns a ``JoinOutcome`` as a dict.
         Failures come back in the outcome (``ok=False``, ``error``), never as an exception."""
-        from common.weight_transport.base import RoundDescriptor
-        from common.weight_transport.protocol import JoinOutcome
+        from common.schemas.weights import JoinOutcome, RoundDescriptor
 
         participant = getattr(self, "_wsync", None)
         member = getattr(self, "_wsync_member", "")
