@@ -10,17 +10,41 @@ joiners.  A failed round (dead or hung receiver) is reported, never raised.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
+from common.config import RethinkerConfig
+from common.interfaces import VersionPublisher, WeightSender
 from common.logging import get_logger
 from common.schemas import PolicyVersion
 from common.weight_transport import SyncReport, make_sender
 
+if TYPE_CHECKING:
+    import torch
+
+    from common.schemas.weights import TensorSpec
+
 log = get_logger("learner.sync")
 
 
+class ParameterSource(Protocol):
+    """What the sync needs from the learner's engine (``learner.engine.PolicyEngine``)."""
+
+    rank: int
+
+    def manifest(self) -> list[TensorSpec]: ...
+
+    def full_parameters(self, chunk_bytes: int = ...) -> Iterator[torch.Tensor]: ...
+
+
 class WeightSync:
-    def __init__(self, cfg: Any, engine: Any, *, buffer: Any = None, sender: Any = None) -> None:
+    def __init__(
+        self,
+        cfg: RethinkerConfig,
+        engine: ParameterSource,
+        *,
+        buffer: VersionPublisher | None = None,
+        sender: WeightSender | None = None,
+    ) -> None:
         self.cfg = cfg
         self.engine = engine
         self.buffer = buffer

@@ -12,12 +12,18 @@ Engines whose model lives in worker processes (vLLM) receive in the workers: eac
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.config import RethinkerConfig
 from common.interfaces import OnWeights, WeightReceiver, WeightSender
 from common.schemas.weights import JoinRecord, RoundDescriptor, SyncReport, TensorSpec, WeightSyncError
 from common.weight_transport.base import Bucket, plan_buckets, specs_of
+
+if TYPE_CHECKING:
+    from redis import Redis
+    from torch.types import Device
+
+    from common.weight_transport.protocol import Backend
 
 __all__ = [
     "Bucket",
@@ -38,7 +44,7 @@ __all__ = [
 ]
 
 
-def make_sender(cfg: RethinkerConfig, *, redis: Any = None, backend: str | None = None) -> WeightSender:
+def make_sender(cfg: RethinkerConfig, *, redis: Redis | None = None, backend: str | None = None) -> WeightSender:
     """The learner's sender for ``cfg.learner.weight_sync.backend`` (or ``backend``)."""
     name = backend or cfg.learner.weight_sync.backend
     if name == "gloo":
@@ -56,7 +62,7 @@ def make_sender(cfg: RethinkerConfig, *, redis: Any = None, backend: str | None 
     raise ValueError(f"learner.weight_sync.backend: unknown backend {name!r} (gloo, nccl, cuda_ipc)")
 
 
-def make_backend(name: str, *, device: Any = None) -> Any:
+def make_backend(name: str, *, device: Device = None) -> Backend:
     """The data path of one backend (``protocol.Backend``), for a ``RoundParticipant`` in a worker.
     ``device``: where received tensors live for nccl/cuda_ipc (default: the current CUDA device)."""
     if name == "gloo":
@@ -80,8 +86,8 @@ def make_receiver(
     server_id: str,
     on_weights: OnWeights,
     initial_version: int = -1,
-    device: Any = None,
-    redis: Any = None,
+    device: Device = None,
+    redis: Redis | None = None,
     backend: str | None = None,
 ) -> WeightReceiver:
     """A rollout server's receiver; call ``.start()`` then read ``.loaded_version``; ``.stop()`` at exit.
@@ -110,7 +116,7 @@ def make_receiver(
     raise ValueError(f"learner.weight_sync.backend: unknown backend {name!r} (gloo, nccl, cuda_ipc)")
 
 
-def read_sync_state(cfg: RethinkerConfig, redis: Any = None) -> dict[str, Any]:
+def read_sync_state(cfg: RethinkerConfig, redis: Redis | None = None) -> dict[str, Any]:
     """The ``sync_round`` hash decoded: latest ``version``, ``checkpoint`` {path, version, step},
     current ``round`` descriptor and ``last_result`` (for dashboards and late joiners)."""
     import json

@@ -17,7 +17,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import torch
 import torch.distributed as dist
@@ -26,7 +26,7 @@ from common.config import RethinkerConfig, reveal
 from common.logging import get_logger
 from common.redis_conn import sync_client
 from common.redis_keys import RedisKeys
-from common.interfaces import OnWeights, WeightReceiver, WeightSender
+from common.interfaces import OnWeights, WeightReceiver, WeightsArg, WeightSender
 from common.schemas.weights import (
     JoinOutcome,
     JoinRecord,
@@ -40,6 +40,9 @@ from common.schemas.weights import (
 )
 from common.weight_transport.base import Bucket, VersionWaiter, plan_buckets, round_secret, token_proof
 
+if TYPE_CHECKING:
+    from redis import Redis
+
 log = get_logger("weight_sync")
 
 ROUND_FIELD = "round"
@@ -49,12 +52,18 @@ RESULT_FIELD = "last_result"
 PIPELINE_DEPTH = 2  # bucket sends in flight while the next bucket fills
 
 
-def redis_now(r: Any) -> float:
+def redis_now(r: Redis) -> float:
     sec, usec = r.time()
     return float(sec) + float(usec) / 1e6
 
 
 # --------------------------------------------------------------------------- backend hooks
+
+
+class Pending(Protocol):
+    """A transfer in flight: ``wait()`` blocks until it is done."""
+
+    def wait(self) -> object: ...
 
 
 class Channel(ABC):
@@ -70,12 +79,12 @@ class Channel(ABC):
     def confirm(self, status: int) -> int:
         """Collective end-of-round check: returns the sum of every participant's status (0 = all ok)."""
 
-    def isend(self, flat: torch.Tensor, index: int) -> Any:
+    def isend(self, flat: torch.Tensor, index: int) -> Pending:
         """Start sending; returns a handle with ``wait()`` (default: synchronous)."""
         self.send(flat, index)
         return _Done()
 
-    def irecv(self, flat: torch.Tensor, index: int) -> Any:
+    def irecv(self, flat: torch.Tensor, index: int) -> Pending:
         self.recv(flat, index)
         return _Done()
 
@@ -112,7 +121,7 @@ class Backend(ABC):
 class ProcessGroupChannel(Channel):
     """A channel over a torch.distributed backend object built for this round only (gloo, nccl)."""
 
-    def __init__(self, pg: Any, device: torch.device) -> None:
+    def __init__(self, pg: dist.ProcessGroup, device: torch.device) -> None:
         self.pg = pg
         self.device = device
 
@@ -122,10 +131,10 @@ class ProcessGroupChannel(Channel):
     def recv(self, flat: torch.Tensor, index: int) -> None:
         self.pg.broadcast(flat, 0).wait()
 
-    def isend(self, flat: torch.Tensor, index: int) -> Any:
+    def isend(self, flat: torch.Tensor, index: int) -> Pending:
         return self.pg.broadcast(flat, 0)  # gloo runs it on its worker threads; in order by tag
 
-    def irecv(self, flat: torch.Tensor, index: int) -> Any:
+    def irecv(self, flat: torch.Tensor, index: int) -> Pending:
         return self.pg.broadcast(flat, 0)
 
     def confirm(self, status: int) -> int:
@@ -191,7 +200,7 @@ def load_checkpoint_weights(path: str) -> dict[str, torch.Tensor]:
 
 
 class RoundSender(WeightSender):
-    def __init__(self, cfg: RethinkerConfig, backend: Backend, *, redis: Any = None) -> None:
+    def __init__(self, cfg: RethinkerConfig, backend: Backend, *, redis: Redis | None = None) -> None:
         self.cfg = cfg
         self.wcfg = cfg.learner.weight_sync
         self.backend = backend.name
@@ -397,7 +406,7 @@ class RoundSender(WeightSender):
         filled: dict[int, int] = {}
         buffers: dict[int, torch.Tensor] = {}
         owners: dict[int, torch.Tensor] = {}
-        inflight: deque[tuple[Any, str, torch.Tensor]] = deque()
+        inflight: deque[tuple[Pending, str, torch.Tensor]] = deque()
         next_to_send = 0
         done: set[int] = set()
 
@@ -498,7 +507,7 @@ class RoundParticipant:
         """Drop the receive buffers kept for the next round (CPU only keeps them)."""
         self._rx_buffers, self._rx_signature = [], None
 
-    def receive(self, desc: RoundDescriptor, member_id: str, deliver: Callable[[Any], None]) -> JoinOutcome:
+    def receive(self, desc: RoundDescriptor, member_id: str, deliver: Callable[[WeightsArg], None]) -> JoinOutcome:
         """Take part in ``desc`` as ``member_id``.  Returns ``joined=False`` when the sender did not rank
         us (too late); raises on a failed round (timeout, lost peer, bad round, ``deliver`` raising)."""
         t0 = time.perf_counter()
@@ -558,7 +567,7 @@ class RoundParticipant:
             del store
 
     def _receive_stream(
-        self, channel: Channel, specs: list[TensorSpec], plan: list[Bucket], device: torch.device, deliver: Callable[[Any], None]
+        self, channel: Channel, specs: list[TensorSpec], plan: list[Bucket], device: torch.device, deliver: Callable[[WeightsArg], None]
     ) -> None:
         state = {"next": 0}
 
@@ -595,7 +604,7 @@ class RoundReceiver(WeightReceiver):
         server_id: str,
         on_weights: OnWeights,
         initial_version: int = -1,
-        redis: Any = None,
+        redis: Redis | None = None,
     ) -> None:
         if not server_id:
             raise ValueError("server_id must be a non-empty string")

@@ -25,12 +25,18 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import torch.distributed as dist
 
 from common.config import RethinkerConfig, reveal
+from common.interfaces import WeightsArg
 from common.schemas.weights import JoinOutcome, JoinRecord, RoundDescriptor, WeightSyncError, WorkerMember
 from common.weight_transport.base import token_proof
 from common.weight_transport.protocol import Backend, Channel, RoundReceiver, log, redis_now
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 BACKENDS = ("gloo", "nccl", "cuda_ipc")
 
@@ -51,11 +57,11 @@ class _Coordinator(Backend):
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def open(self, store: Any, rank: int, world: int, timeout_s: float) -> Channel:
+    def open(self, store: dist.Store, rank: int, world: int, timeout_s: float) -> Channel:
         raise WeightSyncError("the workers receive this round; the coordinating process has no channel")
 
 
-def _no_weights(weights: Any, version: int) -> None:  # pragma: no cover - never called
+def _no_weights(weights: WeightsArg, version: int) -> None:  # pragma: no cover - never called
     raise WeightSyncError("worker-side receive: weights never reach the coordinating process")
 
 
@@ -76,7 +82,7 @@ class WorkerRoundReceiver(RoundReceiver):
         join_workers: JoinWorkers,
         on_checkpoint: OnCheckpoint,
         initial_version: int = -1,
-        redis: Any = None,
+        redis: Redis | None = None,
         backend: str | None = None,
     ) -> None:
         name = backend or cfg.learner.weight_sync.backend
