@@ -1,7 +1,7 @@
 """Versioned weight broadcast from the learner: gather full weights (ZeRO-3 aware) and send them.
 
 Every rank calls ``WeightSync.sync(version, step)`` (the gather is collective under ZeRO-3); rank 0
-streams the tensors through the ``common.weight_transport`` sender to every live registered rollout
+streams the tensors through the ``weight_transport`` sender to every live registered rollout
 server, then publishes the ``PolicyVersion`` through the buffer client (so rollout servers and the
 buffer's staleness accounting see it).  ``publish_checkpoint`` records an exported HF folder for late
 joiners.  A failed round (dead or hung receiver) is reported, never raised.
@@ -16,7 +16,7 @@ from common.config import RethinkerConfig
 from common.interfaces import VersionPublisher, WeightSender
 from common.logging import get_logger
 from common.schemas import PolicyVersion
-from common.weight_transport import SyncReport, make_sender
+from weight_transport import SyncReport, make_sender
 
 if TYPE_CHECKING:
     import torch

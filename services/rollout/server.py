@@ -3,7 +3,7 @@
 ``RolloutServer(cfg)`` owns:
 
 - the engine (``make_engine(cfg)``), started from ``model.path`` as policy version 0;
-- the weight receiver (``common.weight_transport.make_receiver``): on start it loads the latest
+- the weight receiver (``weight_transport.make_receiver``): on start it loads the latest
   published checkpoint if it is newer, then receives every sync round; its ``on_weights`` callback
   (receiver thread) hands the weights to this loop and blocks until the swap is done
   (``swap_weights``: waits for the running actor batch unless ``rollout.partial_rollouts``);
@@ -164,7 +164,7 @@ class RolloutServer:
         while this server coordinates (``WorkerRoundReceiver``)."""
         self._loop = asyncio.get_running_loop()
         if getattr(self.engine, "worker_receive", False):
-            from common.weight_transport.workers import WorkerRoundReceiver
+            from weight_transport.workers import WorkerRoundReceiver
 
             members = await self.engine.init_worker_receive(self.server_id)
             return WorkerRoundReceiver(
@@ -175,7 +175,7 @@ class RolloutServer:
                 on_checkpoint=self._on_checkpoint,
                 initial_version=self.engine.loaded_version,
             )
-        from common.weight_transport import make_receiver
+        from weight_transport import make_receiver
 
         return make_receiver(
             self.cfg, server_id=self.server_id, on_weights=self._on_weights, initial_version=self.engine.loaded_version

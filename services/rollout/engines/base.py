@@ -15,7 +15,7 @@ Data flow::
 
 Engines whose model lives in worker processes (``worker_receive = True``: vLLM) take weight-sync
 rounds in those workers instead (``init_worker_receive`` / ``receive_round``, see
-``common/weight_transport/workers.py``); ``load_weights`` then takes a checkpoint folder or a
+``weight_transport/workers.py``); ``load_weights`` then takes a checkpoint folder or a
 ``StagedRound`` (weights the workers received and keep).
 
 Log-probs are the policy's raw log-probs (log-softmax of the unprocessed logits, i.e. temperature

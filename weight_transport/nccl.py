@@ -24,7 +24,7 @@ import torch.distributed as dist
 from common.config import RethinkerConfig
 from common.interfaces import OnWeights
 from common.schemas.weights import WeightSyncError
-from common.weight_transport.protocol import Backend, Channel, RoundReceiver, RoundSender
+from weight_transport.protocol import Backend, Channel, RoundReceiver, RoundSender
 
 if TYPE_CHECKING:
     from redis import Redis

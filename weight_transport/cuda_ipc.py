@@ -21,8 +21,8 @@ import torch.distributed as dist
 from common.config import RethinkerConfig
 from common.interfaces import OnWeights
 from common.schemas.weights import JoinRecord, WeightSyncError, dtype_name, dtype_of
-from common.weight_transport.nccl import _resolve_device
-from common.weight_transport.protocol import Backend, Channel, RoundReceiver, RoundSender
+from weight_transport.nccl import _resolve_device
+from weight_transport.protocol import Backend, Channel, RoundReceiver, RoundSender
 
 if TYPE_CHECKING:
     from redis import Redis

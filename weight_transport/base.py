@@ -1,12 +1,12 @@
 """Weight transport: the public interface between the learner (sender) and the rollout servers (receivers).
 
 One protocol, three backends (``gloo.py``, ``nccl.py``, ``cuda_ipc.py``); build them with
-``common.weight_transport.make_sender`` / ``make_receiver``.  The full description, with a sequence
+``weight_transport.make_sender`` / ``make_receiver``.  The full description, with a sequence
 diagram, is docs/weight-sync.md.  In short:
 
 Receiver side (a rollout server)::
 
-    from common.weight_transport import make_receiver
+    from weight_transport import make_receiver
 
     def on_weights(weights, version):          # called in the receiver's background thread
         state = dict(weights)                   # works for both staging modes (see below)

@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from common.config import RethinkerConfig
 from common.interfaces import OnWeights
-from common.weight_transport.protocol import Backend, Channel, ProcessGroupChannel, RoundReceiver, RoundSender
+from weight_transport.protocol import Backend, Channel, ProcessGroupChannel, RoundReceiver, RoundSender
 
 if TYPE_CHECKING:
     from redis import Redis

@@ -38,7 +38,7 @@ from common.schemas.weights import (
     manifest_from_json,
     manifest_to_json,
 )
-from common.weight_transport.base import Bucket, VersionWaiter, plan_buckets, round_secret, token_proof
+from weight_transport.base import Bucket, VersionWaiter, plan_buckets, round_secret, token_proof
 
 if TYPE_CHECKING:
     from redis import Redis

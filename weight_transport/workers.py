@@ -32,8 +32,8 @@ import torch.distributed as dist
 from common.config import RethinkerConfig, reveal
 from common.interfaces import WeightsArg
 from common.schemas.weights import JoinOutcome, JoinRecord, RoundDescriptor, WeightSyncError, WorkerMember
-from common.weight_transport.base import token_proof
-from common.weight_transport.protocol import Backend, Channel, RoundReceiver, log, redis_now
+from weight_transport.base import token_proof
+from weight_transport.protocol import Backend, Channel, RoundReceiver, log, redis_now
 
 if TYPE_CHECKING:
     from redis import Redis
