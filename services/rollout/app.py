@@ -310,7 +310,9 @@ def create_app(server: RolloutServer | None) -> FastAPI:
     return app
 
 
-async def _force_rethink(server: Any, prompt: Any, params: SamplingParams, rid: str, choices: list[dict[str, Any]]) -> None:
+async def _force_rethink(
+    server: RolloutServer, prompt: PromptInputs, params: SamplingParams, rid: str, choices: list[dict[str, Any]]
+) -> None:
     """Test-time rethinking: every EOS-ended answer is continued after ``rethink.eval_trigger``."""
     engine = server.engine
     rcfg = server.cfg.algorithm.rethink
