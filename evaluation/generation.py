@@ -185,7 +185,7 @@ class ModelDecoder:
                 grids.append(t["image_grid_thw"])
         width = max(s.numel() for s in seqs)
 
-        def lpad(x: Any, value: int) -> Any:
+        def lpad(x: torch.Tensor, value: int) -> torch.Tensor:
             return torch.cat([torch.full((width - x.numel(),), value, dtype=x.dtype), x])
 
         batch = {

@@ -47,11 +47,11 @@ if TYPE_CHECKING:
 log = get_logger("evaluation.periodic")
 
 
-def _is_engine(obj: Any) -> bool:
+def _is_engine(obj: object) -> bool:
     return hasattr(obj, "encode_question") and hasattr(obj, "continue_from") and hasattr(obj, "generate")
 
 
-def _is_decoder(obj: Any) -> bool:
+def _is_decoder(obj: object) -> bool:
     return hasattr(obj, "decode") and asyncio.iscoroutinefunction(obj.decode) and hasattr(obj, "max_inflight")
 
 
