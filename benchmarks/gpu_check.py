@@ -22,7 +22,7 @@ runs the three steps below there).  Three sub-commands:
   ``hf_engine``: tokens/s of the hf engine generating ``--n`` samples of ``--new-tokens`` tokens for
   one image prompt on the same model.
   ``ipc_sync``: the model's weights from this process to a rollout process through
-  ``common.weight_transport`` (``cuda_ipc`` on a GPU, ``gloo`` on CPU): GB/s of the transfer and of
+  ``weight_transport`` (``cuda_ipc`` on a GPU, ``gloo`` on CPU): GB/s of the transfer and of
   the whole round, against a raw device-to-device copy of the same bytes in one process, and
   ``verified_equal`` (per-tensor fingerprints of what the receiver loaded equal the sender's).
   ``system``: ``rethinker up`` with the tiny model for ``--system-steps`` steps on the device:
@@ -257,12 +257,12 @@ def peak_tflops(device_name: str, override: float | None) -> float | None:
 
 
 def arch_config(tok: Any, arch: str) -> Any:
-    """The model config: ``tiny`` (common.tiny_model) or ``3b`` (Qwen2.5-VL-3B-Instruct's architecture:
+    """The model config: ``tiny`` (devtools.tiny_model) or ``3b`` (Qwen2.5-VL-3B-Instruct's architecture:
     hidden 2048, 36 layers, 16 heads / 2 KV heads, MLP 11008, vocabulary 151936, tied embeddings;
     vision depth 32, width 1280)."""
     from transformers import Qwen2_5_VLConfig
 
-    from common.tiny_model import make_config
+    from devtools.tiny_model import make_config
 
     base = make_config(tok, "tiny")
     if arch == "tiny":
@@ -293,9 +293,9 @@ def arch_config(tok: Any, arch: str) -> Any:
 
 
 def build_model_folder(out: Path, arch: str, device: str, seed: int = 0) -> Path:
-    """A model folder (weights in bf16 for ``3b``; ``tiny`` is common.tiny_model's build)."""
+    """A model folder (weights in bf16 for ``3b``; ``tiny`` is devtools.tiny_model's build)."""
     if arch == "tiny":
-        from common.tiny_model import ensure_tiny_model
+        from devtools.tiny_model import ensure_tiny_model
 
         return ensure_tiny_model(out, seed=seed, size="tiny")
     if (out / "config.json").exists() and list(out.glob("*.safetensors")):
@@ -303,7 +303,7 @@ def build_model_folder(out: Path, arch: str, device: str, seed: int = 0) -> Path
     import torch
     from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
 
-    from common.tiny_model import SUPPRESSED_TOKENS, build_tokenizer, make_processor
+    from devtools.tiny_model import SUPPRESSED_TOKENS, build_tokenizer, make_processor
 
     tok = build_tokenizer()
     cfg = arch_config(tok, arch)
@@ -333,7 +333,7 @@ def build_model_folder(out: Path, arch: str, device: str, seed: int = 0) -> Path
 
 def synth_rows(cache: Path, n: int = 16) -> list[Any]:
     from common.data.loader import load_rows
-    from common.data.synth import synth_dataset
+    from devtools.synth_data import synth_dataset
 
     data = cache / "synth"
     if not (data / "train.parquet").exists():
@@ -474,7 +474,7 @@ def role_ipc_receiver(cfg_path: str, out_dir: str) -> None:
     """The rollout process of ``ipc_sync``: receives rounds, copies into its own tensors (what an
     engine does), writes the fingerprints of what it holds to ``<out_dir>/v<version>.json``."""
     from common.config import config_from_json
-    from common.weight_transport import make_receiver
+    from weight_transport import make_receiver
 
     cfg = config_from_json(Path(cfg_path).read_text())
     held: dict[str, Any] = {}
@@ -505,8 +505,8 @@ def part_ipc_sync(a: argparse.Namespace, model_dir: Path, cache: Path) -> dict[s
     import torch
 
     from common.config import config_to_json, load_config
-    from common.weight_transport import TensorSpec, make_sender
-    from common.weight_transport.protocol import load_checkpoint_weights
+    from weight_transport import TensorSpec, make_sender
+    from weight_transport.protocol import load_checkpoint_weights
 
     on_gpu = a.device != "cpu"
     backend = "cuda_ipc" if on_gpu else "gloo"

@@ -238,7 +238,7 @@ def main() -> None:
 
     import torch
 
-    from common.tiny_model import build_tiny_model
+    from devtools.tiny_model import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp_p = Path(tmp)

@@ -85,7 +85,7 @@ def role_raw(addr: str, port: int, rank: int, world: int, nbytes: int, rounds: i
 
 def role_receiver(cfg_json: str, server_id: str) -> None:
     from common.config import config_from_json
-    from common.weight_transport import make_receiver
+    from weight_transport import make_receiver
 
     cfg = config_from_json(Path(cfg_json).read_text())
     seen = []
@@ -108,7 +108,7 @@ def bench_transport(args) -> dict:
     import torch.distributed as dist
 
     from common.config import config_to_json, load_config
-    from common.weight_transport import TensorSpec, make_sender
+    from weight_transport import TensorSpec, make_sender
 
     weights = model_like_tensors(args.mb)
     specs = [TensorSpec.of(n, t) for n, t in weights.items()]
@@ -244,9 +244,9 @@ def bench_learner_step(repeats: int) -> dict:
 
     from common.config import load_config
     from common.data.loader import load_rows
-    from common.data.synth import synth_dataset
+    from devtools.synth_data import synth_dataset
     from common.model_loading import load_processor
-    from common.tiny_model import ensure_tiny_model
+    from devtools.tiny_model import ensure_tiny_model
     from learner.batching import PromptCache, build_items
     from learner.policy_model import PolicyModel
     from learner.loss import LossConfig

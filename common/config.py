@@ -407,7 +407,7 @@ class RolloutConfig(Section):
 
 
 class WeightSyncConfig(Section):
-    """Learner -> rollout weight broadcast (common.weight_transport, docs/weight-sync.md)."""
+    """Learner -> rollout weight broadcast (weight_transport, docs/weight-sync.md)."""
 
     backend: Literal["gloo", "nccl", "cuda_ipc"] = "gloo"
     master_addr: str = "127.0.0.1"  # address the learner's rendezvous store listens on / receivers dial
@@ -517,7 +517,7 @@ class LauncherConfig(Section):
     warmup_sft_steps: int = 0  # CPU demo: short format warm-up before RL
     warmup_sft_lr: float | None = None  # learning rate of the warm-up (default learner.lr)
     demo_data_kinds: list[str] = ["dominant_color"]  # synthetic question kinds the demo generates
-    demo_data_levels: list[int] = [0]  # difficulty levels of dominant_color (common/data/synth.py)
+    demo_data_levels: list[int] = [0]  # difficulty levels of dominant_color (devtools/synth_data.py)
     demo_data_n: int = Field(2000, ge=8)  # synthetic rows (train + eval) the demo generates
 
 

@@ -194,7 +194,7 @@ def ensure_model(model_cfg: "ModelConfig") -> str:
     ``build_tiny_if_missing`` is set; otherwise returns ``model.path`` unchanged."""
     path = model_cfg.path
     if model_cfg.build_tiny_if_missing:
-        from common.tiny_model import ensure_tiny_model, read_stamp
+        from devtools.tiny_model import ensure_tiny_model, read_stamp
 
         p = Path(path).expanduser()
         if p.is_dir() and read_stamp(p) is None and any(p.iterdir()):

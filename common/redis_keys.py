@@ -13,7 +13,7 @@ no longer enough: one tag per shard, ``{<shard>}``).
 Each fact has one owner, the only module that writes it (docs/buffer.md, "Who writes, who reads"):
 ``{q}`` / ``{s}`` / ``policy_version*`` / ``rollout_server*``: ``services.buffer.client`` (modules
 ``queue``, ``store``, ``versions``, ``registry``); ``sync_round`` / ``sync_members``:
-``common.weight_transport``.
+``weight_transport``.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ class RedisKeys:
 
     @property
     def sync_round(self) -> str:
-        """Hash of the weight sync (``common.weight_transport``): field ``round`` (the current round's
+        """Hash of the weight sync (``weight_transport``): field ``round`` (the current round's
         descriptor), ``checkpoint`` (the checkpoint pointer for late joiners), ``last_result`` (the
         last round's report)."""
         return self._k("w", "sync_round")

@@ -21,11 +21,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 
 from evaluation.prompts import EvalPrompt
+
+if TYPE_CHECKING:
+    from services.rollout.engines import Engine, PromptInputs, SamplingParams
 
 
 @dataclass(slots=True)
@@ -56,7 +59,7 @@ class Decoder(Protocol):
     async def aclose(self) -> None: ...
 
 
-def greedy_params(max_new_tokens: int) -> Any:
+def greedy_params(max_new_tokens: int) -> SamplingParams:
     from services.rollout.engines import SamplingParams
 
     return SamplingParams(n=1, temperature=0.0, top_p=1.0, top_k=-1, max_new_tokens=max_new_tokens)
@@ -67,12 +70,12 @@ class EngineDecoder:
 
     _ids = itertools.count()
 
-    def __init__(self, engine: Any, *, owns_engine: bool = False) -> None:
+    def __init__(self, engine: Engine, *, owns_engine: bool = False) -> None:
         self.engine = engine
         self.max_inflight = 1  # one process: batches run one after the other
         self._owns = owns_engine
 
-    def _encode(self, p: EvalPrompt) -> Any:
+    def _encode(self, p: EvalPrompt) -> PromptInputs:
         return self.engine.encode_question(p.question, p.images, p.suffix)
 
     async def decode(
@@ -131,8 +134,8 @@ class ModelDecoder:
 
     def __init__(
         self,
-        model: Any,
-        processor: Any,
+        model: Any,  # transformers PreTrainedModel, untyped
+        processor: Any,  # transformers ProcessorMixin, untyped
         *,
         min_pixels: int | None = None,
         max_pixels: int | None = None,
@@ -182,7 +185,7 @@ class ModelDecoder:
                 grids.append(t["image_grid_thw"])
         width = max(s.numel() for s in seqs)
 
-        def lpad(x: Any, value: int) -> Any:
+        def lpad(x: torch.Tensor, value: int) -> torch.Tensor:
             return torch.cat([torch.full((width - x.numel(),), value, dtype=x.dtype), x])
 
         batch = {

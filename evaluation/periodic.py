@@ -29,7 +29,7 @@ import concurrent.futures
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.config import RethinkerConfig
 from common.logging import get_logger
@@ -39,18 +39,29 @@ from evaluation.generation import Decoder, EngineDecoder, ModelDecoder
 from evaluation.judging import Judge
 from evaluation.runner import EvalRunner, RunSettings
 
+if TYPE_CHECKING:
+    import torch
+
+    from services.rollout.engines import Engine
+
 log = get_logger("evaluation.periodic")
 
 
-def _is_engine(obj: Any) -> bool:
+def _is_engine(obj: object) -> bool:
     return hasattr(obj, "encode_question") and hasattr(obj, "continue_from") and hasattr(obj, "generate")
 
 
-def _is_decoder(obj: Any) -> bool:
+def _is_decoder(obj: object) -> bool:
     return hasattr(obj, "decode") and asyncio.iscoroutinefunction(obj.decode) and hasattr(obj, "max_inflight")
 
 
-def make_decoder_for(cfg: RethinkerConfig, engine_or_model: Any, processor: Any = None, *, max_batch: int | None = None) -> Decoder:
+def make_decoder_for(
+    cfg: RethinkerConfig,
+    engine_or_model: Engine | Decoder | torch.nn.Module,
+    processor: Any = None,  # transformers ProcessorMixin, untyped
+    *,
+    max_batch: int | None = None,
+) -> Decoder:
     """Wrap an engine, a model object or a decoder into a ``Decoder``."""
     if _is_decoder(engine_or_model):
         return engine_or_model
@@ -183,9 +194,9 @@ class EvalFn:
 
 def make_eval_fn(
     cfg: RethinkerConfig,
-    engine_or_model: Any,
+    engine_or_model: Engine | Decoder | torch.nn.Module,
     *,
-    processor: Any = None,
+    processor: Any = None,  # transformers ProcessorMixin, untyped
     benchmarks: list[str] | None = None,
     data_dir: str | None = None,
     max_items: int | None = None,

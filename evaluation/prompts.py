@@ -2,7 +2,7 @@
 
 The prompt is exactly what training uses (spec section 2 and 7): the question with its ``<image>``
 placeholders, the options listed the way our ViRL39K-format data lists them ("\\nChoices:\\nA. ...",
-see common/data/synth.py), then the prompt suffix ``data.prompt_suffix`` ("\\n\\nPlease reason step
+see devtools/synth_data.py), then the prompt suffix ``data.prompt_suffix`` ("\\n\\nPlease reason step
 by step, and put your final answer within \\boxed{}."); images are resized under
 ``data.min_pixels`` / ``data.max_pixels`` by whoever builds the model inputs.  Chat messages are
 built by ``common.data.prompts.build_messages`` so that placeholders map to images as in training.

@@ -30,6 +30,7 @@ from common.config import RethinkerConfig
 from common.data.schema import DataRow
 from common.logging import get_logger
 from common.schemas import PromptTask
+from common.schemas.buffer import PublishResult
 from common.staleness import staleness_bound
 
 log = get_logger("learner.feeder")
@@ -52,7 +53,7 @@ class PromptFeeder:
         cfg: RethinkerConfig,
         rows: Sequence[DataRow],
         *,
-        publish: Callable[[list[PromptTask]], Any],
+        publish: Callable[[list[PromptTask]], PublishResult | None],
         can_publish: Callable[[], int] | None = None,
         batch: int = 64,
     ) -> None:

@@ -25,7 +25,7 @@ import torch
 
 from common.config import RethinkerConfig
 from common.logging import get_logger
-from common.weight_transport.base import TensorSpec, dtype_name
+from common.schemas.weights import TensorSpec, dtype_name
 
 log = get_logger("learner")
 

@@ -1,7 +1,7 @@
 """Versioned weight broadcast from the learner: gather full weights (ZeRO-3 aware) and send them.
 
 Every rank calls ``WeightSync.sync(version, step)`` (the gather is collective under ZeRO-3); rank 0
-streams the tensors through the ``common.weight_transport`` sender to every live registered rollout
+streams the tensors through the ``weight_transport`` sender to every live registered rollout
 server, then publishes the ``PolicyVersion`` through the buffer client (so rollout servers and the
 buffer's staleness accounting see it).  ``publish_checkpoint`` records an exported HF folder for late
 joiners.  A failed round (dead or hung receiver) is reported, never raised.
@@ -10,17 +10,41 @@ joiners.  A failed round (dead or hung receiver) is reported, never raised.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
+from common.config import RethinkerConfig
+from common.interfaces import VersionPublisher, WeightSender
 from common.logging import get_logger
 from common.schemas import PolicyVersion
-from common.weight_transport import SyncReport, make_sender
+from weight_transport import SyncReport, make_sender
+
+if TYPE_CHECKING:
+    import torch
+
+    from common.schemas.weights import TensorSpec
 
 log = get_logger("learner.sync")
 
 
+class ParameterSource(Protocol):
+    """What the sync needs from the learner's policy (``learner.policy_model.PolicyModel``)."""
+
+    rank: int
+
+    def manifest(self) -> list[TensorSpec]: ...
+
+    def full_parameters(self, chunk_bytes: int = ...) -> Iterator[torch.Tensor]: ...
+
+
 class WeightSync:
-    def __init__(self, cfg: Any, policy: Any, *, buffer: Any = None, sender: Any = None) -> None:
+    def __init__(
+        self,
+        cfg: RethinkerConfig,
+        policy: ParameterSource,
+        *,
+        buffer: VersionPublisher | None = None,
+        sender: WeightSender | None = None,
+    ) -> None:
         self.cfg = cfg
         self.policy = policy
         self.buffer = buffer

@@ -29,16 +29,20 @@ import json
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from common.config import ConfigError, RethinkerConfig
+from common.data.schema import DataRow
+from common.interfaces import LearnerBuffer
 from common.logging import get_logger
 from common.schemas import PromptTask, Sample
 from learner.batching import PromptCache, TrainItem, build_items
 from learner.checkpoint import CheckpointManager
+from learner.feeder import PromptFeeder
 from learner.policy_model import PolicyModel, samples_per_step
 from learner.loss import LossConfig
 from learner.metrics import MetricsSink
@@ -67,8 +71,8 @@ class Trainer:
         self,
         cfg: RethinkerConfig,
         *,
-        buffer: Any = None,
-        rows: Sequence[Any] | None = None,
+        buffer: LearnerBuffer | None = None,
+        rows: Sequence[DataRow] | None = None,
         eval_fn: EvalFn | None = None,
         progress: bool = False,
         policy: PolicyModel | None = None,
@@ -93,8 +97,8 @@ class Trainer:
         self.step = 0
         self.version = 0
         self.version_offset = 0  # version - step; > 0 after a resume that continued above published versions
-        self.buffer = None
-        self.feeder = None
+        self.buffer: LearnerBuffer | None = None
+        self.feeder: PromptFeeder | None = None
         self._stop = False
         self._groups_seen: int | None = None
         self._empty_rounds = 0  # consecutive rounds of new groups without an effective response
@@ -108,8 +112,6 @@ class Trainer:
 
                 buffer = BufferClient(cfg)
             self.buffer = buffer
-            from learner.feeder import PromptFeeder
-
             if rows is None:
                 rows = load_training_rows(cfg, self.processor)
             self.feeder = PromptFeeder(cfg, rows, publish=buffer.publish_tasks, can_publish=buffer.can_publish)
@@ -264,7 +266,7 @@ class Trainer:
         by further draws after further rounds of groups; with ``train`` it is trained as it is."""
         import torch.distributed as dist
 
-        payload: list[Any] = [None]
+        payload: list[Batch | None] = [None]
         idle = 0.0
         if self.rank == 0:
             idle = self.wait_for_data()
@@ -293,7 +295,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _install_signals(self) -> None:
-        def handler(signum: int, frame: Any) -> None:  # noqa: ARG001
+        def handler(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
             log.info("stop_requested", signal=signum)
             self._stop = True
 
@@ -415,7 +417,7 @@ class Trainer:
         self.sync.close()
 
 
-def load_training_rows(cfg: RethinkerConfig, processor: Any = None) -> list[Any]:
+def load_training_rows(cfg: RethinkerConfig, processor: Any = None) -> list[DataRow]:  # processor: transformers ProcessorMixin, untyped
     """The training split with the config's selection, minus prompts longer than max_prompt_tokens."""
     from common.data.loader import drop_long_prompts, load_split
 

@@ -145,8 +145,8 @@ class ChaosRun:
     # ---- setup
     def prepare(self) -> None:
         """The tiny model (shared cache) and a small synthetic data set for this run."""
-        from common.data.synth import synth_dataset
-        from common.tiny_model import ensure_tiny_model
+        from devtools.synth_data import synth_dataset
+        from devtools.tiny_model import ensure_tiny_model
 
         cache = Path(os.environ.get("RETHINKER_CACHE_DIR") or ROOT / ".cache")
         model = ensure_tiny_model(cache / "tiny-model-seed0", seed=0, size="tiny")

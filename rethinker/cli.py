@@ -91,7 +91,7 @@ def _add_tiny_model(sub: argparse._SubParsersAction) -> None:
     b.add_argument("dir", metavar="DIR")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--size", choices=["tiny", "small"], default="tiny")
-    b.set_defaults(func=_lazy("common.tiny_model", "cmd_build"))
+    b.set_defaults(func=_lazy("devtools.tiny_model", "cmd_build"))
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
@@ -113,7 +113,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="comma-separated difficulty levels of dominant_color, dealt in equal shares: 0,1,2 (default: 0)",
     )
-    s.set_defaults(func=_lazy("common.data.synth", "cmd_synth"))
+    s.set_defaults(func=_lazy("devtools.synth_data", "cmd_synth"))
 
 
 def _add_up(sub: argparse._SubParsersAction) -> None:

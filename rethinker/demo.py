@@ -32,7 +32,7 @@ log = get_logger("demo")
 
 
 def prepare_data(cfg: RethinkerConfig) -> None:
-    from common.data.synth import synth_dataset
+    from devtools.synth_data import synth_dataset
 
     train = Path(cfg.data.train_path)
     if train.exists() and (cfg.data.eval_path is None or Path(cfg.data.eval_path).exists()):

@@ -39,14 +39,14 @@ def cache_root() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
-    from common.tiny_model import ensure_tiny_model
+    from devtools.tiny_model import ensure_tiny_model
 
     return ensure_tiny_model(cache_root() / "tiny-model-seed0", seed=0, size="tiny")
 
 
 @pytest.fixture(scope="session")
 def synth_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from common.data.synth import synth_dataset
+    from devtools.synth_data import synth_dataset
 
     out = tmp_path_factory.mktemp("synth")
     synth_dataset(out, n=SYNTH_N, seed=SYNTH_SEED, eval_fraction=0.1)

@@ -47,7 +47,7 @@ ALLOWED = {
 
 # what other parts may import from a service
 PUBLIC = {
-    "verifier": {"services.verifier", "services.verifier.client", "services.verifier.schemas", "services.verifier.main"},
+    "verifier": {"services.verifier", "services.verifier.client", "services.verifier.main"},
     "buffer": {"services.buffer", "services.buffer.client", "services.buffer.main"},
     "rollout": {"services.rollout", "services.rollout.client", "services.rollout.engines", "services.rollout.main"},
 }

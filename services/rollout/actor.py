@@ -47,8 +47,11 @@ from typing import Any, Awaitable, Callable, Sequence
 import numpy as np
 
 from common.config import RethinkerConfig
+from common.interfaces import ActorBuffer, Scorer
 from common.logging import get_logger
 from common.schemas import Group, PromptTask, Sample, group_id_for
+from common.schemas.buffer import ClaimedTask
+from common.schemas.verifier import VerifyItem, VerifyResult
 from common.staleness import staleness_bound
 from services.rollout import rethink
 from services.rollout.engines.base import Completion, Engine, GenerationRequest, GenerationResult, PromptInputs, SamplingParams
@@ -181,16 +184,16 @@ class TaskOutcome:
 class GroupBuilder:
     """Generation + scoring + Forced Rethinking for a batch of tasks (no queue, no store)."""
 
-    def __init__(self, cfg: RethinkerConfig, engine: Engine, scorer: Any, server_id: str = "", stats: ActorStats | None = None) -> None:
+    def __init__(self, cfg: RethinkerConfig, engine: Engine, scorer: Scorer, server_id: str = "", stats: ActorStats | None = None) -> None:
         self.cfg = cfg
         self.engine = engine
         self.scorer = scorer
         self.server_id = server_id
         self.stats = stats or ActorStats()
         self.should_stop: Callable[[], bool] = lambda: False
-        self.keepalive: Callable[[], Awaitable[Any]] | None = None  # called while waiting for the verifier
+        self.keepalive: Callable[[], Awaitable[None]] | None = None  # called while waiting for the verifier
 
-    async def _score(self, items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    async def _score(self, items: list[VerifyItem]) -> dict[str, VerifyResult]:
         """Score through the verifier; while it is unreachable, wait and retry with backoff
         (``rollout.verifier_outage_backoff_s`` doubling up to ``..._backoff_max_s``) for at most
         ``rollout.verifier_outage_max_s`` (0: until it is back or the server stops), keeping the
@@ -281,7 +284,7 @@ class GroupBuilder:
             task, group_samples = tasks[k], samples[k]
             for s in group_samples:
                 s.timings.update(generate_s=gen_s, score_s=score_s, rethink_s=rethink_s)
-            n_first_correct = sum(bool(v["correct"]) for v in (verdicts[f"{group_id_for(task)}:{i}"] for i in range(len(first[k]))))
+            n_first_correct = sum(v.correct for v in (verdicts[f"{group_id_for(task)}:{i}"] for i in range(len(first[k]))))
             self.stats.samples += len(first[k])
             self.stats.first_pass_correct += n_first_correct
             outcomes[k].group = Group(
@@ -345,14 +348,13 @@ class GroupBuilder:
             v = verdicts[cand.sample_id]
             self._apply_verdict(cand, v)
             d = rethink.judge_continuation(  # y2's length counts generated tokens, not the EOS token
-                plan.index, len(self.engine.strip_eos(y2.token_ids)), y2.finish_reason == "stop", bool(v["correct"]),
-                int(v.get("n_wait", 0)), rcfg,
+                plan.index, len(self.engine.strip_eos(y2.token_ids)), y2.finish_reason == "stop", v.correct, v.n_wait, rcfg,
             )
             by_task.setdefault(k, []).append((d, cand))
             triggered[k] += 1
             self.stats.rethink.triggered += 1
             self.stats.rethink.y1_correct += int(plan.y1_correct)
-            self.stats.rethink.y2_correct += int(bool(v["correct"]))
+            self.stats.rethink.y2_correct += int(v.correct)
         for k, pairs in by_task.items():
             decisions = rethink.limit_kept([d for d, _ in pairs], rcfg)
             for d, (_, cand) in zip(decisions, pairs):
@@ -414,23 +416,23 @@ class GroupBuilder:
         )
 
     @staticmethod
-    def _item(task: PromptTask, s: Sample, *, rethought: bool) -> dict[str, Any]:
-        return {
-            "id": s.sample_id,
-            "response": s.response_text,
-            "gold": task.answer,
-            "question": task.question,
-            "eos": s.finish_reason == "stop",
-            "rethought": rethought,
-        }
+    def _item(task: PromptTask, s: Sample, *, rethought: bool) -> VerifyItem:
+        return VerifyItem(
+            id=s.sample_id,
+            response=s.response_text,
+            gold=task.answer,
+            question=task.question,
+            eos=s.finish_reason == "stop",
+            rethought=rethought,
+        )
 
     @staticmethod
-    def _apply_verdict(s: Sample, v: dict[str, Any]) -> None:
-        s.reward = float(v["reward"])
-        s.correct = bool(v["correct"])
-        s.extracted = v.get("extracted")
-        s.verdict_reason = str(v.get("reason", ""))
-        s.n_wait = int(v.get("n_wait", 0))
+    def _apply_verdict(s: Sample, v: VerifyResult) -> None:
+        s.reward = float(v.reward)
+        s.correct = v.correct
+        s.extracted = v.extracted
+        s.verdict_reason = v.reason
+        s.n_wait = v.n_wait
 
 
 # --------------------------------------------------------------------------- loop
@@ -443,8 +445,8 @@ class Actor:
         self,
         cfg: RethinkerConfig,
         engine: Engine,
-        buffer: Any,
-        scorer: Any,
+        buffer: ActorBuffer,
+        scorer: Scorer,
         *,
         server_id: str,
         gate: SwapGate | None = None,
@@ -460,10 +462,10 @@ class Actor:
         self.builder.should_stop = lambda: self._stop.is_set()
         self.builder.keepalive = self._keep_claims
         self._stop = asyncio.Event()
-        self._held: dict[str, Any] = {}  # entry_id -> ClaimedTask not yet acked/released
+        self._held: dict[str, ClaimedTask] = {}  # entry_id -> a task not yet acked/released
         self._backoff = 0.0
         self._own_pending = hasattr(buffer, "reclaim_own")  # tasks a previous incarnation held
-        self.on_lag: Any = None  # optional coroutine fn(learner_version) called while paused for stale weights
+        self.on_lag: Callable[[int], Awaitable[None]] | None = None  # called with the learner version while paused for stale weights
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -537,7 +539,7 @@ class Actor:
         finally:
             self.stats.in_flight_tasks = 0
 
-    async def _stale_after_claim(self, claimed: list[Any]) -> bool:
+    async def _stale_after_claim(self, claimed: list[ClaimedTask]) -> bool:
         """A claim can wait (``rollout.claim_block_ms``) across a learner step: if the loaded weights
         now lag beyond the staleness bound, give the tasks back untouched and let the loop pause.
         Runs inside the batch's gate, so it only checks: a weight load started here would wait for
@@ -562,7 +564,7 @@ class Actor:
         if self._held and hasattr(self.buffer, "extend_claims"):
             await self.buffer.extend_claims(self.server_id, list(self._held))
 
-    async def _reclaim_own(self) -> list[Any]:
+    async def _reclaim_own(self) -> list[ClaimedTask]:
         """At start: the tasks still pending under this server's id (a previous incarnation died
         holding them) are taken back at once, before any new task; other servers would only take
         them after ``buffer.reclaim_idle_s``."""
@@ -573,7 +575,7 @@ class Actor:
             self._own_pending = False
         return got
 
-    async def process(self, claimed: list[Any]) -> None:
+    async def process(self, claimed: list[ClaimedTask]) -> None:
         """Build, store and ack one batch; on failure release what is not acked and back off."""
         for c in claimed:
             self._held[c.entry_id] = c
@@ -607,7 +609,7 @@ class Actor:
         finally:
             self.stats.in_flight_tasks = len(self._held)
 
-    async def _ack(self, c: Any) -> None:
+    async def _ack(self, c: ClaimedTask) -> None:
         await self.buffer.ack_task(c.entry_id)
         self._held.pop(c.entry_id, None)
         self.stats.tasks_acked += 1

@@ -28,7 +28,7 @@ import binascii
 import io
 import time
 import uuid
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException
@@ -39,7 +39,10 @@ from common.data.schema import IMAGE_PLACEHOLDER
 from common.http_guard import BodyLimitMiddleware, bearer_dependency
 from common.metrics import metrics_response
 from services.rollout import rethink
-from services.rollout.engines.base import EngineError, GenerationRequest, SamplingParams
+from services.rollout.engines.base import Engine, EngineError, GenerationRequest, PromptInputs, SamplingParams
+
+if TYPE_CHECKING:
+    from services.rollout.server import RolloutServer
 
 MAX_N = 64
 MAX_NEW_TOKENS = 32768
@@ -190,7 +193,7 @@ GENERATE_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def max_token_chars(engine: Any) -> int:
+def max_token_chars(engine: Engine) -> int:
     """The longest vocabulary entry of ``engine``'s tokenizer in characters (cached on the engine):
     a text of C characters has at least C / this many tokens."""
     cached = getattr(engine, "_max_token_chars", None)
@@ -205,7 +208,7 @@ def max_token_chars(engine: Any) -> int:
     return cached
 
 
-def prepare_prompt(server: Any, body: GenerateBody) -> Any:
+def prepare_prompt(server: RolloutServer, body: GenerateBody) -> PromptInputs:
     """Check, decode and tokenize the prompt of ``body`` (runs in a worker thread); 400 on bad input."""
     engine = server.engine
     cfg = server.cfg
@@ -226,7 +229,7 @@ def prepare_prompt(server: Any, body: GenerateBody) -> Any:
         raise HTTPException(400, f"messages: cannot build the prompt: {exc}") from None
 
 
-def create_app(server: Any) -> FastAPI:
+def create_app(server: RolloutServer | None) -> FastAPI:
     """The FastAPI app of ``server`` (a ``services.rollout.server.RolloutServer``)."""
     from common.config import RethinkerConfig
 
@@ -307,7 +310,9 @@ def create_app(server: Any) -> FastAPI:
     return app
 
 
-async def _force_rethink(server: Any, prompt: Any, params: SamplingParams, rid: str, choices: list[dict[str, Any]]) -> None:
+async def _force_rethink(
+    server: RolloutServer, prompt: PromptInputs, params: SamplingParams, rid: str, choices: list[dict[str, Any]]
+) -> None:
     """Test-time rethinking: every EOS-ended answer is continued after ``rethink.eval_trigger``."""
     engine = server.engine
     rcfg = server.cfg.algorithm.rethink

@@ -3,20 +3,19 @@
 ``HttpScorer(cfg)`` wraps ``services.verifier.client.VerifierClient`` (which owns batching by
 ``verifier.max_items``, retries with backoff and per-request timeouts); results come back keyed by
 the item id (checked against the item order), so a response is always matched to its own verdict (the
-public code's running-counter matching is not reproduced).  Any scorer is an object with
-``async score(items) -> dict[id, result]``; item and result fields are the verifier's:
-
-    item   = {"id", "response", "gold", "question", "eos": bool, "rethought": bool}
-    result = {"id", "correct", "extracted", "reason", "reward", "n_wait", "timed_out"}
+public code's running-counter matching is not reproduced).  Both scorers implement
+``common.interfaces.Scorer``: ``async score(items) -> {id: result}`` with the verifier's own records,
+``VerifyItem`` in and ``VerifyResult`` out (``common.schemas.verifier``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol, Sequence
+from typing import Sequence
 
 from common.config import RethinkerConfig
 from common.errors import RolloutServiceError
+from common.schemas.verifier import VerifyItem, VerifyResult
 
 
 class ScoringError(RolloutServiceError, RuntimeError):
@@ -27,10 +26,6 @@ class ScoringError(RolloutServiceError, RuntimeError):
     def __init__(self, message: str, *, unavailable: bool = False) -> None:
         super().__init__(message)
         self.unavailable = unavailable
-
-
-class Scorer(Protocol):
-    async def score(self, items: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]: ...
 
 
 class HttpScorer:
@@ -48,7 +43,7 @@ class HttpScorer:
             token=cfg.verifier.api_token,
         )
 
-    async def score(self, items: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    async def score(self, items: Sequence[VerifyItem]) -> dict[str, VerifyResult]:
         items = list(items)
         if not items:
             return {}
@@ -59,12 +54,11 @@ class HttpScorer:
         except Exception as exc:  # noqa: BLE001 - any client failure ends this batch
             raise ScoringError(f"verifier at {self.base_url} failed: {type(exc).__name__}: {exc}",
                                unavailable=isinstance(exc, VerifierUnavailable)) from exc
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, VerifyResult] = {}
         for it, r in zip(items, results):
-            d = r.model_dump() if hasattr(r, "model_dump") else dict(r)
-            if d.get("id") != it["id"]:  # results come back in item order, each carrying its id
-                raise ScoringError(f"verifier result id {d.get('id')!r} does not match item {it['id']!r}")
-            out[str(it["id"])] = d
+            if r.id != it.id:  # results come back in item order, each carrying its id
+                raise ScoringError(f"verifier result id {r.id!r} does not match item {it.id!r}")
+            out[str(it.id)] = r
         if len(out) != len(items):
             raise ScoringError(f"verifier returned {len(results)} results for {len(items)} items")
         return out
@@ -80,25 +74,25 @@ class LocalScorer:
     def __init__(self, cfg: RethinkerConfig) -> None:
         self.reward_cfg = cfg.algorithm.reward
 
-    def _score_sync(self, items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    def _score_sync(self, items: list[VerifyItem]) -> dict[str, VerifyResult]:
         from services.verifier import count_waits, grade, reward
 
         out = {}
         for it in items:
-            v = grade(it["response"], it["gold"], question=it.get("question"))
-            n_wait = count_waits(it["response"])
-            out[str(it["id"])] = {
-                "id": it["id"],
-                "correct": v.correct,
-                "extracted": v.extracted,
-                "reason": v.reason,
-                "reward": reward(v, eos=bool(it.get("eos", True)), n_wait=n_wait, rethought=bool(it.get("rethought")), cfg=self.reward_cfg),
-                "n_wait": n_wait,
-                "timed_out": v.timed_out,
-            }
+            v = grade(it.response, it.gold, question=it.question)
+            n_wait = count_waits(it.response)
+            out[str(it.id)] = VerifyResult(
+                id=it.id,
+                correct=v.correct,
+                extracted=v.extracted,
+                reason=v.reason,
+                reward=reward(v, eos=it.eos, n_wait=n_wait, rethought=it.rethought, cfg=self.reward_cfg),
+                n_wait=n_wait,
+                timed_out=v.timed_out,
+            )
         return out
 
-    async def score(self, items: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    async def score(self, items: Sequence[VerifyItem]) -> dict[str, VerifyResult]:
         return await asyncio.to_thread(self._score_sync, list(items))
 
     async def close(self) -> None:

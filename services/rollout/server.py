@@ -3,7 +3,7 @@
 ``RolloutServer(cfg)`` owns:
 
 - the engine (``make_engine(cfg)``), started from ``model.path`` as policy version 0;
-- the weight receiver (``common.weight_transport.make_receiver``): on start it loads the latest
+- the weight receiver (``weight_transport.make_receiver``): on start it loads the latest
   published checkpoint if it is newer, then receives every sync round; its ``on_weights`` callback
   (receiver thread) hands the weights to this loop and blocks until the swap is done
   (``swap_weights``: waits for the running actor batch unless ``rollout.partial_rollouts``);
@@ -22,13 +22,18 @@ import asyncio
 import os
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.config import RethinkerConfig
+from common.interfaces import RolloutBuffer, Scorer, WeightReceiver
 from common.logging import get_logger
 from common.metrics import ServiceMetrics
 from services.rollout.actor import Actor, ActorStats, SwapGate
 from services.rollout.engines import Engine, make_engine
+from services.rollout.engines.base import WeightsLike
+
+if TYPE_CHECKING:
+    from common.schemas.weights import JoinOutcome, RoundDescriptor
 
 log = get_logger("rollout.server")
 
@@ -43,8 +48,8 @@ class RolloutServer:
         cfg: RethinkerConfig,
         *,
         engine: Engine | None = None,
-        buffer: Any = None,
-        scorer: Any = None,
+        buffer: RolloutBuffer | None = None,
+        scorer: Scorer | None = None,
         server_id: str | None = None,
         receive_weights: bool = True,
     ) -> None:
@@ -55,7 +60,7 @@ class RolloutServer:
         self.buffer = buffer
         self.scorer = scorer
         self.receive_weights = receive_weights
-        self.receiver: Any = None
+        self.receiver: WeightReceiver | None = None
         self.gate = SwapGate(cfg.rollout.partial_rollouts)
         self.stats = ActorStats()
         self.actor: Actor | None = None
@@ -153,13 +158,13 @@ class RolloutServer:
 
     # ---------------------------------------------------------------- weights
 
-    async def make_receiver(self) -> Any:
+    async def make_receiver(self) -> WeightReceiver:
         """The weight receiver (not started): rounds received in this process and handed to the
         engine, or -- engines with ``worker_receive`` (vLLM) -- received by the engine's workers
         while this server coordinates (``WorkerRoundReceiver``)."""
         self._loop = asyncio.get_running_loop()
         if getattr(self.engine, "worker_receive", False):
-            from common.weight_transport.workers import WorkerRoundReceiver
+            from weight_transport.workers import WorkerRoundReceiver
 
             members = await self.engine.init_worker_receive(self.server_id)
             return WorkerRoundReceiver(
@@ -170,7 +175,7 @@ class RolloutServer:
                 on_checkpoint=self._on_checkpoint,
                 initial_version=self.engine.loaded_version,
             )
-        from common.weight_transport import make_receiver
+        from weight_transport import make_receiver
 
         return make_receiver(
             self.cfg, server_id=self.server_id, on_weights=self._on_weights, initial_version=self.engine.loaded_version
@@ -180,13 +185,13 @@ class RolloutServer:
         """Receiver-thread callback (worker-side receive): the workers load the checkpoint folder."""
         self._on_weights(path, version)
 
-    def _join_workers(self, desc: Any, invited: list[str], apply: bool) -> list[Any]:
+    def _join_workers(self, desc: RoundDescriptor, invited: list[str], apply: bool) -> list[JoinOutcome]:
         """Receiver-thread callback (worker-side receive): one round in the engine's workers."""
         assert self._loop is not None
         fut = asyncio.run_coroutine_threadsafe(self.worker_round(desc, apply), self._loop)
         return fut.result()
 
-    async def worker_round(self, desc: Any, apply: bool) -> list[Any]:
+    async def worker_round(self, desc: RoundDescriptor, apply: bool) -> list[JoinOutcome]:
         """Run round ``desc`` in the engine's workers.  ``staging: full``: every worker receives and
         keeps the weights while generation goes on, then they are loaded between actor batches
         (``swap_weights``) if every worker has them.  ``staging: stream``: the workers load bucket by
@@ -218,13 +223,13 @@ class RolloutServer:
             return [replace(o, ok=False, error=f"load: {type(exc).__name__}: {exc}"[:500]) for o in outcomes]
         return outcomes
 
-    def _on_weights(self, weights: Any, version: int) -> None:
+    def _on_weights(self, weights: WeightsLike, version: int) -> None:
         """Receiver-thread callback: swap on this server's loop, return when done (raise on failure)."""
         assert self._loop is not None
         fut = asyncio.run_coroutine_threadsafe(self.swap_weights(weights, version), self._loop)
         fut.result()
 
-    async def swap_weights(self, weights: Any, version: int) -> None:
+    async def swap_weights(self, weights: WeightsLike, version: int) -> None:
         """Load weights between actor batches (see ``SwapGate``); tagged ``version``."""
         t0 = time.perf_counter()
         try:

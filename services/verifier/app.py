@@ -43,11 +43,11 @@ from pydantic import ValidationError
 
 from common.config import RethinkerConfig
 from common.http_guard import BodyLimitMiddleware, bearer_matches, bearer_token
+from common.schemas.verifier import VerifyItem, VerifyRequest, VerifyResponse
 
 from .grader import Verdict
 from .pool import GradePool, PoolClosed, WorkerStartError, result_to_verdict
 from .rewards import count_waits, reward
-from .schemas import VerifyItem, VerifyRequest, VerifyResponse
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 

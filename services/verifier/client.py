@@ -28,8 +28,7 @@ import httpx
 from common.config import RethinkerConfig
 from common.errors import VerifierServiceError
 from common.http_guard import auth_headers
-
-from .schemas import VerifyItem, VerifyResult
+from common.schemas.verifier import VerifyItem, VerifyResult
 
 __all__ = ["VerifierClient", "VerifierError", "VerifierRequestError", "VerifierUnavailable", "VerifyItem", "VerifyResult"]
 

@@ -117,7 +117,7 @@ def test_3b_architecture_has_the_3b_parameter_count():
     """Built on the meta device (no memory); ~10 s, most of it the tokenizer's training."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from common.tiny_model import build_tokenizer
+    from devtools.tiny_model import build_tokenizer
 
     cfg = gc.arch_config(build_tokenizer(), "3b")
     with torch.device("meta"):

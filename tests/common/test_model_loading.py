@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from common.config import ModelConfig
-from common.data.synth import make_rows
+from devtools.synth_data import make_rows
 from common.model_loading import (
     ModelLoadError,
     build_prompt_inputs,

@@ -33,7 +33,7 @@ def _run(cmd: list[str], timeout: float = 240) -> None:
 
 @pytest.mark.slow
 def test_two_rank_zero3_matches_one_rank_and_broadcasts_full_weights(make_cfg, tmp_path):
-    from common.weight_transport import make_receiver
+    from weight_transport import make_receiver
 
     cfg = make_cfg("learner.zero_stage=3")
     cfg_path = tmp_path / "cfg.json"

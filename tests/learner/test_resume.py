@@ -44,7 +44,7 @@ def test_kill_9_and_restart_resumes_step_and_versions_never_go_backwards(make_cf
     resumes at the checkpoint's step, publishes the restored weights under a version number above
     every one published before, counts on from there, and the receiver that kept running resyncs
     (its versions only ever grow)."""
-    from common.weight_transport import make_receiver
+    from weight_transport import make_receiver
     from services.buffer.client import BufferClient
 
     cfg = make_cfg("learner.total_steps=8", "learner.checkpoint_every=3", "algorithm.ssr.staleness_bound=2")

@@ -15,7 +15,7 @@ from tests.learner.producer import Producer
 @pytest.mark.slow
 def test_trainer_feeds_trains_broadcasts_and_checkpoints(make_cfg, tiny_model_dir, tmp_path):
     from common.model_loading import load_model
-    from common.weight_transport import make_receiver, read_sync_state
+    from weight_transport import make_receiver, read_sync_state
     from learner.trainer import Trainer
     from services.buffer.client import BufferClient
 

@@ -30,18 +30,16 @@ from __future__ import annotations
 
 from services.buffer.client.admin import SNAPSHOT_MAGIC, read_snapshot
 from services.buffer.client.clients import AsyncBufferClient, BufferClient
-from services.buffer.protocol import (
+from common.schemas.buffer import (
     AddGroupResult,
-    BadArgumentError,
-    BufferCommandError,
     ClaimedTask,
-    MalformedGroupError,
     PublishResult,
     QueueStats,
     SampledBatch,
     SampleRecord,
     StoreSizes,
 )
+from services.buffer.protocol import BadArgumentError, BufferCommandError, MalformedGroupError
 
 __all__ = [
     "AddGroupResult",

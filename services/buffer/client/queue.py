@@ -16,7 +16,8 @@ from common.schemas import PromptTask
 from services.buffer import protocol as P
 from services.buffer.client.state import ClientState
 from services.buffer.client.transport import Command, Fcall, call
-from services.buffer.protocol import BadArgumentError, ClaimedTask, PublishResult, QueueStats
+from common.schemas.buffer import ClaimedTask, PublishResult, QueueStats
+from services.buffer.protocol import BadArgumentError
 
 
 def _is_nogroup(exc: Exception) -> bool:

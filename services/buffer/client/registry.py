@@ -8,7 +8,7 @@ rollout servers (``services.rollout.server``: register at start, heartbeat every
 dashboard (``live_servers``) and by tests.
 
 It is not the weight-sync membership (``RedisKeys.sync_members``, owned by
-``common.weight_transport``): that one lists weight *receivers* (one per receiving process, e.g.
+``weight_transport``): that one lists weight *receivers* (one per receiving process, e.g.
 ``<server_id>/w<rank>`` for each vLLM worker), each with a token proof, backend, GPU uuid and its own
 heartbeat, and the learner's sender invites only those records to a round.  The two differ in
 granularity, liveness rule and trust, so neither can be derived from the other.

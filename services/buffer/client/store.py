@@ -19,7 +19,7 @@ from services.buffer import protocol as P
 from services.buffer.client.state import ClientState
 from services.buffer.client.transport import Command, Fcall, Pipeline, Sleep, call
 from services.buffer.fastcodec import task_of_group_frame
-from services.buffer.protocol import AddGroupResult, SampledBatch, SampleRecord, StoreSizes
+from common.schemas.buffer import AddGroupResult, SampledBatch, SampleRecord, StoreSizes
 from services.buffer.stats import STATS_MAX_LAG
 
 

@@ -15,7 +15,7 @@ Data flow::
 
 Engines whose model lives in worker processes (``worker_receive = True``: vLLM) take weight-sync
 rounds in those workers instead (``init_worker_receive`` / ``receive_round``, see
-``common/weight_transport/workers.py``); ``load_weights`` then takes a checkpoint folder or a
+``weight_transport/workers.py``); ``load_weights`` then takes a checkpoint folder or a
 ``StagedRound`` (weights the workers received and keep).
 
 Log-probs are the policy's raw log-probs (log-softmax of the unprocessed logits, i.e. temperature
@@ -35,13 +35,16 @@ from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence, Union
 
 import numpy as np
 
 from common.config import RethinkerConfig, SamplingConfig
 from common.errors import RolloutServiceError
 from common.schemas import PromptTask
+
+if TYPE_CHECKING:
+    from common.schemas.weights import JoinOutcome, WorkerMember
 
 FinishReason = Literal["stop", "length"]
 
@@ -346,11 +349,11 @@ class Engine(ABC):
     """True: weight-sync rounds are received by the engine's workers (``init_worker_receive``,
     ``receive_round``); the rollout server only coordinates."""
 
-    async def init_worker_receive(self, server_id: str) -> list[Any]:
+    async def init_worker_receive(self, server_id: str) -> list[WorkerMember]:
         """Make every worker a weight-sync member; returns their ``WorkerMember`` list."""
         raise EngineError(f"engine {self.name!r} receives weights in the server process")
 
-    async def receive_round(self, round_json: str, *, mode: str) -> list[Any]:
+    async def receive_round(self, round_json: str, *, mode: str) -> list[JoinOutcome]:
         """Run one weight-sync round in every worker (``mode``: stage / load / discard); returns their
         ``JoinOutcome`` list.  ``load`` holds generation back and sets the version when all loaded."""
         raise EngineError(f"engine {self.name!r} receives weights in the server process")

@@ -27,7 +27,7 @@ this repository yet (no GPU machine was available): see docs/rollout.md.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -45,6 +45,9 @@ from services.rollout.engines.base import (
     _Write,
     as_int32,
 )
+
+if TYPE_CHECKING:
+    from common.schemas.weights import JoinOutcome, WorkerMember
 
 log = get_logger("rollout.vllm")
 
@@ -222,8 +225,8 @@ class VLLMEngine(Engine):
             raise EngineError("the vLLM engine is not started")
         return list(await self._llm.collective_rpc(method, args=args))
 
-    async def init_worker_receive(self, server_id: str) -> list[Any]:
-        from common.weight_transport.workers import WorkerMember
+    async def init_worker_receive(self, server_id: str) -> list[WorkerMember]:
+        from common.schemas.weights import WorkerMember
 
         w = self.cfg.learner.weight_sync
         settings = {"server_id": server_id, "backend": w.backend, "token": reveal(w.token), "staging": w.staging}
@@ -231,9 +234,8 @@ class VLLMEngine(Engine):
         log.info("worker_receive_ready", engine=self.name, members=[m.member_id for m in members], backend=w.backend)
         return members
 
-    async def receive_round(self, round_json: str, *, mode: str) -> list[Any]:
-        from common.weight_transport.base import RoundDescriptor
-        from common.weight_transport.protocol import JoinOutcome
+    async def receive_round(self, round_json: str, *, mode: str) -> list[JoinOutcome]:
+        from common.schemas.weights import JoinOutcome, RoundDescriptor
 
         if mode != "load":
             return [JoinOutcome.from_dict(d) for d in await self._rpc("weight_sync_receive", round_json, mode)]

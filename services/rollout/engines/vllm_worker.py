@@ -6,7 +6,7 @@ vLLM mixes this class into its worker class when it is named in
 tensor-parallel rank) and returns their results in a list.  Every argument and result is small
 (strings, dicts of numbers): no tensor crosses the RPC channel.
 
-Weight-sync rounds (``common.weight_transport``): each worker is a member of its own
+Weight-sync rounds (``weight_transport``): each worker is a member of its own
 (``<server_id>/w<rank>``) and receives the learner's buckets straight into its own memory with the
 round's backend (NCCL across GPUs, CUDA IPC when it shares the learner's GPU, gloo on CPU), then
 hands them to the model's ``load_weights`` (every rank gets the full tensors; vLLM's weight loaders
@@ -83,8 +83,8 @@ class WeightLoaderExtension:
         ``WorkerMember`` fields (member_id, gpu_uuid for cuda_ipc, pid, host)."""
         import torch
 
-        from common.weight_transport import make_backend
-        from common.weight_transport.protocol import RoundParticipant
+        from weight_transport import make_backend
+        from weight_transport.protocol import RoundParticipant
 
         missing = [k for k in ("server_id", "backend") if not settings.get(k)]
         if missing:
@@ -107,8 +107,7 @@ class WeightLoaderExtension:
     def weight_sync_receive(self, round_json: str, mode: str) -> dict[str, Any]:
         """Take part in one round (see the module docstring); returns a ``JoinOutcome`` as a dict.
         Failures come back in the outcome (``ok=False``, ``error``), never as an exception."""
-        from common.weight_transport.base import RoundDescriptor
-        from common.weight_transport.protocol import JoinOutcome
+        from common.schemas.weights import JoinOutcome, RoundDescriptor
 
         participant = getattr(self, "_wsync", None)
         member = getattr(self, "_wsync_member", "")

@@ -10,12 +10,12 @@ import httpx
 import pytest
 
 from common.model_loading import load_model
-from common.weight_transport import make_sender, specs_of
 from rollout_helpers import free_port, png, start_http, stop_http
 from services.rollout.app import create_app
 from services.rollout.client import AsyncRolloutClient, RolloutClientError, build_request_messages
 from services.rollout.scoring import HttpScorer
 from services.rollout.server import RolloutServer
+from weight_transport import make_sender, specs_of
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -19,6 +19,7 @@ import pytest
 
 from common.config import load_config
 from common.schemas import PromptTask
+from common.schemas.verifier import VerifyItem
 from services.rollout.actor import GroupBuilder
 from services.rollout.engines.base import Completion, GenerationRequest, GenerationResult, PromptInputs
 from services.rollout.scoring import HttpScorer, LocalScorer
@@ -146,7 +147,7 @@ def test_rollout_scorers_reward_every_retraction_case_by_its_label(verifier_url:
     cases = [c for c in load_cases(CASES) if "retraction" in c.tags and not c.known_miss]
     assert len(cases) >= 40
     items = [
-        {"id": c.id, "response": c.response, "gold": c.gold, "question": c.question, "eos": True, "rethought": True}
+        VerifyItem(id=c.id, response=c.response, gold=c.gold, question=c.question, eos=True, rethought=True)
         for c in cases
     ]
     cfg = _cfg()
@@ -161,7 +162,7 @@ def test_rollout_scorers_reward_every_retraction_case_by_its_label(verifier_url:
     over_http, in_process = asyncio.run(run())
     for c in cases:
         r = over_http[c.id]
-        assert r["correct"] is c.expected, (c.id, r["reason"], r["extracted"])
+        assert r.correct is c.expected, (c.id, r.reason, r.extracted)
         # the label's reward (1.0 / 0.0; -0.1 for the hostile case with thousands of "Wait"s: invalid)
-        assert r["reward"] == reward(c.expected, eos=True, n_wait=count_waits(c.response), rethought=True, cfg=cfg.algorithm.reward)
-        assert {k: r[k] for k in ("correct", "extracted", "reward")} == {k: in_process[c.id][k] for k in ("correct", "extracted", "reward")}
+        assert r.reward == reward(c.expected, eos=True, n_wait=count_waits(c.response), rethought=True, cfg=cfg.algorithm.reward)
+        assert r.model_dump(include={"correct", "extracted", "reward"}) == in_process[c.id].model_dump(include={"correct", "extracted", "reward"})

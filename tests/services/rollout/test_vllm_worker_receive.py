@@ -24,12 +24,13 @@ from safetensors.torch import save_file
 
 from common.config import load_config
 from common.redis_keys import RedisKeys
-from common.weight_transport import TensorSpec, make_sender
-from common.weight_transport.base import JoinRecord, token_proof
+from common.schemas.weights import JoinRecord
 from services.rollout.engines.base import EngineError
 from services.rollout.engines.vllm import VLLMEngine
 from services.rollout.engines.vllm_worker import WeightLoaderExtension
 from services.rollout.server import RolloutServer
+from weight_transport import TensorSpec, make_sender
+from weight_transport.base import token_proof
 
 
 class RecordingModel:

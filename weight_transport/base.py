@@ -1,12 +1,12 @@
 """Weight transport: the public interface between the learner (sender) and the rollout servers (receivers).
 
 One protocol, three backends (``gloo.py``, ``nccl.py``, ``cuda_ipc.py``); build them with
-``common.weight_transport.make_sender`` / ``make_receiver``.  The full description, with a sequence
+``weight_transport.make_sender`` / ``make_receiver``.  The full description, with a sequence
 diagram, is docs/weight-sync.md.  In short:
 
 Receiver side (a rollout server)::
 
-    from common.weight_transport import make_receiver
+    from weight_transport import make_receiver
 
     def on_weights(weights, version):          # called in the receiver's background thread
         state = dict(weights)                   # works for both staging modes (see below)
@@ -75,76 +75,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-import math
 import threading
 import time
-from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from common.errors import CommonError
-
-WeightsArg = Union[dict[str, torch.Tensor], Iterator[tuple[str, torch.Tensor]]]
-OnWeights = Callable[[WeightsArg, int], None]
-"""``on_weights(weights, version)``; see the module docstring."""
+from common.schemas.weights import TensorSpec, dtype_of
 
 
-class WeightSyncError(CommonError, RuntimeError):
-    """A round that could not complete (timeout, lost peer, manifest mismatch, bad token)."""
-
-
-# --------------------------------------------------------------------------- manifest and buckets
-
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "int16": torch.int16,
-    "int8": torch.int8,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
-}
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    for name, dt in _DTYPES.items():
-        if dt == dtype:
-            return name
-    raise WeightSyncError(f"dtype {dtype} cannot be sent")
-
-
-def dtype_of(name: str) -> torch.dtype:
-    try:
-        return _DTYPES[name]
-    except KeyError:
-        raise WeightSyncError(f"unknown dtype {name!r} in manifest") from None
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One named tensor of the manifest."""
-
-    name: str
-    dtype: str  # a key of _DTYPES ("bfloat16", "float32", ...)
-    shape: tuple[int, ...]
-
-    @property
-    def numel(self) -> int:
-        return int(math.prod(self.shape))
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * dtype_of(self.dtype).itemsize
-
-    @staticmethod
-    def of(name: str, t: torch.Tensor) -> "TensorSpec":
-        return TensorSpec(name, dtype_name(t.dtype), tuple(int(s) for s in t.shape))
+# --------------------------------------------------------------------------- buckets
 
 
 @dataclass(frozen=True)
@@ -186,17 +127,6 @@ def plan_buckets(specs: Sequence[TensorSpec], bucket_bytes: int) -> list[Bucket]
     return out
 
 
-def manifest_to_json(specs: Sequence[TensorSpec]) -> list[list[Any]]:
-    return [[s.name, s.dtype, list(s.shape)] for s in specs]
-
-
-def manifest_from_json(raw: Any) -> list[TensorSpec]:
-    try:
-        return [TensorSpec(str(n), str(d), tuple(int(x) for x in sh)) for n, d, sh in raw]
-    except (TypeError, ValueError) as exc:
-        raise WeightSyncError(f"malformed manifest: {exc}") from None
-
-
 # --------------------------------------------------------------------------- tokens
 
 
@@ -210,146 +140,7 @@ def round_secret(token: str | None, round_id: str) -> str:
     return hmac.new((token or "").encode(), f"round:{round_id}".encode(), hashlib.sha256).hexdigest()[:32]
 
 
-# --------------------------------------------------------------------------- records
-
-
-@dataclass
-class JoinRecord:
-    """A receiver's entry in ``RedisKeys.sync_members`` (JSON)."""
-
-    server_id: str
-    backend: str
-    proof: str
-    host: str = ""
-    pid: int = 0
-    heartbeat: float = 0.0  # Redis server time (seconds) of the last refresh
-    loaded_version: int = -1
-    last_round: str = ""
-    last_error: str = ""
-    gpu_uuid: str = ""  # cuda_ipc: members must share the sender's GPU
-    started_at: float = 0.0
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @staticmethod
-    def from_json(raw: bytes | str) -> "JoinRecord":
-        data = json.loads(raw)
-        known = {k: data[k] for k in JoinRecord.__dataclass_fields__ if k in data}
-        return JoinRecord(**known)
-
-
-@dataclass
-class RoundDescriptor:
-    """Field ``round`` of ``RedisKeys.sync_round`` (JSON): everything a receiver needs to join."""
-
-    round_id: str
-    version: int
-    step: int
-    backend: str
-    master_addr: str
-    master_port: int
-    members: dict[str, int]  # invited server_id -> provisional rank (final ranks come via the store)
-    manifest: list[list[Any]]
-    bucket_bytes: int
-    created_at: float  # Redis server time
-    join_timeout_s: float
-    timeout_s: float
-    extra: dict[str, Any] = field(default_factory=dict)  # backend specifics (cuda_ipc: gpu uuid)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @staticmethod
-    def from_json(raw: bytes | str) -> "RoundDescriptor":
-        try:
-            data = json.loads(raw)
-            return RoundDescriptor(**data)
-        except (TypeError, ValueError) as exc:
-            raise WeightSyncError(f"malformed round descriptor: {exc}") from None
-
-
-@dataclass
-class SyncReport:
-    """What one ``WeightSender.sync`` did."""
-
-    version: int
-    round_id: str | None
-    ok: bool  # every joined member confirmed the full transfer (True when there was nobody to send to)
-    invited: list[str] = field(default_factory=list)
-    joined: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)  # invited but did not join, or in a failed round
-    num_bytes: int = 0
-    num_buckets: int = 0
-    join_s: float = 0.0
-    transfer_s: float = 0.0
-    total_s: float = 0.0
-    error: str = ""
-
-
-# --------------------------------------------------------------------------- interfaces
-
-
-class WeightSender(ABC):
-    """Learner side.  Build with ``make_sender(cfg)``; used only by the learner's rank 0."""
-
-    backend: str
-
-    @abstractmethod
-    def sync(
-        self,
-        specs: Sequence[TensorSpec],
-        tensors: Iterable[torch.Tensor],
-        *,
-        version: int,
-        step: int = 0,
-    ) -> SyncReport:
-        """Send one version to every live registered member; see the module docstring."""
-
-    @abstractmethod
-    def publish_checkpoint(self, path: str, *, version: int, step: int) -> None:
-        """Record a safetensors HF folder holding ``version`` for late joiners."""
-
-    @abstractmethod
-    def members(self) -> dict[str, JoinRecord]:
-        """The members the next round would invite."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Release sockets/threads; idempotent."""
-
-
-class WeightReceiver(ABC):
-    """Rollout side.  Build with ``make_receiver(cfg, server_id=..., on_weights=...)``."""
-
-    server_id: str
-
-    @abstractmethod
-    def start(self, *, load_checkpoint: bool = True) -> "WeightReceiver":
-        """Register, load the latest published checkpoint if newer than what we hold, start listening."""
-
-    @abstractmethod
-    def stop(self) -> None:
-        """Stop listening and deregister; idempotent."""
-
-    @property
-    @abstractmethod
-    def loaded_version(self) -> int:
-        """Version last handed to ``on_weights`` successfully (``initial_version`` before that)."""
-
-    @property
-    @abstractmethod
-    def last_error(self) -> str:
-        """Message of the last failed round or callback ("" if none)."""
-
-    @abstractmethod
-    def wait_for_version(self, version: int, timeout: float) -> bool:
-        """Block until ``loaded_version >= version`` (True) or ``timeout`` seconds pass (False)."""
-
-    @abstractmethod
-    def load_latest_checkpoint(self) -> int | None:
-        """Load the published checkpoint through ``on_weights`` if it is newer than ``loaded_version``;
-        returns its version, or None when there is nothing newer.  ``start()`` calls it first."""
+# --------------------------------------------------------------------------- receivers
 
 
 class VersionWaiter:

@@ -16,17 +16,22 @@ from __future__ import annotations
 
 import datetime
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from common.config import RethinkerConfig
-from common.weight_transport.base import OnWeights, WeightSyncError
-from common.weight_transport.protocol import Backend, Channel, RoundReceiver, RoundSender
+from common.interfaces import OnWeights
+from common.schemas.weights import WeightSyncError
+from weight_transport.protocol import Backend, Channel, RoundReceiver, RoundSender
+
+if TYPE_CHECKING:
+    from redis import Redis
+    from torch.types import Device
 
 
-def _resolve_device(device: Any) -> torch.device:
+def _resolve_device(device: Device) -> torch.device:
     if device is None:
         if not torch.cuda.is_available():
             raise WeightSyncError("the nccl/cuda_ipc backends need a CUDA device")
@@ -38,12 +43,12 @@ def _resolve_device(device: Any) -> torch.device:
 
 
 class NcclChannel(Channel):
-    def __init__(self, pg: Any, device: torch.device, timeout_s: float) -> None:
+    def __init__(self, pg: dist.ProcessGroup, device: torch.device, timeout_s: float) -> None:
         self.pg = pg
         self.device = device
         self.timeout_s = timeout_s
 
-    def _wait(self, work: Any, what: str) -> None:
+    def _wait(self, work: dist.Work, what: str) -> None:
         deadline = time.monotonic() + self.timeout_s
         while not work.is_completed():
             if time.monotonic() > deadline:
@@ -77,7 +82,7 @@ class NcclChannel(Channel):
 class NcclBackend(Backend):
     name = "nccl"
 
-    def __init__(self, device: Any = None) -> None:
+    def __init__(self, device: Device = None) -> None:
         self._device_arg = device
         self._device: torch.device | None = None
 
@@ -96,7 +101,7 @@ class NcclBackend(Backend):
 
 
 class NcclSender(RoundSender):
-    def __init__(self, cfg: RethinkerConfig, *, redis: Any = None, device: Any = None) -> None:
+    def __init__(self, cfg: RethinkerConfig, *, redis: Redis | None = None, device: Device = None) -> None:
         super().__init__(cfg, NcclBackend(device), redis=redis)
 
 
@@ -108,8 +113,8 @@ class NcclReceiver(RoundReceiver):
         server_id: str,
         on_weights: OnWeights,
         initial_version: int = -1,
-        device: Any = None,
-        redis: Any = None,
+        device: Device = None,
+        redis: Redis | None = None,
     ) -> None:
         super().__init__(
             cfg, NcclBackend(device), server_id=server_id, on_weights=on_weights, initial_version=initial_version, redis=redis

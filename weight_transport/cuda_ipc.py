@@ -12,16 +12,21 @@ Not exercised by the CPU test suite (no GPU there); see docs/weight-sync.md.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import torch
 import torch.distributed as dist
 
 from common.config import RethinkerConfig
-from common.weight_transport.base import JoinRecord, OnWeights, WeightSyncError, dtype_name, dtype_of
-from common.weight_transport.nccl import _resolve_device
-from common.weight_transport.protocol import Backend, Channel, RoundReceiver, RoundSender
+from common.interfaces import OnWeights
+from common.schemas.weights import JoinRecord, WeightSyncError, dtype_name, dtype_of
+from weight_transport.nccl import _resolve_device
+from weight_transport.protocol import Backend, Channel, RoundReceiver, RoundSender
+
+if TYPE_CHECKING:
+    from redis import Redis
+    from torch.types import Device
 
 
 def gpu_uuid(device: torch.device) -> str:
@@ -86,7 +91,7 @@ class IpcChannel(Channel):
 class CudaIpcBackend(Backend):
     name = "cuda_ipc"
 
-    def __init__(self, device: Any = None) -> None:
+    def __init__(self, device: Device = None) -> None:
         self._device_arg = device
         self._device: torch.device | None = None
 
@@ -110,7 +115,7 @@ class CudaIpcBackend(Backend):
 
 
 class CudaIpcSender(RoundSender):
-    def __init__(self, cfg: RethinkerConfig, *, redis: Any = None, device: Any = None) -> None:
+    def __init__(self, cfg: RethinkerConfig, *, redis: Redis | None = None, device: Device = None) -> None:
         super().__init__(cfg, CudaIpcBackend(device), redis=redis)
 
 
@@ -122,8 +127,8 @@ class CudaIpcReceiver(RoundReceiver):
         server_id: str,
         on_weights: OnWeights,
         initial_version: int = -1,
-        device: Any = None,
-        redis: Any = None,
+        device: Device = None,
+        redis: Redis | None = None,
     ) -> None:
         super().__init__(
             cfg, CudaIpcBackend(device), server_id=server_id, on_weights=on_weights, initial_version=initial_version, redis=redis

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from common.redis_keys import RedisKeys
-from common.weight_transport import TensorSpec, make_receiver, make_sender, plan_buckets, read_sync_state
-from common.weight_transport.base import token_proof
+from weight_transport import TensorSpec, make_receiver, make_sender, plan_buckets, read_sync_state
+from weight_transport.base import token_proof
 
 
 def _weights(seed: int) -> dict[str, torch.Tensor]:

@@ -16,9 +16,8 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections import deque
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import torch
 import torch.distributed as dist
@@ -27,24 +26,22 @@ from common.config import RethinkerConfig, reveal
 from common.logging import get_logger
 from common.redis_conn import sync_client
 from common.redis_keys import RedisKeys
-from common.weight_transport.base import (
-    Bucket,
+from common.interfaces import OnWeights, WeightReceiver, WeightsArg, WeightSender
+from common.schemas.weights import (
+    JoinOutcome,
     JoinRecord,
-    OnWeights,
     RoundDescriptor,
     SyncReport,
     TensorSpec,
-    VersionWaiter,
-    WeightReceiver,
-    WeightSender,
     WeightSyncError,
     dtype_of,
     manifest_from_json,
     manifest_to_json,
-    plan_buckets,
-    round_secret,
-    token_proof,
 )
+from weight_transport.base import Bucket, VersionWaiter, plan_buckets, round_secret, token_proof
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 log = get_logger("weight_sync")
 
@@ -54,12 +51,18 @@ RESULT_FIELD = "last_result"
 PIPELINE_DEPTH = 2  # bucket sends in flight while the next bucket fills
 
 
-def redis_now(r: Any) -> float:
+def redis_now(r: Redis) -> float:
     sec, usec = r.time()
     return float(sec) + float(usec) / 1e6
 
 
 # --------------------------------------------------------------------------- backend hooks
+
+
+class Pending(Protocol):
+    """A transfer in flight: ``wait()`` blocks until it is done."""
+
+    def wait(self) -> object: ...
 
 
 class Channel(ABC):
@@ -75,12 +78,12 @@ class Channel(ABC):
     def confirm(self, status: int) -> int:
         """Collective end-of-round check: returns the sum of every participant's status (0 = all ok)."""
 
-    def isend(self, flat: torch.Tensor, index: int) -> Any:
+    def isend(self, flat: torch.Tensor, index: int) -> Pending:
         """Start sending; returns a handle with ``wait()`` (default: synchronous)."""
         self.send(flat, index)
         return _Done()
 
-    def irecv(self, flat: torch.Tensor, index: int) -> Any:
+    def irecv(self, flat: torch.Tensor, index: int) -> Pending:
         self.recv(flat, index)
         return _Done()
 
@@ -117,7 +120,7 @@ class Backend(ABC):
 class ProcessGroupChannel(Channel):
     """A channel over a torch.distributed backend object built for this round only (gloo, nccl)."""
 
-    def __init__(self, pg: Any, device: torch.device) -> None:
+    def __init__(self, pg: dist.ProcessGroup, device: torch.device) -> None:
         self.pg = pg
         self.device = device
 
@@ -127,10 +130,10 @@ class ProcessGroupChannel(Channel):
     def recv(self, flat: torch.Tensor, index: int) -> None:
         self.pg.broadcast(flat, 0).wait()
 
-    def isend(self, flat: torch.Tensor, index: int) -> Any:
+    def isend(self, flat: torch.Tensor, index: int) -> Pending:
         return self.pg.broadcast(flat, 0)  # gloo runs it on its worker threads; in order by tag
 
-    def irecv(self, flat: torch.Tensor, index: int) -> Any:
+    def irecv(self, flat: torch.Tensor, index: int) -> Pending:
         return self.pg.broadcast(flat, 0)
 
     def confirm(self, status: int) -> int:
@@ -196,7 +199,7 @@ def load_checkpoint_weights(path: str) -> dict[str, torch.Tensor]:
 
 
 class RoundSender(WeightSender):
-    def __init__(self, cfg: RethinkerConfig, backend: Backend, *, redis: Any = None) -> None:
+    def __init__(self, cfg: RethinkerConfig, backend: Backend, *, redis: Redis | None = None) -> None:
         self.cfg = cfg
         self.wcfg = cfg.learner.weight_sync
         self.backend = backend.name
@@ -402,7 +405,7 @@ class RoundSender(WeightSender):
         filled: dict[int, int] = {}
         buffers: dict[int, torch.Tensor] = {}
         owners: dict[int, torch.Tensor] = {}
-        inflight: deque[tuple[Any, str, torch.Tensor]] = deque()
+        inflight: deque[tuple[Pending, str, torch.Tensor]] = deque()
         next_to_send = 0
         done: set[int] = set()
 
@@ -478,28 +481,6 @@ class RoundSender(WeightSender):
 # --------------------------------------------------------------------------- participant
 
 
-@dataclass
-class JoinOutcome:
-    """What one participant did in one round (JSON-able: it crosses process boundaries)."""
-
-    member_id: str
-    round_id: str
-    version: int
-    joined: bool = False  # was given a rank (False: not invited, or too late)
-    ok: bool = False  # every bucket received, the round confirmed, and ``deliver`` returned
-    tensors: int = 0
-    num_bytes: int = 0
-    seconds: float = 0.0
-    error: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @staticmethod
-    def from_dict(data: dict[str, Any]) -> "JoinOutcome":
-        return JoinOutcome(**{k: data[k] for k in JoinOutcome.__dataclass_fields__ if k in data})
-
-
 class RoundParticipant:
     """The receiving half of one round, without Redis: dial the round's store, show the token (the
     store prefix), take the rank from ``final``, receive every bucket, confirm, hand the weights over.
@@ -524,7 +505,7 @@ class RoundParticipant:
         """Drop the receive buffers kept for the next round (CPU only keeps them)."""
         self._rx_buffers, self._rx_signature = [], None
 
-    def receive(self, desc: RoundDescriptor, member_id: str, deliver: Callable[[Any], None]) -> JoinOutcome:
+    def receive(self, desc: RoundDescriptor, member_id: str, deliver: Callable[[WeightsArg], None]) -> JoinOutcome:
         """Take part in ``desc`` as ``member_id``.  Returns ``joined=False`` when the sender did not rank
         us (too late); raises on a failed round (timeout, lost peer, bad round, ``deliver`` raising)."""
         t0 = time.perf_counter()
@@ -584,7 +565,7 @@ class RoundParticipant:
             del store
 
     def _receive_stream(
-        self, channel: Channel, specs: list[TensorSpec], plan: list[Bucket], device: torch.device, deliver: Callable[[Any], None]
+        self, channel: Channel, specs: list[TensorSpec], plan: list[Bucket], device: torch.device, deliver: Callable[[WeightsArg], None]
     ) -> None:
         state = {"next": 0}
 
@@ -621,7 +602,7 @@ class RoundReceiver(WeightReceiver):
         server_id: str,
         on_weights: OnWeights,
         initial_version: int = -1,
-        redis: Any = None,
+        redis: Redis | None = None,
     ) -> None:
         if not server_id:
             raise ValueError("server_id must be a non-empty string")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from common import tiny_model
-from common.tiny_model import (
+from devtools import tiny_model
+from devtools.tiny_model import (
     CHAT_TEMPLATE,
     QWEN_ADDED_TOKENS,
     STAMP_FILE,

@@ -15,7 +15,7 @@ import redis
 from common.config import RethinkerConfig, config_to_json, load_config
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[2]
+REPO = HERE.parents[1]
 
 
 @pytest.fixture

@@ -3,31 +3,27 @@
 ``make_sender(cfg)`` (learner rank 0) and ``make_receiver(cfg, server_id=..., on_weights=...)``
 (rollout servers) build the backend named by ``cfg.learner.weight_sync.backend``: ``gloo`` (CPU/TCP),
 ``nccl`` (GPU, multi-node), ``cuda_ipc`` (learner and rollout on the same GPU).  The API is documented
-in ``common/weight_transport/base.py`` and docs/weight-sync.md.
+in ``weight_transport/base.py`` and docs/weight-sync.md.
 
 Engines whose model lives in worker processes (vLLM) receive in the workers: each worker holds a
 ``RoundParticipant`` on ``make_backend(name)`` and the server coordinates with
-``WorkerRoundReceiver`` (``common/weight_transport/workers.py``).
+``WorkerRoundReceiver`` (``weight_transport/workers.py``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.config import RethinkerConfig
-from common.weight_transport.base import (
-    Bucket,
-    JoinRecord,
-    OnWeights,
-    RoundDescriptor,
-    SyncReport,
-    TensorSpec,
-    WeightReceiver,
-    WeightSender,
-    WeightSyncError,
-    plan_buckets,
-    specs_of,
-)
+from common.interfaces import OnWeights, WeightReceiver, WeightSender
+from common.schemas.weights import JoinRecord, RoundDescriptor, SyncReport, TensorSpec, WeightSyncError
+from weight_transport.base import Bucket, plan_buckets, specs_of
+
+if TYPE_CHECKING:
+    from redis import Redis
+    from torch.types import Device
+
+    from weight_transport.protocol import Backend
 
 __all__ = [
     "Bucket",
@@ -48,37 +44,37 @@ __all__ = [
 ]
 
 
-def make_sender(cfg: RethinkerConfig, *, redis: Any = None, backend: str | None = None) -> WeightSender:
+def make_sender(cfg: RethinkerConfig, *, redis: Redis | None = None, backend: str | None = None) -> WeightSender:
     """The learner's sender for ``cfg.learner.weight_sync.backend`` (or ``backend``)."""
     name = backend or cfg.learner.weight_sync.backend
     if name == "gloo":
-        from common.weight_transport.gloo import GlooSender
+        from weight_transport.gloo import GlooSender
 
         return GlooSender(cfg, redis=redis)
     if name == "nccl":
-        from common.weight_transport.nccl import NcclSender
+        from weight_transport.nccl import NcclSender
 
         return NcclSender(cfg, redis=redis)
     if name == "cuda_ipc":
-        from common.weight_transport.cuda_ipc import CudaIpcSender
+        from weight_transport.cuda_ipc import CudaIpcSender
 
         return CudaIpcSender(cfg, redis=redis)
     raise ValueError(f"learner.weight_sync.backend: unknown backend {name!r} (gloo, nccl, cuda_ipc)")
 
 
-def make_backend(name: str, *, device: Any = None) -> Any:
+def make_backend(name: str, *, device: Device = None) -> Backend:
     """The data path of one backend (``protocol.Backend``), for a ``RoundParticipant`` in a worker.
     ``device``: where received tensors live for nccl/cuda_ipc (default: the current CUDA device)."""
     if name == "gloo":
-        from common.weight_transport.gloo import GlooBackend
+        from weight_transport.gloo import GlooBackend
 
         return GlooBackend()
     if name == "nccl":
-        from common.weight_transport.nccl import NcclBackend
+        from weight_transport.nccl import NcclBackend
 
         return NcclBackend(device)
     if name == "cuda_ipc":
-        from common.weight_transport.cuda_ipc import CudaIpcBackend
+        from weight_transport.cuda_ipc import CudaIpcBackend
 
         return CudaIpcBackend(device)
     raise ValueError(f"learner.weight_sync.backend: unknown backend {name!r} (gloo, nccl, cuda_ipc)")
@@ -90,8 +86,8 @@ def make_receiver(
     server_id: str,
     on_weights: OnWeights,
     initial_version: int = -1,
-    device: Any = None,
-    redis: Any = None,
+    device: Device = None,
+    redis: Redis | None = None,
     backend: str | None = None,
 ) -> WeightReceiver:
     """A rollout server's receiver; call ``.start()`` then read ``.loaded_version``; ``.stop()`` at exit.
@@ -102,17 +98,17 @@ def make_receiver(
     """
     name = backend or cfg.learner.weight_sync.backend
     if name == "gloo":
-        from common.weight_transport.gloo import GlooReceiver
+        from weight_transport.gloo import GlooReceiver
 
         return GlooReceiver(cfg, server_id=server_id, on_weights=on_weights, initial_version=initial_version, redis=redis)
     if name == "nccl":
-        from common.weight_transport.nccl import NcclReceiver
+        from weight_transport.nccl import NcclReceiver
 
         return NcclReceiver(
             cfg, server_id=server_id, on_weights=on_weights, initial_version=initial_version, device=device, redis=redis
         )
     if name == "cuda_ipc":
-        from common.weight_transport.cuda_ipc import CudaIpcReceiver
+        from weight_transport.cuda_ipc import CudaIpcReceiver
 
         return CudaIpcReceiver(
             cfg, server_id=server_id, on_weights=on_weights, initial_version=initial_version, device=device, redis=redis
@@ -120,7 +116,7 @@ def make_receiver(
     raise ValueError(f"learner.weight_sync.backend: unknown backend {name!r} (gloo, nccl, cuda_ipc)")
 
 
-def read_sync_state(cfg: RethinkerConfig, redis: Any = None) -> dict[str, Any]:
+def read_sync_state(cfg: RethinkerConfig, redis: Redis | None = None) -> dict[str, Any]:
     """The ``sync_round`` hash decoded: ``checkpoint`` {path, version, step}, current ``round``
     descriptor and ``last_result`` (the last round's report), plus ``version``: the version the last
     round carried (``last_result["version"]``).  The learner's published version itself is

@@ -1,4 +1,5 @@
-"""Wire schemas of the verifier's HTTP API (``POST /v1/verify``), shared by the app and the client."""
+"""Wire schemas of the verifier's HTTP API (``POST /v1/verify``): the app, its client and the rollout
+scorers (``services.rollout.scoring``, through the ``Scorer`` interface) share them."""
 
 from __future__ import annotations
 

@@ -25,33 +25,20 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import torch.distributed as dist
 
 from common.config import RethinkerConfig, reveal
-from common.weight_transport.base import JoinRecord, RoundDescriptor, WeightSyncError, token_proof
-from common.weight_transport.protocol import Backend, Channel, JoinOutcome, RoundReceiver, log, redis_now
+from common.interfaces import WeightsArg
+from common.schemas.weights import JoinOutcome, JoinRecord, RoundDescriptor, WeightSyncError, WorkerMember
+from weight_transport.base import token_proof
+from weight_transport.protocol import Backend, Channel, RoundReceiver, log, redis_now
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 BACKENDS = ("gloo", "nccl", "cuda_ipc")
-
-
-@dataclass(frozen=True)
-class WorkerMember:
-    """One worker that receives rounds itself (what its ``weight_sync_init`` returned)."""
-
-    member_id: str
-    gpu_uuid: str = ""  # cuda_ipc: the worker's GPU (the sender invites only members on its GPU)
-    pid: int = 0
-    host: str = ""
-
-    @staticmethod
-    def from_dict(data: dict[str, Any]) -> "WorkerMember":
-        return WorkerMember(
-            member_id=str(data["member_id"]),
-            gpu_uuid=str(data.get("gpu_uuid", "")),
-            pid=int(data.get("pid", 0)),
-            host=str(data.get("host", "")),
-        )
 
 
 JoinWorkers = Callable[[RoundDescriptor, list[str], bool], Sequence[JoinOutcome]]
@@ -70,11 +57,11 @@ class _Coordinator(Backend):
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def open(self, store: Any, rank: int, world: int, timeout_s: float) -> Channel:
+    def open(self, store: dist.Store, rank: int, world: int, timeout_s: float) -> Channel:
         raise WeightSyncError("the workers receive this round; the coordinating process has no channel")
 
 
-def _no_weights(weights: Any, version: int) -> None:  # pragma: no cover - never called
+def _no_weights(weights: WeightsArg, version: int) -> None:  # pragma: no cover - never called
     raise WeightSyncError("worker-side receive: weights never reach the coordinating process")
 
 
@@ -95,7 +82,7 @@ class WorkerRoundReceiver(RoundReceiver):
         join_workers: JoinWorkers,
         on_checkpoint: OnCheckpoint,
         initial_version: int = -1,
-        redis: Any = None,
+        redis: Redis | None = None,
         backend: str | None = None,
     ) -> None:
         name = backend or cfg.learner.weight_sync.backend

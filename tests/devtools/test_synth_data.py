@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from common.data.schema import ALL_COLUMNS, CATEGORIES
-from common.data.synth import COLORS, KINDS, make_rows, summarize, synth_dataset
+from devtools.synth_data import COLORS, KINDS, make_rows, summarize, synth_dataset
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 OPTION = re.compile(r"^([ABCD])\. (.+)$", re.M)
 
 

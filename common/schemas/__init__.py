@@ -1,5 +1,11 @@
 """Wire schemas shared by every process: prompt tasks, samples, groups and policy versions.
 
+This package is the one home of what crosses a process boundary.  Besides the records below:
+
+- ``common.schemas.buffer``: results of the buffer's calls (claimed tasks, sampled batches, sizes ...);
+- ``common.schemas.verifier``: the verifier's HTTP API (``VerifyItem``, ``VerifyResult`` ...);
+- ``common.schemas.weights``: weight-sync records (manifest, round descriptor, join records ...).
+
 These are plain dataclasses.  ``common.codec`` turns them into msgpack bytes (token ids and
 log-probs as raw numpy buffers) and back, checking field names and types so that a bad payload gives
 a clear ``CodecError`` instead of a ``KeyError`` deep inside a service.

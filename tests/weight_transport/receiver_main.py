@@ -13,12 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from safetensors.torch import save_file  # noqa: E402
 
 from common.config import config_from_json  # noqa: E402
-from common.weight_transport import make_receiver  # noqa: E402
+from weight_transport import make_receiver  # noqa: E402
 
 
 def main() -> None:

@@ -121,7 +121,7 @@ class TinyModelError(CommonError, RuntimeError):
 def tokenizer_corpus() -> list[str]:
     """The fixed text the BPE is trained on: the synthetic task, the recipe's strings, digits, prose."""
     from common.config import PROMPT_SUFFIX, RETHINK_TRIGGERS
-    from common.data.synth import COLORS, COUNTS, KINDS, SHAPES
+    from devtools.synth_data import COLORS, COUNTS, KINDS, SHAPES
 
     colors, shapes = list(COLORS), list(SHAPES)
     lines: list[str] = []
@@ -323,7 +323,7 @@ def builder_hash() -> str:
     """Hash of the code that determines the output (this module and the synthetic vocabulary)."""
     h = hashlib.sha256(f"v{BUILDER_VERSION}".encode())
     here = Path(__file__).resolve()
-    for p in (here, here.parent / "data" / "synth.py"):
+    for p in (here, here.parent / "synth_data.py"):
         h.update(p.read_bytes())
     return h.hexdigest()[:16]
 
