@@ -104,7 +104,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from common.config import load_config
-    from common.model_loading import ensure_model
+    from devtools.tiny_model import ensure_model
     from rethinker.demo import evaluate_model, latest_export, prepare_data, reset_namespace, warm_up
     from rethinker.launcher import read_learner_metrics, run_system
     from rethinker.local_redis import ensure_redis

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model:
         model = args.model
     else:
-        from common.model_loading import ensure_model
+        from devtools.tiny_model import ensure_model
 
         ensure_model(cfg.model)
         model = warm_up(cfg, work / "run").model.path

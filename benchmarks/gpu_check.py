@@ -636,7 +636,7 @@ def step_rate(metrics_jsonl: Path) -> tuple[int, float | None]:
 
 def part_system(a: argparse.Namespace, model_dir: Path, cache: Path) -> dict[str, Any]:
     from common.config import load_config
-    from common.model_loading import ensure_model
+    from devtools.tiny_model import ensure_model
     from rethinker.demo import prepare_data
 
     run_dir = Path(tempfile.mkdtemp(prefix="gpu-check-sys-"))

@@ -4,8 +4,8 @@ Every part loads models here, so a model is loaded the same way everywhere:
 
 - ``load_model(path_or_name, dtype=..., attn_implementation=..., device=...)`` -> a Qwen2.5-VL (or any
   image-text-to-text) model in eval mode; ``load_processor(path_or_name, min_pixels=, max_pixels=)``;
-  ``load_from_config(cfg.model)`` / ``load_processor_from_config(cfg)``; ``ensure_model(cfg.model)``
-  builds the tiny model when ``build_tiny_if_missing`` is set and the folder is missing.
+  ``load_from_config(cfg.model)`` / ``load_processor_from_config(cfg)`` (the path as configured; the
+  tiny model is built on demand by ``devtools.tiny_model.ensure_model``).
   A local folder is loaded offline; a name that is not a local folder is tried on the hub, and if the
   hub is off (``HF_HUB_OFFLINE=1``) or unreachable ``ModelLoadError`` says so and asks for a path.
 - ``build_prompt_inputs(processor, question, images, suffix, min_pixels, max_pixels)`` -> the
@@ -189,24 +189,11 @@ def pixel_limits(processor) -> tuple[int, int]:
     return int(get("shortest_edge")), int(get("longest_edge"))
 
 
-def ensure_model(model_cfg: "ModelConfig") -> str:
-    """The path to load: builds the tiny model into ``model.path`` when it is missing (or stale) and
-    ``build_tiny_if_missing`` is set; otherwise returns ``model.path`` unchanged."""
-    path = model_cfg.path
-    if model_cfg.build_tiny_if_missing:
-        from devtools.tiny_model import ensure_tiny_model, read_stamp
-
-        p = Path(path).expanduser()
-        if p.is_dir() and read_stamp(p) is None and any(p.iterdir()):
-            return str(p)  # a real model someone put there: never overwrite it
-        return str(ensure_tiny_model(p, seed=model_cfg.tiny_seed))
-    return path
-
-
 def load_from_config(model_cfg: "ModelConfig", *, device: str = "cpu"):
-    """``load_model`` with the config's path (built if needed), dtype, attention and remote-code flag."""
+    """``load_model`` with the config's path, dtype, attention and remote-code flag (the tiny model
+    is built on demand by ``devtools.tiny_model.ensure_model``, before this)."""
     return load_model(
-        ensure_model(model_cfg),
+        model_cfg.path,
         dtype=model_cfg.dtype,
         attn_implementation=model_cfg.attn_implementation,
         device=device,
@@ -217,7 +204,7 @@ def load_from_config(model_cfg: "ModelConfig", *, device: str = "cpu"):
 def load_processor_from_config(model_cfg: "ModelConfig", data_cfg: "DataConfig | None" = None):
     """``load_processor`` for the config's model with ``data.min_pixels``/``max_pixels``."""
     return load_processor(
-        ensure_model(model_cfg),
+        model_cfg.path,
         min_pixels=data_cfg.min_pixels if data_cfg is not None else None,
         max_pixels=data_cfg.max_pixels if data_cfg is not None else None,
         trust_remote_code=model_cfg.trust_remote_code,

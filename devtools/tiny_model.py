@@ -33,9 +33,12 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.errors import CommonError
+
+if TYPE_CHECKING:
+    from common.config import ModelConfig
 
 STAMP_FILE = "rethinker_build.json"
 BUILDER_VERSION = 1  # bump when the output of the builder changes on purpose
@@ -422,6 +425,18 @@ def ensure_tiny_model(path: str | os.PathLike, *, seed: int = 0, size: str = "ti
         if not is_current(p, seed=seed, size=size):
             build_tiny_model(p, seed=seed, size=size)
     return p
+
+
+def ensure_model(model_cfg: "ModelConfig") -> str:
+    """The path to load: builds the tiny model into ``model.path`` when it is missing (or stale) and
+    ``build_tiny_if_missing`` is set; otherwise returns ``model.path`` unchanged."""
+    path = model_cfg.path
+    if model_cfg.build_tiny_if_missing:
+        p = Path(path).expanduser()
+        if p.is_dir() and read_stamp(p) is None and any(p.iterdir()):
+            return str(p)  # a real model someone put there: never overwrite it
+        return str(ensure_tiny_model(p, seed=model_cfg.tiny_seed))
+    return path
 
 
 def cmd_build(args: argparse.Namespace) -> int:

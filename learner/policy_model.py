@@ -145,7 +145,9 @@ class PolicyModel:
     def __init__(self, cfg: RethinkerConfig, *, model: Any = None, with_reference: bool | None = None) -> None:
         import deepspeed
 
-        from common.model_loading import ensure_model, load_model
+        from common.model_loading import load_model
+
+        from devtools.tiny_model import ensure_model
 
         self.cfg = cfg
         lc = cfg.learner

@@ -260,7 +260,7 @@ def run_ablation(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the grid; returns (and writes to ``<out>/ablation.json``) every run and the summary."""
-    from common.model_loading import ensure_model
+    from devtools.tiny_model import ensure_model
     from rethinker.demo import evaluate_model, prepare_data, reset_namespace, warm_up
     from rethinker.launcher import read_learner_metrics, run_system
     from rethinker.local_redis import ensure_redis

@@ -185,7 +185,7 @@ def plot_curve(rows: list[dict[str, Any]], initial: float, final: float | None, 
 
 
 def run_demo(cfg: RethinkerConfig, progress: ProgressReporter | None = None) -> dict[str, Any]:
-    from common.model_loading import ensure_model
+    from devtools.tiny_model import ensure_model
     from rethinker.launcher import read_learner_metrics, run_system
 
     def note(text: str) -> None:

@@ -39,9 +39,9 @@ ALLOWED = {
     "services": set(),
     "verifier": {"common"},
     "buffer": {"common"},
-    "rollout": {"common", "weight_transport", "verifier", "buffer"},
+    "rollout": {"common", "devtools", "weight_transport", "verifier", "buffer"},
     "evaluation": {"common", "verifier", "rollout"},
-    "learner": {"common", "weight_transport", "buffer", "evaluation"},
+    "learner": {"common", "devtools", "weight_transport", "buffer", "evaluation"},
     "rethinker": set(PARTS),
 }
 

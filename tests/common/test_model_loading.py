@@ -10,14 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from common.config import ModelConfig
 from devtools.synth_data import make_rows
 from common.model_loading import (
     ModelLoadError,
     build_prompt_inputs,
-    ensure_model,
     extend_prompt_inputs,
-    load_from_config,
     load_model,
     load_processor,
     pixel_limits,
@@ -230,21 +227,3 @@ def test_missing_paths_give_clear_errors(tmp_path, monkeypatch):
     empty.mkdir()
     with pytest.raises(ModelLoadError, match="could not be loaded"):
         load_model(empty)
-
-
-def test_ensure_model_and_load_from_config(tmp_path):
-    cfg = ModelConfig(path=str(tmp_path / "tiny"), dtype="float32", build_tiny_if_missing=True, tiny_seed=0)
-    m = load_from_config(cfg)
-    assert type(m).__name__ == "Qwen2_5_VLForConditionalGeneration"
-    assert (tmp_path / "tiny" / "model.safetensors").is_file()
-    # without the flag a missing path is passed through (and then fails clearly when loaded)
-    plain = ModelConfig(path=str(tmp_path / "other"), build_tiny_if_missing=False)
-    assert ensure_model(plain) == str(tmp_path / "other")
-    with pytest.raises(ModelLoadError):
-        load_from_config(plain)
-    # a folder holding something that is not a tiny-model build is never overwritten
-    foreign = tmp_path / "foreign"
-    foreign.mkdir()
-    (foreign / "config.json").write_text("{}")
-    assert ensure_model(ModelConfig(path=str(foreign), build_tiny_if_missing=True)) == str(foreign)
-    assert (foreign / "config.json").read_text() == "{}"

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from common.config import ModelConfig
+from common.model_loading import ModelLoadError, load_from_config
 from devtools import tiny_model
 from devtools.tiny_model import (
     CHAT_TEMPLATE,
@@ -19,6 +21,7 @@ from devtools.tiny_model import (
     STAMP_FILE,
     SUPPRESSED_TOKENS,
     build_tiny_model,
+    ensure_model,
     ensure_tiny_model,
     is_current,
     read_stamp,
@@ -197,3 +200,21 @@ def test_cli_tiny_model_build(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_ensure_model_and_load_from_config(tmp_path):
+    cfg = ModelConfig(path=str(tmp_path / "tiny"), dtype="float32", build_tiny_if_missing=True, tiny_seed=0)
+    m = load_from_config(cfg.model_copy(update={"path": ensure_model(cfg)}))
+    assert type(m).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert (tmp_path / "tiny" / "model.safetensors").is_file()
+    # without the flag a missing path is passed through (and then fails clearly when loaded)
+    plain = ModelConfig(path=str(tmp_path / "other"), build_tiny_if_missing=False)
+    assert ensure_model(plain) == str(tmp_path / "other")
+    with pytest.raises(ModelLoadError):
+        load_from_config(plain)
+    # a folder holding something that is not a tiny-model build is never overwritten
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.json").write_text("{}")
+    assert ensure_model(ModelConfig(path=str(foreign), build_tiny_if_missing=True)) == str(foreign)
+    assert (foreign / "config.json").read_text() == "{}"

@@ -117,7 +117,7 @@ def test_a_signal_stops_the_grid_and_the_cut_short_run_is_not_recorded(tmp_path,
     import rethinker.demo as demo
     import rethinker.launcher as launcher
     import rethinker.local_redis as local_redis
-    import common.model_loading as model_loading
+    import devtools.tiny_model as tiny_model
     from rethinker.launcher import RunResult
 
     cfg = load_config(ROOT / "configs" / "ablation-cpu.yaml")
@@ -132,7 +132,7 @@ def test_a_signal_stops_the_grid_and_the_cut_short_run_is_not_recorded(tmp_path,
     monkeypatch.setattr(launcher, "read_learner_metrics", lambda _d: metrics)
     monkeypatch.setattr(demo, "prepare_data", lambda _c: None)
     monkeypatch.setattr(demo, "reset_namespace", lambda _c: None)
-    monkeypatch.setattr(model_loading, "ensure_model", lambda _m: None)
+    monkeypatch.setattr(tiny_model, "ensure_model", lambda _m: None)
     monkeypatch.setattr(local_redis, "ensure_redis", lambda url: url)
     monkeypatch.setattr(ablation, "_warm_model", lambda *a, **k: ("warm-model", 0.25))
 

@@ -83,7 +83,8 @@ class HFEngine(Engine):
         log.info("engine_ready", engine=self.name, model=self.model_path, device=str(self.device), version=self._version)
 
     def _load_sync(self) -> None:
-        from common.model_loading import ensure_model, load_model, load_processor
+        from common.model_loading import load_model, load_processor
+        from devtools.tiny_model import ensure_model
 
         if self.model_path == self.cfg.model.path:
             self.model_path = ensure_model(self.cfg.model)  # builds the tiny model when configured

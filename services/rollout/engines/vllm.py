@@ -103,7 +103,9 @@ class VLLMEngine(Engine):
     async def start(self, initial_version: int = 0) -> None:
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        from common.model_loading import ensure_model, load_processor
+        from common.model_loading import load_processor
+
+        from devtools.tiny_model import ensure_model
 
         if self.model_path == self.cfg.model.path:
             self.model_path = ensure_model(self.cfg.model)
