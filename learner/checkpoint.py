@@ -22,12 +22,16 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from common.logging import get_logger
+
+if TYPE_CHECKING:
+    from common.config import RethinkerConfig
+    from learner.policy_model import PolicyModel
 
 log = get_logger("learner.checkpoint")
 
@@ -61,7 +65,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch"])
 
 
-def _copy_model_files(source: str | None, dest: Path, module: Any) -> None:
+def _copy_model_files(source: str | None, dest: Path, module: torch.nn.Module) -> None:
     """Config, generation config, tokenizer and processor files next to the weights."""
     module.config.save_pretrained(dest)
     gen = getattr(module, "generation_config", None)
@@ -84,7 +88,7 @@ def _copy_model_files(source: str | None, dest: Path, module: Any) -> None:
             log.warning("processor_not_exported", source=source, error=str(exc))
 
 
-def export_hf(policy: Any, out_dir: str | os.PathLike[str], *, version: int, step: int, max_shard_bytes: int = MAX_SHARD_BYTES) -> Path | None:
+def export_hf(policy: PolicyModel, out_dir: str | os.PathLike[str], *, version: int, step: int, max_shard_bytes: int = MAX_SHARD_BYTES) -> Path | None:
     """Write the full weights as a transformers model folder.  Collective (every rank must call);
     rank 0 writes.  Returns the folder on rank 0, None elsewhere."""
     from safetensors.torch import save_file
@@ -134,7 +138,7 @@ def export_hf(policy: Any, out_dir: str | os.PathLike[str], *, version: int, ste
 
 
 class CheckpointManager:
-    def __init__(self, cfg: Any, policy: Any) -> None:
+    def __init__(self, cfg: RethinkerConfig, policy: PolicyModel) -> None:
         self.cfg = cfg
         self.policy = policy
         self.dir = Path(cfg.learner.checkpoint_dir)

@@ -125,7 +125,7 @@ class _DeepSpeedForward:
     """What ``teacher_forced_logprobs_batch`` needs of a model, routed through the DeepSpeed-wrapped
     model (its forward installs the gradient-accumulation hooks)."""
 
-    def __init__(self, ds_model: Any) -> None:
+    def __init__(self, ds_model: Any) -> None:  # deepspeed.DeepSpeedEngine (untyped)
         self._ds_model = ds_model
         self.config = ds_model.module.config
 
@@ -142,7 +142,7 @@ class PolicyModel:
     ``ds_model`` is what ``deepspeed.initialize`` returns (DeepSpeed's own engine object); ``module``
     the transformers model inside it."""
 
-    def __init__(self, cfg: RethinkerConfig, *, model: Any = None, with_reference: bool | None = None) -> None:
+    def __init__(self, cfg: RethinkerConfig, *, model: torch.nn.Module | None = None, with_reference: bool | None = None) -> None:
         import deepspeed
 
         from common.model_loading import load_model

@@ -26,12 +26,15 @@ batch, so a separate no-grad pass before the update gives the same numbers).  Of
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from learner.batching import MicroBatch, TrainItem, forward_logprobs
 from learner.loss import LossConfig, grpo_loss
+
+if TYPE_CHECKING:
+    from learner.policy_model import PolicyModel
 
 
 def rank_slice(items: Sequence[TrainItem], rank: int, world: int) -> list[TrainItem]:
@@ -83,12 +86,12 @@ def behaviour_inputs(
     raise ValueError(f"algorithm.grpo.off_policy must be behaviour, decoupled or recompute, got {cfg.off_policy!r}")
 
 
-def _reference_logprobs(ref_model: Any, items: Sequence[TrainItem], pad_token_id: int) -> torch.Tensor:
+def _reference_logprobs(ref_model: torch.nn.Module, items: Sequence[TrainItem], pad_token_id: int) -> torch.Tensor:
     with torch.no_grad():
         return forward_logprobs(ref_model, items, pad_token_id=pad_token_id)
 
 
-def train_step(policy: Any, items: Sequence[TrainItem], loss_cfg: LossConfig, *, version: int | None = None) -> dict[str, float]:
+def train_step(policy: PolicyModel, items: Sequence[TrainItem], loss_cfg: LossConfig, *, version: int | None = None) -> dict[str, float]:
     """Run one optimizer step over ``items`` (all ranks' items; this rank takes its slots).
 
     ``policy`` is a ``learner.policy_model.PolicyModel``; ``version`` is the policy version of the weights

@@ -23,6 +23,7 @@ import time
 from typing import Any, Sequence
 
 import httpx
+from pydantic import SecretStr
 
 from common.data.prompts import split_question
 from common.errors import RolloutServiceError
@@ -82,7 +83,7 @@ class RolloutClient:
     """Synchronous client."""
 
     def __init__(
-        self, base_url: str, *, timeout_s: float = 600.0, retries: int = 3, backoff_s: float = 0.5, token: Any = None
+        self, base_url: str, *, timeout_s: float = 600.0, retries: int = 3, backoff_s: float = 0.5, token: SecretStr | str | None = None
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.retries = retries
@@ -148,7 +149,7 @@ class AsyncRolloutClient:
     """Asyncio client with the same methods."""
 
     def __init__(
-        self, base_url: str, *, timeout_s: float = 600.0, retries: int = 3, backoff_s: float = 0.5, token: Any = None
+        self, base_url: str, *, timeout_s: float = 600.0, retries: int = 3, backoff_s: float = 0.5, token: SecretStr | str | None = None
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.retries = retries

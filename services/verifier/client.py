@@ -24,6 +24,7 @@ import time
 from typing import Any, Iterable, Sequence
 
 import httpx
+from pydantic import SecretStr
 
 from common.config import RethinkerConfig
 from common.errors import VerifierServiceError
@@ -78,7 +79,7 @@ class VerifierClient:
         batch_size: int = 1024,
         backoff_s: float = 0.2,
         backoff_max_s: float = 5.0,
-        token: Any = None,
+        token: SecretStr | str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
