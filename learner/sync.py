@@ -49,8 +49,6 @@ class WeightSync:
         self.policy = policy
         self.buffer = buffer
         self.sender = sender if sender is not None or policy.rank != 0 else make_sender(cfg)
-        self.checkpoint_path: str | None = None
-        self.checkpoint_version: int | None = None
         self.last: SyncReport | None = None
         self.failures = 0
 
@@ -76,7 +74,7 @@ class WeightSync:
         if self.buffer is not None:
             try:
                 self.buffer.publish_policy_version(
-                    PolicyVersion(version=version, step=step, checkpoint_path=self.checkpoint_path, num_bytes=rep.num_bytes)
+                    PolicyVersion(version=version, step=step, num_bytes=rep.num_bytes)
                 )
             except Exception as exc:  # noqa: BLE001 - Redis blip: the next sync publishes again
                 log.warning("policy_version_publish_failed", error=str(exc))
@@ -98,8 +96,6 @@ class WeightSync:
     def publish_checkpoint(self, path: str, *, version: int, step: int) -> None:
         if self.policy.rank != 0:
             return
-        self.checkpoint_path = str(path)
-        self.checkpoint_version = version
         self.sender.publish_checkpoint(str(path), version=version, step=step)
 
     def close(self) -> None:

@@ -97,11 +97,11 @@ class Group:
 
 @dataclass(slots=True)
 class PolicyVersion:
-    """A published set of weights."""
+    """A published set of weights (the checkpoint a late joiner loads is not here: its one record
+    is ``sync_round.checkpoint``, written by the weight sender, docs/weight-sync.md)."""
 
     version: int
     step: int
-    checkpoint_path: str | None = None
     num_bytes: int = 0
     published_at: float = field(default_factory=time.time)
 

@@ -436,7 +436,7 @@ def parse_live(reply: Sequence[Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-_PV_FIELDS = ("version", "step", "checkpoint_path", "num_bytes", "published_at")
+_PV_FIELDS = ("version", "step", "num_bytes", "published_at")
 
 
 def policy_version_mapping(pv: PolicyVersion) -> dict[str, str]:
@@ -454,7 +454,7 @@ def parse_policy_version(raw: dict[Any, Any]) -> PolicyVersion | None:
     if "version" not in d:
         return None
     return PolicyVersion(
-        version=int(d["version"]), step=int(d.get("step", 0)), checkpoint_path=d.get("checkpoint_path"),
+        version=int(d["version"]), step=int(d.get("step", 0)),
         num_bytes=int(d.get("num_bytes", 0)), published_at=float(d.get("published_at", 0.0)),
     )
 

@@ -60,7 +60,7 @@ def test_round_trip_every_schema():
         assert_sample_equal(a, b)
     assert back.rethink_kept == 1 and back.group_id == "g-t0"
     assert decode(encode(task), PromptTask) == task
-    pv = PolicyVersion(version=4, step=40, checkpoint_path="/ckpt/4", num_bytes=123)
+    pv = PolicyVersion(version=4, step=40, num_bytes=123)
     assert decode(encode(pv), PolicyVersion) == pv
     assert_sample_equal(decode(encode(samples[0]), Sample), samples[0])
 

@@ -18,7 +18,7 @@ def test_policy_version_publish_and_event(client):
     assert client.policy_version() is None
     sub = client.r.pubsub(ignore_subscribe_messages=True)
     sub.subscribe(client.keys.policy_channel)
-    pv = PolicyVersion(version=3, step=30, checkpoint_path=None, num_bytes=1234, published_at=1.5)
+    pv = PolicyVersion(version=3, step=30, num_bytes=1234, published_at=1.5)
     client.publish_policy_version(pv)
     assert client.policy_version() == pv
     msg = None
@@ -27,8 +27,8 @@ def test_policy_version_publish_and_event(client):
         msg = sub.get_message(timeout=0.2)
     assert msg is not None and json.loads(msg["data"]) == {"type": "version", "version": 3, "step": 30, "source": "buffer"}
     sub.close()
-    client.publish_policy_version(PolicyVersion(version=4, step=40, checkpoint_path="/ckpt/4"))
-    assert client.policy_version().checkpoint_path == "/ckpt/4"
+    client.publish_policy_version(PolicyVersion(version=4, step=40, num_bytes=99))
+    assert (client.policy_version().step, client.policy_version().num_bytes) == (40, 99)
     assert client.stats()["policy_version"] == 4
     with pytest.raises(BadArgumentError):
         client.publish_policy_version(PolicyVersion(version=-1, step=0))
