@@ -771,10 +771,12 @@ class RoundReceiver(WeightReceiver):
                 pass
 
     def _join(self, desc: RoundDescriptor) -> None:
+        """Take part in one round and keep its books: the loaded version, the counters and the
+        log line on success; the error on failure (logged and forgotten); a heartbeat either way."""
         t0 = time.perf_counter()
         try:
-            outcome = self._participant.receive(desc, self.server_id, lambda w: self.on_weights(w, desc.version))
-            if not outcome.joined:
+            received = self._receive_round(desc)
+            if received is None:
                 return
             self._version.set(desc.version)
             self._last_error = ""
@@ -784,6 +786,7 @@ class RoundReceiver(WeightReceiver):
                 server_id=self.server_id,
                 version=desc.version,
                 round_id=desc.round_id,
+                **received,
                 seconds=round(time.perf_counter() - t0, 4),
             )
         except Exception as exc:  # noqa: BLE001 - a failed round is logged and forgotten
@@ -795,3 +798,9 @@ class RoundReceiver(WeightReceiver):
                 self._heartbeat()
             except Exception:  # noqa: BLE001
                 pass
+
+    def _receive_round(self, desc: RoundDescriptor) -> dict[str, int] | None:
+        """Receive the round's weights and hand them to ``on_weights``; None when this receiver did
+        not join it, else extra fields for the log line.  Raises when the round failed."""
+        outcome = self._participant.receive(desc, self.server_id, lambda w: self.on_weights(w, desc.version))
+        return {} if outcome.joined else None

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch.distributed as dist
@@ -140,41 +139,22 @@ class WorkerRoundReceiver(RoundReceiver):
         return version
 
     # ---- one round
-    def _join(self, desc: RoundDescriptor) -> None:
-        t0 = time.perf_counter()
+    def _receive_round(self, desc: RoundDescriptor) -> dict[str, int] | None:
+        """The workers take part in the round (``join_workers``); the books are kept by
+        ``RoundReceiver._join``.  A round some worker missed or failed raises."""
         ids = self._member_ids()
         invited = [m for m in ids if m in desc.members]
         apply = len(invited) == len(ids)
-        try:
-            outcomes = [o if isinstance(o, JoinOutcome) else JoinOutcome.from_dict(o) for o in self.join_workers(desc, invited, apply)]
-            self.last_outcomes = outcomes
-            by_id = {o.member_id: o for o in outcomes}
-            if not any(o.joined for o in outcomes):
-                log.info("sync_round_missed", server_id=self.server_id, round_id=desc.round_id)
-                return
-            bad = [m for m in ids if m not in by_id or not (by_id[m].joined and by_id[m].ok)]
-            if not apply:
-                raise WeightSyncError(f"only {invited} of {ids} invited: received and dropped")
-            if bad:
-                errors = "; ".join(f"{m}: {by_id[m].error if m in by_id else 'no outcome'}" for m in bad)
-                raise WeightSyncError(f"workers without the round: {errors}")
-            self._version.set(desc.version)
-            self._last_error = ""
-            self.rounds_ok += 1
-            log.info(
-                "weights_received",
-                server_id=self.server_id,
-                version=desc.version,
-                round_id=desc.round_id,
-                workers=len(ids),
-                seconds=round(time.perf_counter() - t0, 4),
-            )
-        except Exception as exc:  # noqa: BLE001 - a failed round is logged and forgotten
-            self.rounds_failed += 1
-            self._last_error = f"round {desc.round_id}: {type(exc).__name__}: {exc}"[:500]
-            log.warning("sync_round_failed", server_id=self.server_id, round_id=desc.round_id, error=self._last_error)
-        finally:
-            try:
-                self._heartbeat()
-            except Exception:  # noqa: BLE001
-                pass
+        outcomes = [o if isinstance(o, JoinOutcome) else JoinOutcome.from_dict(o) for o in self.join_workers(desc, invited, apply)]
+        self.last_outcomes = outcomes
+        by_id = {o.member_id: o for o in outcomes}
+        if not any(o.joined for o in outcomes):
+            log.info("sync_round_missed", server_id=self.server_id, round_id=desc.round_id)
+            return None
+        bad = [m for m in ids if m not in by_id or not (by_id[m].joined and by_id[m].ok)]
+        if not apply:
+            raise WeightSyncError(f"only {invited} of {ids} invited: received and dropped")
+        if bad:
+            errors = "; ".join(f"{m}: {by_id[m].error if m in by_id else 'no outcome'}" for m in bad)
+            raise WeightSyncError(f"workers without the round: {errors}")
+        return {"workers": len(ids)}
