@@ -2,7 +2,7 @@
 
 Runs `rethinker ablate` (rethinker/ablation.py: the real verifier, buffer, rollout servers and
 learner as processes, a fixed budget of learner steps per run) for modes grpo, filter and ssr on the
-graded synthetic task of ``configs/ablation-cpu.yaml`` and prints, per mode (mean over the seeds):
+task of ``configs/ablation-cpu.yaml`` and prints, per mode (mean over the seeds):
 
 - ``steps_to_0.8``: first evaluated step whose held-out accuracy is >= 0.8 (null: never), with
   ``reached_0.8`` (seeds that got there / seeds);
@@ -16,9 +16,12 @@ plus ``ssr_minus_filter`` and ``ssr_minus_grpo`` (final accuracy differences) an
 The modes of a seed start from the same warmed-up model and alternate run by run.
 
 ``--quick``: one seed and 100 steps (a smoke run of a few minutes per mode); the full grid is
-``--seeds 3`` with the config's step budget (docs/ablation.md).
+``--seeds 3`` with the config's step budget (docs/ablation.md).  ``--from DIR`` runs nothing and
+reads a grid that ``rethinker ablate`` already ran (``DIR/ablation.json``), so the figures of a
+long grid come out in this same line.
 
 Usage: python benchmarks/ablation.py [--quick] [--seeds 3] [--steps N] [--out runs/bench-ablation]
+       python benchmarks/ablation.py --from runs/ablation-cpu
 """
 
 from __future__ import annotations
@@ -62,7 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--config", default=str(REPO / "configs" / "ablation-cpu.yaml"))
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-ablation"))
+    ap.add_argument("--from", dest="from_dir", default=None, help="read DIR/ablation.json of a finished grid instead of running one")
     args = ap.parse_args(argv)
+    if args.from_dir:
+        path = Path(args.from_dir) / "ablation.json"
+        if not path.is_file():
+            print(f"ablation: --from: no {path} (run `rethinker ablate --out {args.from_dir}` first)", file=sys.stderr)
+            return 2
+        doc = json.loads(path.read_text())
+        print(json.dumps(result_line(doc, quick=False, seeds=doc["meta"]["seeds"], source=str(path))))
+        return 0
 
     from common.config import load_config
     from rethinker.ablation import run_ablation
@@ -72,12 +84,20 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [f"redis.url={os.environ['REDIS_URL']}"] if os.environ.get("REDIS_URL") else []
     cfg = load_config(args.config, overrides)
     doc = run_ablation(cfg, modes=MODES, seeds=seeds, rethinks=["off"], steps=steps, out=Path(args.out), progress=False)
+    out = result_line(doc, quick=args.quick, seeds=seeds, source=args.out)
+    print(json.dumps(out))
+    return 0 if not out["failed_runs"] else 1
+
+
+def result_line(doc: dict, *, quick: bool, seeds: list[int], source: str) -> dict:
+    """The JSON line of a grid (``rethinker.ablation`` document): per-mode figures and differences."""
     per_mode = {m: mode_figures(doc["summary"], m) for m in MODES}
     acc = {m: per_mode[m].get("final_accuracy") for m in MODES}
-    out = {
+    return {
         "benchmark": "ablation",
         "date": datetime.date.today().isoformat(),
-        "quick": args.quick,
+        "source": source,
+        "quick": quick,
         "seeds": seeds,
         "steps": doc["meta"]["steps"],
         "modes": per_mode,
@@ -87,8 +107,6 @@ def main(argv: list[str] | None = None) -> int:
         "load_avg": os.getloadavg()[0],
         "failed_runs": [r["name"] for r in doc["runs"] if r["returncode"] != 0],
     }
-    print(json.dumps(out))
-    return 0 if not out["failed_runs"] else 1
 
 
 if __name__ == "__main__":

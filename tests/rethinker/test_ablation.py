@@ -146,3 +146,24 @@ def test_a_signal_stops_the_grid_and_the_cut_short_run_is_not_recorded(tmp_path,
 
 def test_progress_figures_of_a_run_without_training_steps():
     assert _fmt(None, 2) == "-" and _fmt(0.5, 3) == "0.500"
+
+
+def test_benchmark_line_from_a_finished_grid(tmp_path):
+    """`benchmarks/ablation.py --from DIR` prints the JSON line of a grid `rethinker ablate` ran."""
+    def rec(mode, seed, accs):
+        return run_record(RunSpec(mode, "off", seed), _rows(accs, [0.9] * 4, [0.0] * 4), initial=0.25, wall_s=1, returncode=0)
+
+    runs = [rec(m, s, [(2, 0.5 + 0.1 * i + 0.05 * s), (4, 0.7 + 0.1 * i)]) for s in (0, 1) for i, m in enumerate(("grpo", "filter", "ssr"))]
+    doc = {"meta": {"steps": 4, "seeds": [0, 1], "wall_s": 12.0}, "summary": summarize(runs), "runs": runs}
+    (tmp_path / "ablation.json").write_text(json.dumps(doc))
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--from", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    line = json.loads(r.stdout)
+    assert line["seeds"] == [0, 1] and line["steps"] == 4 and line["failed_runs"] == []
+    assert line["modes"]["ssr"]["final_accuracy"] == pytest.approx(0.9)
+    assert line["modes"]["grpo"]["steps_to_0.8"] is None and line["modes"]["ssr"]["reached_0.8"] == "2/2"
+    assert line["ssr_minus_grpo"] == pytest.approx(0.2)
+    missing = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--from", str(tmp_path / "none")],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "no " in missing.stderr and "ablation.json" in missing.stderr
