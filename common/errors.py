@@ -3,8 +3,8 @@
 Every exception class the project defines derives from ``RethinkerError`` through its part's base
 below, so ``except RethinkerError`` catches any of our own errors and ``except <Part>Error`` those of
 one part.  A concrete error also keeps the builtin it always was (``ConfigError`` is a
-``ValueError``, ``EngineError`` a ``RuntimeError`` ...) by multiple inheritance, so existing
-``except ValueError`` / ``except RuntimeError`` handlers behave as before:
+``ValueError``, ``EngineError`` a ``RuntimeError`` ...) by multiple inheritance, so
+``except ValueError`` / ``except RuntimeError`` handlers catch it too:
 
     class ConfigError(CommonError, ValueError): ...
 

@@ -140,7 +140,7 @@ class RedisKeys:
     # ---- versions and membership ({w})
     @property
     def policy_version(self) -> str:
-        """Hash: the latest published ``PolicyVersion`` (version, step, checkpoint, time); the one
+        """Hash: the latest published ``PolicyVersion`` (version, step, bytes, time); the one
         record of the learner's version (``services.buffer.client.versions``)."""
         return self._k("w", "policy_version")
 

@@ -50,7 +50,6 @@ import argparse
 import json
 import random
 import re
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +59,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
+from common.cli_args import UsageError
 from common.data.images import encode_png
 from common.data.schema import (
     COL_ANSWER,
@@ -365,8 +365,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     try:
         levels = [int(x) for x in str(levels).split(",") if x.strip()]
     except ValueError:
-        print(f"rethinker: error: data synth: --levels must be comma-separated integers, got {args.levels!r}", file=sys.stderr)
-        return 2
+        raise UsageError(f"data synth: --levels must be comma-separated integers, got {args.levels!r}") from None
     try:
         paths = synth_dataset(
             args.out,
@@ -378,8 +377,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
             levels=levels,
         )
     except (ValueError, OSError) as exc:
-        print(f"rethinker: error: data synth: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"data synth: {exc}") from None
     for split, path in paths.items():
         s = summarize(path)
         print(f"{split}: {path} rows={s['rows']}")

@@ -30,11 +30,11 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from common.cli_args import UsageError
 from common.errors import CommonError
 
 if TYPE_CHECKING:
@@ -444,8 +444,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     try:
         out = build_tiny_model(args.dir, seed=args.seed, size=args.size)
     except (TinyModelError, OSError) as exc:
-        print(f"rethinker: error: tiny-model build: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"tiny-model build: {exc}") from None
     stamp = read_stamp(out) or {}
     print(f"built {args.size} Qwen2.5-VL (seed {args.seed}) in {out}")
     print(f"  parameters: {stamp.get('parameters')}  vocab: {stamp.get('vocab_size')}")

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.cli_args import UsageError, add_config_args
+from common.cli_args import UsageError, add_config_args, run_command
 from common.config import RethinkerConfig, load_config
 
 if TYPE_CHECKING:  # the modules below are imported when a command runs: building the parser stays cheap
@@ -247,3 +247,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(line)
     print(f"report: {out_dir / 'summary.md'}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m evaluation.main eval ...`` / ``... chat ...`` (the same as ``rethinker eval`` / ``chat``)."""
+    p = argparse.ArgumentParser(prog="python -m evaluation.main")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("eval", help="evaluate a model on benchmarks")
+    add_eval_arguments(e)
+    e.set_defaults(func=cmd_eval)
+    c = sub.add_parser("chat", help="ask a model one question")
+    add_chat_arguments(c)
+    c.set_defaults(func=cmd_chat)
+    args = p.parse_args(argv)
+    return run_command(args.func, args, prog="evaluation")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

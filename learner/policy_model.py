@@ -7,7 +7,8 @@
   FusedAdam/CPUAdam build) and a ``LambdaLR``: linear warm-up over ``warmup_ratio * total_steps``
   steps, then cosine down to ``min_lr_ratio * lr`` at ``total_steps``.  Gradient clipping is
   DeepSpeed's ``gradient_clipping``.  One learner step = one optimizer step: ``micro_step`` is called
-  for each micro-batch (gradient accumulation), then ``optimizer_step``.
+  for each micro-batch (gradient accumulation), and DeepSpeed steps the optimizer at the
+  accumulation boundary.
 - ``full_parameters()``: the manifest (names, dtypes, full shapes; ZeRO-3 aware via ``ds_shape``) and
   an iterator gathering full tensors chunk by chunk (``GatheredParameters``); collective under ZeRO-3,
   so every rank iterates it.

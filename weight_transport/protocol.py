@@ -1,6 +1,6 @@
 """The backend-independent half of the weight-sync protocol: membership, rounds, rendezvous, buckets.
 
-``RoundSender`` / ``RoundReceiver`` implement ``WeightSender`` / ``WeightReceiver`` (base.py) on top of a
+``RoundSender`` / ``RoundReceiver`` implement ``WeightSender`` / ``WeightReceiver`` (``common.interfaces``; the API is described in base.py) on top of a
 ``Backend``: the only backend-specific part is how one round's bytes move (``Channel``).  See
 docs/weight-sync.md for the protocol.
 """

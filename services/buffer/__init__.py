@@ -7,7 +7,7 @@
 - ``library``  the Redis Functions library (``lua/rethinker_buffer.lua``): load + version check.
 - ``stats``    the statistics dict of ``GET /v1/stats`` and the dashboard.
 - ``app``      FastAPI service (inspection, administration, dashboard, metrics).
-- ``server``   ``rethinker serve buffer`` entry point.
+- ``main``     entry point of the buffer's HTTP service (``rethinker serve buffer``, ``python -m services.buffer.main``).
 
 See docs/buffer.md.
 """

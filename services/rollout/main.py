@@ -15,7 +15,7 @@ import os
 import signal
 from typing import Iterator
 
-from common.cli_args import add_config_args, config_from_args
+from common.cli_args import add_config_args, config_from_args, run_command
 from common.config import RethinkerConfig
 from common.logging import configure_logging, get_logger
 
@@ -91,9 +91,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m services.rollout.main --config F --set ...``"""
-    p = argparse.ArgumentParser(prog="rethinker serve rollout")
+    p = argparse.ArgumentParser(prog="python -m services.rollout.main")
     add_arguments(p)
-    return cmd_serve(p.parse_args(argv))
+    return run_command(cmd_serve, p.parse_args(argv), prog="rollout")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import builtins
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PARTS = ("common", "services", "learner", "evaluation", "rethinker")
+PARTS = ("common", "devtools", "weight_transport", "services", "learner", "evaluation", "rethinker")
 # Private control flow, caught inside its own module (each says so in its docstring).
 PRIVATE_CONTROL_FLOW = {"services/verifier/fastlatex.py:_Reject", "services/verifier/arith.py:_Undecided"}
 PART_BASES = {"CommonError", "VerifierServiceError", "BufferServiceError", "RolloutServiceError", "LearnerError",

@@ -3,7 +3,7 @@
 Facts owned here, and who writes / reads them:
 
 - ``RedisKeys.policy_version`` (hash): the latest published ``PolicyVersion`` (version, step,
-  checkpoint path, bytes, time).  Written by the learner (``learner.sync.WeightSync`` after each
+  bytes, time; the checkpoint pointer is ``sync_round.checkpoint``, written by the weight sender).  Written by the learner (``learner.sync.WeightSync`` after each
   weight-sync round, through ``publish_policy_version``, which also announces it on
   ``policy_channel``).  Read by rollout servers (staleness gate of ``services.rollout.actor``), the
   buffer's stats, the learner on resume (``highest_policy_version``) and the chaos harness.  This
