@@ -9,13 +9,16 @@ process on the format-warmed tiny model:
   prefill (``rollout.hf_shared_prefill``, one prefill per prompt) and without it (every row
   prefilled), alternated over ``--repeats``, median; ``prefill_share_plain``: the share of the plain
   generation spent with ``max_new_tokens=1`` (the prefill), ``shared_prefill_speedup`` the ratio;
+- ``generate_by_batch_s``: the same 256 responses (shared prefill) generated in calls of
+  ``--batch-prompts`` prompts each (a rollout server generates one claimed batch of
+  ``rollout.batch_prompts`` prompts per call), so the cost of many small calls shows;
 - ``learner_step_s``: one DeepSpeed (ZeRO-2, fp32) GRPO step on ``--rows`` rows of the same shape
   (the demo trains half the rollout volume, 128 rows), median; ``learner_s_per_row``.
 
 The whole demo's split between these parts, and its idle share, come from ``rethinker demo``'s own
 ``summary.json`` / ``learner_metrics.jsonl``; this script isolates the parts.
 
-Usage: python benchmarks/demo_profile.py [--repeats 3] [--rows 128] [--model DIR] [--data DIR]
+Usage: python benchmarks/demo_profile.py [--repeats 3] [--rows 128] [--batch-prompts 4,8,16,32] [--model DIR] [--data DIR]
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--model", default=None, help="a format-warmed model folder (default: warm one up here)")
     ap.add_argument("--data", default=None, help="folder with train.parquet (default: generate the demo data)")
     ap.add_argument("--warmup-steps", type=int, default=50)
+    ap.add_argument("--batch-prompts", default="4,8,16,32", help="prompts per generation call for generate_by_batch_s")
     return ap.parse_args(argv)
 
 
@@ -82,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out: dict[str, object] = {}
     gen = {True: [], False: []}
+    sizes = [int(x) for x in str(args.batch_prompts).split(",") if x.strip()]
+    by_batch: dict[int, list[float]] = {b: [] for b in sizes}
     prefill_plain: list[float] = []
     encode: list[float] = []
 
@@ -107,6 +113,13 @@ def main(argv: list[str] | None = None) -> int:
                 t = time.perf_counter()
                 eng._generate_sync(reqs, 0)
                 gen[shared].append(time.perf_counter() - t)
+            for b in (sizes if rep % 2 == 0 else sizes[::-1]):
+                reqs = [GenerationRequest(f"b{i}", p, SamplingParams.from_config(cfg.algorithm.sampling, seed=i))
+                        for i, p in enumerate(prompts)]
+                t = time.perf_counter()
+                for k in range(0, len(reqs), b):
+                    e0._generate_sync(reqs[k : k + b], 0)
+                by_batch[b].append(time.perf_counter() - t)
             one = cfg.algorithm.sampling.model_copy(update={"max_new_tokens": 1})
             reqs = [GenerationRequest(f"p{i}", p, SamplingParams.from_config(one, seed=i)) for i, p in enumerate(prompts)]
             t = time.perf_counter()
@@ -123,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     out["generate_plain_s"] = med(gen[False])
     out["shared_prefill_speedup"] = round(out["generate_plain_s"] / out["generate_s"], 3)
     out["prefill_share_plain"] = round(med(prefill_plain) / out["generate_plain_s"], 3)
+    out["generate_by_batch_s"] = {str(b): med(v) for b, v in by_batch.items()}
 
     from common.model_loading import load_processor
     from learner.batching import PromptCache, build_items
