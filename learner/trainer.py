@@ -184,7 +184,12 @@ class Trainer:
         A round of new groups without a single effective response (every group all-right or
         all-wrong) counts towards ``learner.stop_after_empty_rounds``; when nothing at all is
         drawable (in mode ssr the replay pool counts) the feeder is granted another round instead of
-        a step (the public code's fill loop spins forever here)."""
+        a step (the public code's fill loop spins forever here).
+
+        The feed window moves with every step, so the new round's tasks are published first, before
+        looking for data: rollouts that are ahead keep working instead of running dry until the
+        learner next has to wait."""
+        self.feeder.top_up(self.step, self.version)
         t0 = time.perf_counter()
         need = self.cfg.learner.prompts_per_step
         if self._groups_seen is None:

@@ -71,7 +71,38 @@ def test_trainer_feeds_trains_broadcasts_and_checkpoints(make_cfg, tiny_model_di
     # the feeder never ran more than staleness_bound steps ahead, and its cursor is in the checkpoint
     ck = json.loads((tmp_path / "run" / "ckpt" / "step-00000004" / "learner.json").read_text())
     assert ck["step"] == 4 and ck["feeder"]["published"] <= cfg.learner.prompts_per_step * (4 + 1 + 1)
+    # ... and every step moved the window: before step 4 (3 steps done) it published up to 3 + 1 + 1 rounds
+    assert ck["feeder"]["published"] == cfg.learner.prompts_per_step * (3 + 1 + 1)
     assert ck["feeder"]["cursor"] == ck["feeder"]["published"] % ck["feeder"]["num_rows"]
+
+
+def test_each_step_moves_the_feed_window_even_when_its_data_is_ready(make_cfg, tiny_model_dir):
+    """Rollouts ahead of the learner: the groups of the next step are stored before the learner asks.
+    The learner still publishes the next round's prompts first, so the rollouts never run dry
+    waiting for the learner to have to wait."""
+    from learner.trainer import Trainer
+
+    cfg = make_cfg("learner.total_steps=4", "learner.eval_every=0", "algorithm.ssr.staleness_bound=1", "algorithm.ssr.mode=ssr")
+    pps = cfg.learner.prompts_per_step
+    trainer = Trainer(cfg)
+    trainer.feeder.top_up(0, 0)  # the window before any step: 0 + 1 + 1 rounds
+    assert trainer.feeder.state.published == 2 * pps
+    producer = Producer(cfg, str(tiny_model_dir)).start()
+    try:
+        deadline = time.monotonic() + 120
+        while producer.groups < 2 * pps and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        producer.stop()
+    assert producer.groups == 2 * pps
+    try:
+        trainer.step = trainer.version = 1  # one step done; two rounds of groups stored, nothing taken yet
+        trainer._groups_seen = 0
+        idle = trainer.wait_for_data()
+        assert idle < 5  # the data was there
+        assert trainer.feeder.state.published == 3 * pps  # the window moved: 1 + 1 + 1 rounds
+    finally:
+        trainer.close()
 
 
 def test_rounds_without_effective_samples_do_not_stall_the_learner(make_cfg, tiny_model_dir):
