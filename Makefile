@@ -1,6 +1,6 @@
 # The two commands of the README:  `make demo`  and  `make test`.
 # Both (re)build .venv when pyproject.toml or the lock changed, make sure a Redis >= 7 is reachable
-# (scripts/ensure_redis.py), then run.
+# (python -m rethinker.local_redis), then run.
 
 PYTHON ?= python3.11
 VENV   ?= .venv
