@@ -39,6 +39,7 @@ log = get_logger("ablation")
 MODES = ("grpo", "filter", "ssr")
 RETHINK_VARIANTS = ("off", "on", "nll0")
 THRESHOLDS = (0.8, 0.9)
+CONVERGED_AFTER_EMPTY_ROUNDS = 20
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,11 @@ def run_config(base: RethinkerConfig, spec: RunSpec, *, out: Path, warm_model: s
     cfg.run.run_dir = str(run_dir)
     cfg.learner.checkpoint_dir = str(run_dir / "checkpoints")
     cfg.learner.total_steps = steps
-    cfg.learner.stop_after_empty_rounds = 0  # a fixed budget of steps for every run
+    # A fixed budget of steps for every run, except that a solved task can leave nothing to train
+    # on: once every group is all-right and the replay pool is used up (reuse cap), no step can be
+    # drawn and the learner would ask for new rounds forever.  After this many rounds in a row
+    # without one effective response the run ends as converged (``steps_done`` < ``steps``).
+    cfg.learner.stop_after_empty_rounds = CONVERGED_AFTER_EMPTY_ROUNDS
     cfg.redis.namespace = f"{base.redis.namespace}-{spec.name}"
     cfg.model.path = warm_model
     cfg.model.build_tiny_if_missing = False

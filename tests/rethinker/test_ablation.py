@@ -45,7 +45,7 @@ def test_each_run_differs_from_the_base_only_where_it_should(tmp_path):
     assert cfg.run.seed == 2 and cfg.learner.total_steps == 40 and cfg.model.path == "/m/warm"
     assert cfg.run.run_dir == str(tmp_path / "filter-rethink_nll0-s2")
     assert cfg.redis.namespace == f"{base.redis.namespace}-filter-rethink_nll0-s2"
-    assert cfg.learner.stop_after_empty_rounds == 0
+    assert cfg.learner.stop_after_empty_rounds == 20  # a solved run ends instead of asking for rounds forever
     off = run_config(base, RunSpec("ssr", "off", 0), out=tmp_path, warm_model="/m", steps=40)
     assert not off.algorithm.rethink.enabled and off.algorithm.grpo.nll_coef == base.algorithm.grpo.nll_coef
     on = run_config(base, RunSpec("ssr", "on", 0), out=tmp_path, warm_model="/m", steps=40)
