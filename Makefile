@@ -78,12 +78,13 @@ bench-async-sync: venv
 	REDIS_URL=$$REDIS_URL $(BIN)/python benchmarks/async_vs_sync.py
 
 # Opt-in slow lane (not CI): the SSR ablation through the whole system (docs/ablation.md).
-# `make ablation` runs the 3 modes x 3 seeds grid (about an hour and more on 2 cores), then the
+# `make ablation` runs the 3 modes x 3 seeds grid (about 55-65 minutes on 2 cores), then the
 # rethinking variants of SSR; `make ablation-quick` one seed of 100 steps per mode (one JSON line).
 ablation: venv
 	@REDIS_URL=$$($(BIN)/python -m rethinker.local_redis) || exit 1; \
 	REDIS_URL=$$REDIS_URL $(BIN)/rethinker ablate -c configs/ablation-cpu.yaml --modes grpo,filter,ssr --seeds 3 --rethink off --resume && \
-	REDIS_URL=$$REDIS_URL $(BIN)/rethinker ablate -c configs/ablation-cpu.yaml --modes ssr --seed-list 0 --rethink on,nll0 --resume
+	REDIS_URL=$$REDIS_URL $(BIN)/rethinker ablate -c configs/ablation-cpu.yaml --modes ssr --seed-list 0 --rethink on,nll0 --resume && \
+	$(BIN)/python benchmarks/ablation.py --from runs/ablation-cpu
 
 ablation-quick: venv
 	@REDIS_URL=$$($(BIN)/python -m rethinker.local_redis) || exit 1; \

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ablation: --from: no {path} (run `rethinker ablate --out {args.from_dir}` first)", file=sys.stderr)
             return 2
         doc = json.loads(path.read_text())
-        print(json.dumps(result_line(doc, quick=False, seeds=doc["meta"]["seeds"], source=str(path))))
+        print(json.dumps(result_line(doc, quick=False, source=str(path))))
         return 0
 
     from common.config import load_config
@@ -84,13 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [f"redis.url={os.environ['REDIS_URL']}"] if os.environ.get("REDIS_URL") else []
     cfg = load_config(args.config, overrides)
     doc = run_ablation(cfg, modes=MODES, seeds=seeds, rethinks=["off"], steps=steps, out=Path(args.out), progress=False)
-    out = result_line(doc, quick=args.quick, seeds=seeds, source=args.out)
+    out = result_line(doc, quick=args.quick, source=args.out)
     print(json.dumps(out))
     return 0 if not out["failed_runs"] else 1
 
 
-def result_line(doc: dict, *, quick: bool, seeds: list[int], source: str) -> dict:
-    """The JSON line of a grid (``rethinker.ablation`` document): per-mode figures and differences."""
+def result_line(doc: dict, *, quick: bool, source: str) -> dict:
+    """The JSON line of a grid (``rethinker.ablation`` document): per-mode figures and differences.
+    Seeds and ``runs_wall_s`` (the runs' own wall time, warm-ups not included) come from the
+    stage-1 runs themselves, since a document can hold several grids (``--resume``)."""
+    stage1 = [r for r in doc["runs"] if r["mode"] in MODES and r["rethink"] == "off"]
     per_mode = {m: mode_figures(doc["summary"], m) for m in MODES}
     acc = {m: per_mode[m].get("final_accuracy") for m in MODES}
     return {
@@ -98,12 +101,12 @@ def result_line(doc: dict, *, quick: bool, seeds: list[int], source: str) -> dic
         "date": datetime.date.today().isoformat(),
         "source": source,
         "quick": quick,
-        "seeds": seeds,
+        "seeds": sorted({r["seed"] for r in stage1}),
         "steps": doc["meta"]["steps"],
         "modes": per_mode,
         "ssr_minus_filter": None if None in (acc["ssr"], acc["filter"]) else round(acc["ssr"] - acc["filter"], 4),
         "ssr_minus_grpo": None if None in (acc["ssr"], acc["grpo"]) else round(acc["ssr"] - acc["grpo"], 4),
-        "wall_s": doc["meta"]["wall_s"],
+        "runs_wall_s": round(sum(r["wall_s"] for r in stage1), 1),
         "load_avg": os.getloadavg()[0],
         "failed_runs": [r["name"] for r in doc["runs"] if r["returncode"] != 0],
     }

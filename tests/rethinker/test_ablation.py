@@ -154,13 +154,14 @@ def test_benchmark_line_from_a_finished_grid(tmp_path):
         return run_record(RunSpec(mode, "off", seed), _rows(accs, [0.9] * 4, [0.0] * 4), initial=0.25, wall_s=1, returncode=0)
 
     runs = [rec(m, s, [(2, 0.5 + 0.1 * i + 0.05 * s), (4, 0.7 + 0.1 * i)]) for s in (0, 1) for i, m in enumerate(("grpo", "filter", "ssr"))]
-    doc = {"meta": {"steps": 4, "seeds": [0, 1], "wall_s": 12.0}, "summary": summarize(runs), "runs": runs}
+    doc = {"meta": {"steps": 4, "seeds": [0], "wall_s": 12.0}, "summary": summarize(runs), "runs": runs}  # meta of a later grid
     (tmp_path / "ablation.json").write_text(json.dumps(doc))
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablation.py"), "--from", str(tmp_path)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     line = json.loads(r.stdout)
     assert line["seeds"] == [0, 1] and line["steps"] == 4 and line["failed_runs"] == []
+    assert line["runs_wall_s"] == 6.0  # six runs of 1 s
     assert line["modes"]["ssr"]["final_accuracy"] == pytest.approx(0.9)
     assert line["modes"]["grpo"]["steps_to_0.8"] is None and line["modes"]["ssr"]["reached_0.8"] == "2/2"
     assert line["ssr_minus_grpo"] == pytest.approx(0.2)
