@@ -10,7 +10,9 @@
   that a 413 names);
 - connections are kept: one ``httpx.Client`` for the sync calls and one ``httpx.AsyncClient`` per
   event loop for the async ones (a new client per call would build a new TLS context each time,
-  which cost a rollout server about a third of its CPU); ``close()`` / ``aclose()`` release them.
+  which cost a rollout server about a third of its CPU); after the verifier was unreachable the
+  async client is dropped and the next call opens fresh connections; ``close()`` / ``aclose()``
+  release them.
 
 ``VerifierClient.from_config(cfg)`` uses ``verifier.base_url()``, ``verifier.max_items``,
 ``verifier.api_token`` (sent as ``Authorization: Bearer <token>``) and the rollout section's
@@ -195,8 +197,21 @@ class VerifierClient:
         if not batches:
             return []
         client = self._aclient()
-        parts = await asyncio.gather(*(self._apost(client, b) for b in batches))
+        try:
+            parts = await asyncio.gather(*(self._apost(client, b) for b in batches))
+        except VerifierUnavailable:
+            await self._adrop(client)  # the next call starts from fresh connections
+            raise
         return [r for part in parts for r in part]
+
+    async def _adrop(self, client: httpx.AsyncClient) -> None:
+        """Forget ``client`` (after an outage its pool is not trusted) and close it."""
+        if self._async is client:
+            self._async, self._async_loop = None, None
+        try:
+            await client.aclose()
+        except Exception:  # noqa: BLE001 - closing a broken pool must not hide the outage
+            pass
 
     def _aclient(self) -> httpx.AsyncClient:
         """This event loop's client (a client is bound to the loop it first ran on)."""
