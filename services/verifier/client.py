@@ -200,18 +200,12 @@ class VerifierClient:
         try:
             parts = await asyncio.gather(*(self._apost(client, b) for b in batches))
         except VerifierUnavailable:
-            await self._adrop(client)  # the next call starts from fresh connections
+            # after an outage the pool is not trusted: the next call starts from fresh connections
+            # (the old client is only forgotten, not closed, so a call still using it is not cut)
+            if self._async is client:
+                self._async, self._async_loop = None, None
             raise
         return [r for part in parts for r in part]
-
-    async def _adrop(self, client: httpx.AsyncClient) -> None:
-        """Forget ``client`` (after an outage its pool is not trusted) and close it."""
-        if self._async is client:
-            self._async, self._async_loop = None, None
-        try:
-            await client.aclose()
-        except Exception:  # noqa: BLE001 - closing a broken pool must not hide the outage
-            pass
 
     def _aclient(self) -> httpx.AsyncClient:
         """This event loop's client (a client is bound to the loop it first ran on)."""
