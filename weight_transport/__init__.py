@@ -45,21 +45,11 @@ __all__ = [
 
 
 def make_sender(cfg: RethinkerConfig, *, redis: Redis | None = None, backend: str | None = None) -> WeightSender:
-    """The learner's sender for ``cfg.learner.weight_sync.backend`` (or ``backend``)."""
-    name = backend or cfg.learner.weight_sync.backend
-    if name == "gloo":
-        from weight_transport.gloo import GlooSender
+    """The learner's sender for ``cfg.learner.weight_sync.backend`` (or ``backend``): the round
+    protocol over that backend's data path."""
+    from weight_transport.protocol import RoundSender
 
-        return GlooSender(cfg, redis=redis)
-    if name == "nccl":
-        from weight_transport.nccl import NcclSender
-
-        return NcclSender(cfg, redis=redis)
-    if name == "cuda_ipc":
-        from weight_transport.cuda_ipc import CudaIpcSender
-
-        return CudaIpcSender(cfg, redis=redis)
-    raise ValueError(f"learner.weight_sync.backend: unknown backend {name!r} (gloo, nccl, cuda_ipc)")
+    return RoundSender(cfg, make_backend(backend or cfg.learner.weight_sync.backend), redis=redis)
 
 
 def make_backend(name: str, *, device: Device = None) -> Backend:
@@ -96,24 +86,16 @@ def make_receiver(
     -1 = unknown, so any published checkpoint is loaded first).  ``device``: where received tensors
     live for nccl/cuda_ipc (default: the current CUDA device); ignored by gloo.
     """
-    name = backend or cfg.learner.weight_sync.backend
-    if name == "gloo":
-        from weight_transport.gloo import GlooReceiver
+    from weight_transport.protocol import RoundReceiver
 
-        return GlooReceiver(cfg, server_id=server_id, on_weights=on_weights, initial_version=initial_version, redis=redis)
-    if name == "nccl":
-        from weight_transport.nccl import NcclReceiver
-
-        return NcclReceiver(
-            cfg, server_id=server_id, on_weights=on_weights, initial_version=initial_version, device=device, redis=redis
-        )
-    if name == "cuda_ipc":
-        from weight_transport.cuda_ipc import CudaIpcReceiver
-
-        return CudaIpcReceiver(
-            cfg, server_id=server_id, on_weights=on_weights, initial_version=initial_version, device=device, redis=redis
-        )
-    raise ValueError(f"learner.weight_sync.backend: unknown backend {name!r} (gloo, nccl, cuda_ipc)")
+    return RoundReceiver(
+        cfg,
+        make_backend(backend or cfg.learner.weight_sync.backend, device=device),
+        server_id=server_id,
+        on_weights=on_weights,
+        initial_version=initial_version,
+        redis=redis,
+    )
 
 
 def read_sync_state(cfg: RethinkerConfig, redis: Redis | None = None) -> dict[str, Any]:

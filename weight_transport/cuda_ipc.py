@@ -18,14 +18,11 @@ import msgpack
 import torch
 import torch.distributed as dist
 
-from common.config import RethinkerConfig
-from common.interfaces import OnWeights
 from common.schemas.weights import JoinRecord, WeightSyncError, dtype_name, dtype_of
 from weight_transport.nccl import _resolve_device
-from weight_transport.protocol import Backend, Channel, RoundReceiver, RoundSender
+from weight_transport.protocol import Backend, Channel
 
 if TYPE_CHECKING:
-    from redis import Redis
     from torch.types import Device
 
 
@@ -112,24 +109,3 @@ class CudaIpcBackend(Backend):
 
     def round_extra(self) -> dict[str, Any]:
         return {"gpu_uuid": gpu_uuid(self.device())}
-
-
-class CudaIpcSender(RoundSender):
-    def __init__(self, cfg: RethinkerConfig, *, redis: Redis | None = None, device: Device = None) -> None:
-        super().__init__(cfg, CudaIpcBackend(device), redis=redis)
-
-
-class CudaIpcReceiver(RoundReceiver):
-    def __init__(
-        self,
-        cfg: RethinkerConfig,
-        *,
-        server_id: str,
-        on_weights: OnWeights,
-        initial_version: int = -1,
-        device: Device = None,
-        redis: Redis | None = None,
-    ) -> None:
-        super().__init__(
-            cfg, CudaIpcBackend(device), server_id=server_id, on_weights=on_weights, initial_version=initial_version, redis=redis
-        )

@@ -21,13 +21,10 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 
-from common.config import RethinkerConfig
-from common.interfaces import OnWeights
 from common.schemas.weights import WeightSyncError
-from weight_transport.protocol import Backend, Channel, RoundReceiver, RoundSender
+from weight_transport.protocol import Backend, Channel
 
 if TYPE_CHECKING:
-    from redis import Redis
     from torch.types import Device
 
 
@@ -98,24 +95,3 @@ class NcclBackend(Backend):
         opts._timeout = datetime.timedelta(seconds=timeout_s * 4 + 60)  # watchdog: far above our deadline
         pg = dist.ProcessGroupNCCL(store, rank, world, opts)
         return NcclChannel(pg, dev, timeout_s)
-
-
-class NcclSender(RoundSender):
-    def __init__(self, cfg: RethinkerConfig, *, redis: Redis | None = None, device: Device = None) -> None:
-        super().__init__(cfg, NcclBackend(device), redis=redis)
-
-
-class NcclReceiver(RoundReceiver):
-    def __init__(
-        self,
-        cfg: RethinkerConfig,
-        *,
-        server_id: str,
-        on_weights: OnWeights,
-        initial_version: int = -1,
-        device: Device = None,
-        redis: Redis | None = None,
-    ) -> None:
-        super().__init__(
-            cfg, NcclBackend(device), server_id=server_id, on_weights=on_weights, initial_version=initial_version, redis=redis
-        )
