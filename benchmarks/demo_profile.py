@@ -12,6 +12,11 @@ process on the format-warmed tiny model:
 - ``generate_by_batch_s``: the same 256 responses (shared prefill) generated in calls of
   ``--batch-prompts`` prompts each (a rollout server generates one claimed batch of
   ``rollout.batch_prompts`` prompts per call), so the cost of many small calls shows;
+- ``continue_s`` / ``continue_plain_s``: Forced Rethinking's second generation call for the same
+  256 responses (each continued from its first half plus a trigger, as ``rollout.rethink`` plans
+  them) with one prefill per prompt (the prefix appended to the shared prompt cache, its log-probs
+  taken from that forward) and without it (every row prefilled, plus a teacher-forced forward for
+  the prefix log-probs), alternated, median; ``continuation_speedup`` the ratio;
 - ``learner_step_s``: one DeepSpeed (ZeRO-2, fp32) GRPO step on ``--rows`` rows of the same shape
   (the demo trains half the rollout volume, 128 rows), median; ``learner_s_per_row``.
 
@@ -63,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)  # as the launcher runs every child (launcher.child_threads)
-    from common.config import load_config
+    import numpy as np
+
+    from common.config import RETHINK_TRIGGERS, load_config
     from common.data.loader import load_rows, to_prompt_task
     from rethinker.demo import prepare_data, warm_up
     from services.rollout.engines import GenerationRequest, SamplingParams, make_engine
@@ -86,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out: dict[str, object] = {}
     gen = {True: [], False: []}
+    cont = {True: [], False: []}
     sizes = [int(x) for x in str(args.batch_prompts).split(",") if x.strip()]
     by_batch: dict[int, list[float]] = {b: [] for b in sizes}
     prefill_plain: list[float] = []
@@ -111,8 +119,18 @@ def main(argv: list[str] | None = None) -> int:
                 reqs = [GenerationRequest(f"r{i}", p, SamplingParams.from_config(cfg.algorithm.sampling, seed=i))
                         for i, p in enumerate(prompts)]
                 t = time.perf_counter()
-                eng._generate_sync(reqs, 0)
+                first = eng._generate_sync(reqs, 0)
                 gen[shared].append(time.perf_counter() - t)
+            trigger = np.asarray(e0.tokenizer.encode(RETHINK_TRIGGERS[2], add_special_tokens=False), dtype=np.int32)
+            creqs = [
+                GenerationRequest(f"c{i}:{j}", p, SamplingParams(n=1, max_new_tokens=cfg.algorithm.rethink.max_continuation_tokens, seed=i),
+                                  prefix_token_ids=np.concatenate([c.token_ids[: len(c.token_ids) // 2], trigger]))
+                for i, (p, res) in enumerate(zip(prompts, first)) for j, c in enumerate(res.completions)
+            ]
+            for shared in ((True, False) if rep % 2 == 0 else (False, True)):
+                t = time.perf_counter()
+                engines[shared]._generate_sync(creqs, 0)
+                cont[shared].append(time.perf_counter() - t)
             for b in (sizes if rep % 2 == 0 else sizes[::-1]):
                 reqs = [GenerationRequest(f"b{i}", p, SamplingParams.from_config(cfg.algorithm.sampling, seed=i))
                         for i, p in enumerate(prompts)]
@@ -136,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     out["generate_plain_s"] = med(gen[False])
     out["shared_prefill_speedup"] = round(out["generate_plain_s"] / out["generate_s"], 3)
     out["prefill_share_plain"] = round(med(prefill_plain) / out["generate_plain_s"], 3)
+    out["continue_s"] = med(cont[True])
+    out["continue_plain_s"] = med(cont[False])
+    out["continuation_speedup"] = round(out["continue_plain_s"] / out["continue_s"], 3)
     out["generate_by_batch_s"] = {str(b): med(v) for b, v in by_batch.items()}
 
     from common.model_loading import load_processor

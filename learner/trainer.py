@@ -40,6 +40,7 @@ from common.data.schema import DataRow
 from common.interfaces import LearnerBuffer
 from common.logging import get_logger
 from common.schemas import PromptTask, Sample
+from common.staleness import staleness_bound
 from learner.batching import PromptCache, TrainItem, build_items
 from learner.checkpoint import CheckpointManager
 from learner.feeder import PromptFeeder
@@ -100,9 +101,13 @@ class Trainer:
         self.buffer: LearnerBuffer | None = None
         self.feeder: PromptFeeder | None = None
         self._stop = False
-        self._groups_seen: int | None = None
-        self._empty_rounds = 0  # consecutive rounds of new groups without an effective response
+        # Group accounting (wait_for_data): groups taken by finished rounds; the buffer's group count
+        # when last looked at; where the current convergence window started (groups, effective samples).
+        self._groups_taken: int | None = None
+        self._groups_last = 0
+        self._window_groups = 0
         self._eff_seen = 0
+        self._empty_rounds = 0  # consecutive rounds of new groups without an effective response
         self.store_resets = 0  # times the buffer's store was found empty under a running learner
         self.converged = False
         self._totals_prev: dict[str, int] | None = None
@@ -178,13 +183,21 @@ class Trainer:
         return s.fresh + (s.replay if mode == "ssr" else 0) + (s.zero if mode == "grpo" else 0)
 
     def wait_for_data(self) -> float:
-        """Rank 0: until ``prompts_per_step`` new groups arrived since the last step (and something is
-        drawable); keeps feeding while it waits.  Returns the seconds spent waiting.
+        """Rank 0: until a round of ``prompts_per_step`` groups is there for this step (and something
+        is drawable); keeps feeding while it waits.  Returns the seconds spent waiting.
 
-        A round of new groups without a single effective response (every group all-right or
-        all-wrong) counts towards ``learner.stop_after_empty_rounds``; when nothing at all is
-        drawable (in mode ssr the replay pool counts) the feeder is granted another round instead of
-        a step (the public code's fill loop spins forever here).
+        Groups are counted by rounds: every step (and every round granted without a step) takes
+        exactly ``prompts_per_step`` groups off the buffer's count of stored groups.  Groups the
+        rollout servers stored ahead of the learner (they may run ``staleness_bound`` rounds ahead)
+        therefore serve the next steps without a wait; they are not swallowed by the one step that
+        happens to see them.  The learner never counts more than one feed window (``bound + 1``
+        rounds) behind the buffer's count, so groups stored before a (re)start are credited for one
+        window at most.
+
+        Every ``prompts_per_step`` new groups without a single effective response (every group
+        all-right or all-wrong) count towards ``learner.stop_after_empty_rounds``; when nothing at
+        all is drawable (in mode ssr the replay pool counts) the feeder is granted another round
+        instead of a step (the public code's fill loop spins forever here).
 
         The feed window moves with every step, so the new round's tasks are published first, before
         looking for data: rollouts that are ahead keep working instead of running dry until the
@@ -192,8 +205,7 @@ class Trainer:
         self.feeder.top_up(self.step, self.version)
         t0 = time.perf_counter()
         need = self.cfg.learner.prompts_per_step
-        if self._groups_seen is None:
-            self._groups_seen = 0  # groups stored before the learner (re)started count as new
+        window = need * (staleness_bound(self.cfg) + 1)
         warned_at = t0
         last_stats = 0.0
         while not self._stop:
@@ -201,24 +213,32 @@ class Trainer:
             if now - last_stats >= max(self.poll_s, 0.05):
                 last_stats = now
                 totals = self.buffer.stats()["totals"]
-                total = int(totals["groups"])
-                if total < self._groups_seen:
-                    self._store_lost(total, int(totals.get("eff_samples", 0)))
-                if total - self._groups_seen >= need:
-                    eff = int(totals.get("eff_samples", 0))
-                    self._round_done(total - self._groups_seen, eff - self._eff_seen)
-                    self._groups_seen, self._eff_seen = total, eff
-                    if self._stop or self._drawable() > 0:
-                        break
-                    self.feeder.grant_round()
+                total, eff = int(totals["groups"]), int(totals.get("eff_samples", 0))
+                if self._groups_taken is None:  # first look since the learner (re)started
+                    self._groups_taken = self._window_groups = max(0, total - window)
+                elif total < self._groups_last:
+                    self._store_lost(total, eff)
+                self._groups_last = total
+                self._groups_taken = max(self._groups_taken, total - window)
+                if total - self._window_groups >= need:
+                    self._round_done(total - self._window_groups, eff - self._eff_seen)
+                    self._window_groups, self._eff_seen = total, eff
+                ready = False
+                while total - self._groups_taken >= need and not ready:  # rounds stored ahead count at once
+                    self._groups_taken += need
+                    ready = self._stop or self._drawable() > 0
+                    if not ready:
+                        self.feeder.grant_round()
+                if ready:
+                    break
                 if now - t0 > self.cfg.learner.sample_timeout_s:
                     if self._drawable() > 0:
-                        log.warning("sample_timeout_partial", new_groups=total - self._groups_seen, need=need)
-                        self._groups_seen, self._eff_seen = total, int(totals.get("eff_samples", 0))
+                        log.warning("sample_timeout_partial", new_groups=total - self._groups_taken, need=need)
+                        self._groups_taken = total
                         break
                     if now - warned_at > self.cfg.learner.sample_timeout_s:
                         warned_at = now
-                        log.warning("starved", waited_s=round(now - t0, 1), new_groups=total - self._groups_seen)
+                        log.warning("starved", waited_s=round(now - t0, 1), new_groups=total - self._groups_taken)
             self.feeder.top_up(self.step, self.version)
             time.sleep(self.poll_s)
         return time.perf_counter() - t0
@@ -230,7 +250,7 @@ class Trainer:
         without persistence, the replay pool and every queued or claimed prompt task) are gone, so
         the feeder is granted a full feed window of new prompts (lost prompts come round again in
         the next epoch)."""
-        lost_groups = self._groups_seen - total
+        lost_groups = self._groups_last - total
         inflight = self.feeder.state.published - self.cfg.learner.prompts_per_step * (self.step + self.feeder.state.extra_rounds)
         log.error("buffer_store_lost", step=self.step, version=self.version, groups_lost=lost_groups,
                   groups_now=total, tasks_in_flight=max(0, inflight), action="carry_on",
@@ -239,7 +259,8 @@ class Trainer:
                          "pool and the queued/claimed prompt tasks; training continues on new prompts")
         self.store_resets += 1
         self.feeder.regrant_window(self.step)
-        self._groups_seen, self._eff_seen = total, eff
+        self._groups_taken = self._groups_last = self._window_groups = total
+        self._eff_seen = eff
         self._totals_prev = None
 
     def _round_done(self, new_groups: int, new_effective: int) -> None:

@@ -133,7 +133,13 @@ def summarize(
     rethink = [s.get("rethinking", {}) for s in result.rollout_status.values()]
     replayed = sum(r.get("replayed", 0.0) for r in train)
     trained = sum(r.get("samples", 0.0) for r in train)
-    idle = [r["idle_share"] for r in train if "idle_share" in r]
+    timed = [r for r in train if "idle_s" in r and "step_s" in r]
+    step_wall = sum(r["step_s"] for r in timed)
+    split: dict[str, float] = {}  # the rollout servers' wall time by activity, summed over servers
+    for s in result.rollout_status.values():
+        for k, v in (s.get("actor", {}).get("seconds") or {}).items():
+            split[k] = split.get(k, 0.0) + float(v)
+    split_total = sum(split.values())
     versions = [s.get("loaded_version") for s in result.rollout_status.values()]
     return {
         "initial_eval_accuracy": initial,
@@ -149,7 +155,9 @@ def summarize(
         "replayed_samples": int(replayed),
         "replayed_share": round(replayed / trained, 4) if trained else 0.0,
         "batch_fill_mean": round(sum(r.get("batch_fill", 1.0) for r in train) / len(train), 4) if train else None,
-        "learner_idle_share": round(sum(idle) / len(idle), 4) if idle else None,
+        # the share of the learner's step wall time spent waiting for data (long steps weigh more)
+        "learner_idle_share": round(sum(r["idle_s"] for r in timed) / step_wall, 4) if step_wall > 0 else None,
+        "rollout_time_share": {k: round(v / split_total, 4) for k, v in split.items()} if split_total > 0 else None,
         "reward_first": train[0].get("reward_mean") if train else None,
         "reward_last": train[-1].get("reward_mean") if train else None,
         "eval_curve": [(r["step"], r["accuracy"]) for r in rows if r.get("prefix") == "eval" and "accuracy" in r],

@@ -104,12 +104,22 @@ class ActorStats:
     paused: str | None = None
     last_error: str = ""
     rethink: RethinkStats = field(default_factory=RethinkStats)
+    # Wall seconds by activity (TIME_KEYS): where a server's time goes, engine work or waiting.
+    seconds: Counter = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "rethink"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("rethink", "seconds")}
         d["first_pass_accuracy"] = self.first_pass_correct / self.samples if self.samples else None
         d["rethink"] = self.rethink.as_dict()
+        d["seconds"] = {k: round(self.seconds[k], 3) for k in TIME_KEYS}
         return d
+
+
+# What ``ActorStats.seconds`` counts: claiming tasks (including the blocking wait for one), encoding
+# prompts, first-pass generation, scoring round trips to the verifier, rethinking continuations,
+# storing groups and acking tasks, paused (stale weights, buffer unreachable), waiting for a weight
+# swap to finish before the next batch.
+TIME_KEYS = ("claim", "encode", "generate", "score", "continue", "store", "paused", "swap_wait")
 
 
 # --------------------------------------------------------------------------- swap gate
@@ -194,6 +204,13 @@ class GroupBuilder:
         self.keepalive: Callable[[], Awaitable[None]] | None = None  # called while waiting for the verifier
 
     async def _score(self, items: list[VerifyItem]) -> dict[str, VerifyResult]:
+        t0 = time.perf_counter()
+        try:
+            return await self._score_waiting(items)
+        finally:
+            self.stats.seconds["score"] += time.perf_counter() - t0
+
+    async def _score_waiting(self, items: list[VerifyItem]) -> dict[str, VerifyResult]:
         """Score through the verifier; while it is unreachable, wait and retry with backoff
         (``rollout.verifier_outage_backoff_s`` doubling up to ``..._backoff_max_s``) for at most
         ``rollout.verifier_outage_max_s`` (0: until it is back or the server stops), keeping the
@@ -240,18 +257,21 @@ class GroupBuilder:
     async def build(self, tasks: Sequence[PromptTask]) -> list[TaskOutcome]:
         outcomes = [TaskOutcome(t) for t in tasks]
         prompts: dict[int, PromptInputs] = {}
+        t_enc = time.perf_counter()
         for k, t in enumerate(tasks):
             try:
                 prompts[k] = self.engine.encode_prompt(t)
             except Exception as exc:  # noqa: BLE001 - the task's own data is bad
                 outcomes[k].error = f"cannot encode prompt: {type(exc).__name__}: {exc}"
         live = sorted(prompts)
+        t0 = time.perf_counter()
+        self.stats.seconds["encode"] += t0 - t_enc
         if not live:
             return outcomes
-        t0 = time.perf_counter()
         reqs = [GenerationRequest(group_id_for(tasks[k]), prompts[k], self._sampling(tasks[k])) for k in live]
         results = await self.engine.generate(reqs)
         gen_s = time.perf_counter() - t0
+        self.stats.seconds["generate"] += gen_s
 
         # First-pass samples and their verdicts.
         samples: dict[int, list[Sample]] = {}
@@ -334,7 +354,9 @@ class GroupBuilder:
             )
             for k, p in plans
         ]
+        t0 = time.perf_counter()
         conts = await self.engine.continue_from(reqs)
+        self.stats.seconds["continue"] += time.perf_counter() - t0
         candidates: list[tuple[int, rethink.RethinkPlan, Sample, Completion]] = []
         items = []
         for (k, plan), res in zip(plans, conts):
@@ -504,8 +526,12 @@ class Actor:
         """Loop until ``request_stop``; cancellation releases the tasks held."""
         poll = self.cfg.rollout.heartbeat_s
         try:
+            seconds = self.stats.seconds
             while not self.stopping:
+                t0 = time.perf_counter()
                 await self.gate.wait_no_swap()
+                t1 = time.perf_counter()
+                seconds["swap_wait"] += t1 - t0
                 try:
                     reason = await self.pause_reason()
                 except Exception as exc:  # noqa: BLE001 - Redis blip: retry shortly
@@ -515,8 +541,13 @@ class Actor:
                 self.stats.paused = reason
                 if reason:
                     await self._sleep(poll)
+                    seconds["paused"] += time.perf_counter() - t1
                     continue
+                t2 = time.perf_counter()
+                seconds["claim"] += t2 - t1  # the staleness check is part of getting the next tasks
                 async with self.gate.batch():
+                    t3 = time.perf_counter()
+                    seconds["swap_wait"] += t3 - t2
                     if self.stopping:
                         break
                     try:
@@ -529,6 +560,7 @@ class Actor:
                         log.warning("claim_failed", server_id=self.server_id, error=f"{type(exc).__name__}: {exc}")
                         claimed = []
                         await self._sleep(poll)
+                    seconds["claim"] += time.perf_counter() - t3
                     if claimed and await self._stale_after_claim(claimed):
                         continue
                     if claimed:
@@ -584,6 +616,7 @@ class Actor:
         self.stats.batches += 1
         try:
             outcomes = await self.builder.build([c.task for c in claimed])
+            t0 = time.perf_counter()
             for c, out in zip(claimed, outcomes):
                 if out.group is None:
                     log.error("task_rejected", task_id=c.task.task_id, reason=out.error)
@@ -596,6 +629,7 @@ class Actor:
                 else:
                     self.stats.groups_duplicate += 1
                 await self._ack(c)
+            self.stats.seconds["store"] += time.perf_counter() - t0
             self._backoff = 0.0
         except asyncio.CancelledError:
             raise

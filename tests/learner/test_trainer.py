@@ -97,10 +97,44 @@ def test_each_step_moves_the_feed_window_even_when_its_data_is_ready(make_cfg, t
     assert producer.groups == 2 * pps
     try:
         trainer.step = trainer.version = 1  # one step done; two rounds of groups stored, nothing taken yet
-        trainer._groups_seen = 0
+        trainer._groups_taken = 0
         idle = trainer.wait_for_data()
         assert idle < 5  # the data was there
         assert trainer.feeder.state.published == 3 * pps  # the window moved: 1 + 1 + 1 rounds
+    finally:
+        trainer.close()
+
+
+def test_rounds_stored_ahead_serve_the_next_steps_without_waiting(make_cfg, tiny_model_dir):
+    """Rollouts ran the whole feed window ahead (bound 2: three rounds stored, none taken). Each of
+    the next three steps takes one round of them at once; none swallows the others, which would
+    leave the learner waiting for rounds that had been generated ahead. A fourth step, with no
+    round left and no rollouts, waits until the sample timeout."""
+    from learner.trainer import Trainer
+
+    cfg = make_cfg("learner.total_steps=8", "learner.eval_every=0", "algorithm.ssr.staleness_bound=2",
+                   "algorithm.ssr.mode=ssr", "learner.sample_timeout_s=4")
+    pps = cfg.learner.prompts_per_step
+    trainer = Trainer(cfg)
+    trainer.feeder.top_up(0, 0)
+    assert trainer.feeder.state.published == 3 * pps  # the window before any step: 0 + 1 + 2 rounds
+    producer = Producer(cfg, str(tiny_model_dir)).start()
+    try:
+        deadline = time.monotonic() + 120
+        while producer.groups < 3 * pps and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        producer.stop()
+    assert producer.groups == 3 * pps
+    try:
+        waits = []
+        for step in range(3):
+            trainer.step = trainer.version = step
+            waits.append(trainer.wait_for_data())
+        assert max(waits) < 2.0, waits  # each step had its round stored already
+        assert trainer._groups_taken == 3 * pps
+        trainer.step = trainer.version = 3
+        assert trainer.wait_for_data() >= 4.0  # nothing left: it waited for new groups until the timeout
     finally:
         trainer.close()
 

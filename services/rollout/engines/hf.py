@@ -10,8 +10,11 @@ values of the rows are concatenated, which is how the Qwen2.5-VL processor batch
 ``rollout.hf_shared_prefill`` (default) the ``n`` rows of a prompt share one prefill: the distinct
 prompts run once and their KV cache is repeated per row before decoding, so a group of 8 pays for
 its prompt (and image) once instead of 8 times.  A
-continuation row is ``prompt + prefix`` with ``mm_token_type_ids`` extended by zeros; the prefix's
-log-probs under the current weights come from one extra teacher-forced forward per continuation.
+continuation row is ``prompt + prefix`` with ``mm_token_type_ids`` extended by zeros.  Continuations
+share the prefill the same way: each distinct prompt runs once, one forward appends every row's
+prefix to its copy of the prompt's cache, and the logits of that forward are the prefix's
+log-probs under the current weights.  Without the shared prefill every continuation row is
+prefilled in full and its prefix log-probs come from one extra teacher-forced forward.
 Sampler log-probs are ``log_softmax`` of the raw logits (``output_logits=True``), which match the
 learner's teacher-forced log-probs.
 
@@ -27,7 +30,7 @@ import copy
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Container, Sequence
 
 import numpy as np
 import torch
@@ -207,6 +210,7 @@ class HFEngine(Engine):
     @torch.inference_mode()
     def _generate_sync(self, requests: list[GenerationRequest], version: int) -> list[GenerationResult]:
         completions: list[list[Completion | None]] = [[None] * r.params.n for r in requests]
+        prefix_lps: dict[int, np.ndarray] = {}  # continuations whose prefix log-probs came with their prefill
         # Rows grouped by sampling params (one generate call per group and chunk).
         groups: dict[tuple, list[tuple[int, int]]] = {}
         for i, r in enumerate(requests):
@@ -219,7 +223,9 @@ class HFEngine(Engine):
                 chunk = rows[c0 : c0 + self.max_rows]
                 seed = requests[chunk[0][0]].params.seed
                 out = width = None
-                if self.shared_prefill and len({i for i, _ in chunk}) < len(chunk):
+                if self.shared_prefill and all(requests[i].prefix_token_ids is not None for i, _ in chunk):
+                    out, width = self._generate_continuations(requests, chunk, gc, seed, c0, prefix_lps)
+                elif self.shared_prefill and len({i for i, _ in chunk}) < len(chunk):
                     out, width = self._generate_shared_prompts(requests, chunk, gc, seed, c0)
                 if out is None:
                     batch = self._rows_inputs([(requests[i].prompt, requests[i].prefix_token_ids) for i, _ in chunk])
@@ -246,7 +252,7 @@ class HFEngine(Engine):
                         text=self.decode(tok_ids),
                         policy_version=version,
                     )
-        prefix_lps = self._prefix_logprobs(requests)
+        prefix_lps.update(self._prefix_logprobs(requests, skip=prefix_lps))
         return [
             GenerationResult(
                 request_id=r.request_id,
@@ -302,11 +308,91 @@ class HFEngine(Engine):
             return None, None
         return out, int(ids.shape[1])
 
-    def _prefix_logprobs(self, requests: list[GenerationRequest]) -> dict[int, np.ndarray]:
-        """Teacher-forced log-probs of each continuation's prefix under the current weights."""
+    def _generate_continuations(
+        self, requests: list[GenerationRequest], chunk: list[tuple[int, int]], gc: Any, seed: int | None, c0: int,
+        prefix_lps: dict[int, np.ndarray],
+    ) -> tuple[Any, int | None]:
+        """Generate a chunk of continuations with one prefill per distinct prompt.
+
+        1. The distinct prompts (all but their last token) run once, image included; their KV cache
+           and 3D-rope offsets are repeated for each continuation row of that prompt.
+        2. One forward over each row's ``last prompt token + prefix`` extends the cache; its logits
+           are the prefix's teacher-forced log-probs (written to ``prefix_lps``), so no second
+           forward over prompt and prefix is needed.  Rows with shorter prefixes get a masked gap
+           between prompt and prefix: positions follow the attention mask, so the gap shifts none.
+        3. ``generate`` continues from the last prefix token.
+
+        Same tokens and log-probs as the plain path up to float rounding.  Returns ``(None, None)``
+        (and this path stays off) when the installed transformers cannot continue from a cache."""
+        rows = [i for i, _ in chunk]
+        slot: dict[int, int] = {}  # id(prompt inputs) -> row of the distinct-prompt batch
+        distinct: list[PromptInputs] = []
+        for i in rows:
+            if id(requests[i].prompt) not in slot:
+                slot[id(requests[i].prompt)] = len(distinct)
+                distinct.append(requests[i].prompt)
+        uniq = self._rows_inputs([(p, None) for p in distinct])
+        index = torch.tensor([slot[id(requests[i].prompt)] for i in rows], device=self.device)
+        ids, mask, mm = (uniq[k].index_select(0, index) for k in ("input_ids", "attention_mask", "mm_token_type_ids"))
+        prefixes = [torch.as_tensor(np.asarray(requests[i].prefix_token_ids, dtype=np.int64)) for i in rows]
+        width = max(len(p) for p in prefixes) + 1
+        seg = torch.full((len(rows), width), self._pad_id, dtype=ids.dtype)
+        seg_mask = torch.zeros((len(rows), width), dtype=mask.dtype)
+        for r, p in enumerate(prefixes):
+            seg[r, width - len(p) - 1] = ids[r, -1]
+            seg[r, width - len(p) :] = p
+            seg_mask[r, width - len(p) - 1 :] = 1
+        seg, seg_mask = seg.to(self.device), seg_mask.to(self.device)
+        full_ids = torch.cat([ids[:, :-1], seg], dim=1)
+        full_mask = torch.cat([mask[:, :-1], seg_mask], dim=1)
+        full_mm = torch.cat([mm[:, :-1], torch.zeros_like(seg)], dim=1)  # the prompt's last token is text
+        try:
+            u_ids, u_mask, u_mm = uniq["input_ids"], uniq["attention_mask"], uniq["mm_token_type_ids"]
+            pre = self._model(
+                input_ids=u_ids[:, :-1], attention_mask=u_mask[:, :-1], mm_token_type_ids=u_mm[:, :-1],
+                pixel_values=uniq.get("pixel_values"), image_grid_thw=uniq.get("image_grid_thw"), use_cache=True,
+            )
+            cache = getattr(pre, "cache", None) or getattr(pre, "past_key_values", None)
+            inner = getattr(self._model, "model", self._model)
+            deltas = getattr(inner, "rope_deltas", None)
+            if cache is None or deltas is None or not hasattr(cache, "batch_select_indices"):
+                raise EngineError("the model returned no KV cache / rope offsets to continue from")
+            cache.batch_select_indices(index)
+            deltas = deltas.index_select(0, index.to(deltas.device))
+            cache_kw = "cache" if "cache" in _forward_params(self._model) else "past_key_values"
+            start = ids.shape[1] - 1
+            text_pos = (full_mask.long().cumsum(-1) - 1).clamp(min=0)[:, start : start + width - 1]
+            position_ids = (text_pos + deltas.to(text_pos.device)).unsqueeze(0).expand(3, -1, -1)
+            ext = self._model(
+                input_ids=seg[:, :-1], attention_mask=full_mask[:, : start + width - 1], position_ids=position_ids,
+                use_cache=True, **{cache_kw: cache},
+            )
+            logp = torch.log_softmax(ext.logits.float(), dim=-1)
+            for r, (i, p) in enumerate(zip(rows, prefixes)):
+                lo = width - len(p) - 1  # the logits at the last prompt token predict the prefix's first token
+                lp = logp[r, lo : lo + len(p)].gather(-1, p.to(logp.device).unsqueeze(-1)).squeeze(-1)
+                prefix_lps[i] = np.ascontiguousarray(lp.cpu().numpy().astype(np.float32))
+            inner.rope_deltas = deltas
+            if seed is not None:
+                torch.manual_seed(seed + c0)
+            out = self._model.generate(
+                input_ids=full_ids, attention_mask=full_mask, mm_token_type_ids=full_mm, generation_config=gc,
+                **{cache_kw: cache},
+            )
+        except Exception as exc:  # noqa: BLE001 - an unsupported transformers version: plain path from now on
+            for i in rows:
+                prefix_lps.pop(i, None)
+            self.shared_prefill = False
+            log.warning("shared_prefill_off", error=f"{type(exc).__name__}: {exc}")
+            return None, None
+        return out, int(full_ids.shape[1])
+
+    def _prefix_logprobs(self, requests: list[GenerationRequest], skip: Container[int] = ()) -> dict[int, np.ndarray]:
+        """Teacher-forced log-probs of each continuation's prefix under the current weights (requests
+        in ``skip`` already have theirs)."""
         from common.model_loading import teacher_forced_logprobs_batch
 
-        idx = [i for i, r in enumerate(requests) if r.prefix_token_ids is not None]
+        idx = [i for i, r in enumerate(requests) if r.prefix_token_ids is not None and i not in skip]
         out: dict[int, np.ndarray] = {}
         for c0 in range(0, len(idx), self.max_rows):
             chunk = idx[c0 : c0 + self.max_rows]

@@ -86,6 +86,38 @@ def test_shared_prefill_gives_the_plain_batch_results(engine, temperature):
             assert np.abs(cs.logprobs - cp.logprobs).max() < 1e-5
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_shared_prompt_continuations_give_the_plain_batch_results(engine, temperature):
+    """Continuations of several prompts with prefixes of different lengths: one prefill per distinct
+    prompt, the prefixes appended after a masked gap, produce the same tokens, log-probs and prefix
+    log-probs as prefilling every row in full plus a teacher-forced forward."""
+    p1, p2 = _prompts(engine)
+    [f1, f2] = asyncio.run(engine.generate([
+        GenerationRequest("a", p1, SamplingParams(n=3, max_new_tokens=10, seed=3)),
+        GenerationRequest("b", p2, SamplingParams(n=2, max_new_tokens=10, seed=3)),
+    ]))
+    trig = np.asarray(engine.tokenizer.encode("\n\nWait, let's double check", add_special_tokens=False), dtype=np.int32)
+    plans = [(p1, f1.completions[0], 6), (p1, f1.completions[1], 2), (p2, f2.completions[0], 9),
+             (p1, f1.completions[2], 0), (p2, f2.completions[1], 4)]
+    reqs = [
+        GenerationRequest(f"r{k}", p, SamplingParams(n=1, temperature=temperature, max_new_tokens=8, seed=11),
+                          prefix_token_ids=np.concatenate([y1.token_ids[:cut], trig]))
+        for k, (p, y1, cut) in enumerate(plans)
+    ]
+    shared = asyncio.run(engine.continue_from(reqs))
+    assert engine.shared_prefill  # no fallback happened
+    engine.shared_prefill = False
+    plain = asyncio.run(engine.continue_from(reqs))
+    for req, s, p in zip(reqs, shared, plain):
+        assert s.completions[0].token_ids.tolist() == p.completions[0].token_ids.tolist()
+        assert np.abs(s.completions[0].logprobs - p.completions[0].logprobs).max() < 1e-4
+        assert len(s.prefix_logprobs) == len(req.prefix_token_ids)
+        assert np.abs(s.prefix_logprobs - p.prefix_logprobs).max() < 1e-4
+    # a prefix that copies y1 has y1's sampler log-probs
+    np.testing.assert_allclose(shared[0].prefix_logprobs[:6], f1.completions[0].logprobs[:6], atol=1e-4)
+    np.testing.assert_allclose(shared[2].prefix_logprobs[:9], f2.completions[0].logprobs[:9], atol=1e-4)
+
+
 def test_continuation_from_prefix(engine):
     p1, _ = _prompts(engine)
     [first] = asyncio.run(engine.generate([GenerationRequest("a", p1, SamplingParams(n=1, max_new_tokens=10, seed=3))]))
