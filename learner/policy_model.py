@@ -41,6 +41,9 @@ def on_cpu() -> bool:
     return os.environ.get("DS_ACCELERATOR", "") == "cpu" or not torch.cuda.is_available()
 
 
+_LONE_MARK = "RETHINKER_LONE_RANK_PID"  # the pid of a process that made itself a world of one
+
+
 def init_distributed() -> tuple[int, int]:
     """Initialise torch.distributed for DeepSpeed (idempotent); returns ``(rank, world_size)``."""
     import torch.distributed as dist
@@ -48,9 +51,12 @@ def init_distributed() -> tuple[int, int]:
     if on_cpu():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if not dist.is_initialized():
-        lone = "WORLD_SIZE" not in os.environ
+        # a lone process: no launcher set WORLD_SIZE, or this very process set it on an earlier
+        # call (its group was destroyed since, e.g. between tests): rendezvous on a fresh port again
+        lone = "WORLD_SIZE" not in os.environ or os.environ.get(_LONE_MARK) == str(os.getpid())
         if lone:
             os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+            os.environ[_LONE_MARK] = str(os.getpid())
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(_free_port()))
         import deepspeed

@@ -101,3 +101,25 @@ def test_bf16_engine_with_a_reference_model_reports_the_kl_term(make_cfg, synth_
     # the manifest reports the trained (bf16) dtype and full shapes: what rollout servers receive
     specs = policy.manifest()
     assert {s.dtype for s in specs} == {"bfloat16"} and len(specs) == len(list(policy.module.parameters()))
+
+
+def test_a_lone_process_can_initialise_again_after_its_group_was_destroyed():
+    """A process without a launcher makes itself a world of one; after its process group is destroyed
+    (between tests, say) a second call rendezvouses again instead of failing for want of the
+    master address it removed after the first rendezvous."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch.distributed as dist\n"
+        "from learner.policy_model import init_distributed\n"
+        "print(init_distributed())\n"
+        "dist.destroy_process_group()\n"
+        "print(init_distributed())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["DS_ACCELERATOR"] = "cpu"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert [line for line in out.stdout.splitlines() if line.startswith("(")] == ["(0, 1)", "(0, 1)"]
