@@ -16,6 +16,13 @@ seconds), ``tokens_per_s`` (tokens the rollout servers generated per second of t
 ``final_accuracy`` (greedy held-out accuracy of the last checkpoint).  Ratios: ``speedup_per_step``
 = sync step_s / async step_s (target >= 1.3) and ``accuracy_delta`` = async - sync.
 
+Both modes run exactly ``--steps`` steps (``learner.stop_after_empty_rounds`` is 0).  The default
+120 steps stay in stage 1; a run into stage 2 can reach the solved end state, where every group is
+all-correct and, once the replay pool is spent, nothing is drawable: the learner then asks for
+round after round without a step, for as long as it runs.  For longer runs pass
+``--set learner.stop_after_empty_rounds=10`` (step counts may then differ; ``step_s`` stays a
+median).  SIGINT / SIGTERM stop the whole benchmark (exit 130 / 143) without a line.
+
 Usage: python benchmarks/async_vs_sync.py [--steps 120] [--repeats 1] [--out runs/bench-async-sync]
        [--set key=value ...]   (config overrides applied to both modes)
 """
@@ -137,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg.redis.namespace = f"{warm.redis.namespace}-avs-{k}"
         reset_namespace(cfg)
         result = run_system(cfg)
+        if result.stopped_by is not None:  # asked to stop: no further runs, no line from a cut-short run
+            print(json.dumps({"error": f"stopped by {result.stopped_by} during the {mode} run {k}; nothing recorded"}))
+            return 130 if result.stopped_by == "SIGINT" else 143
         if result.returncode != 0:
             print(json.dumps({"error": f"{mode} run {k} exited with {result.returncode}; see {run_dir / 'logs'}"}))
             return 1

@@ -76,6 +76,18 @@ def test_trainer_feeds_trains_broadcasts_and_checkpoints(make_cfg, tiny_model_di
     assert ck["feeder"]["cursor"] == ck["feeder"]["published"] % ck["feeder"]["num_rows"]
 
 
+def _store_groups(cfg, tiny_model_dir, n: int) -> None:
+    """Let a producer (rollout stand-in: real groups into the real buffer) store ``n`` groups, then stop it."""
+    producer = Producer(cfg, str(tiny_model_dir)).start()
+    try:
+        deadline = time.monotonic() + 120
+        while producer.groups < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        producer.stop()
+    assert producer.groups == n
+
+
 def test_each_step_moves_the_feed_window_even_when_its_data_is_ready(make_cfg, tiny_model_dir):
     """Rollouts ahead of the learner: the groups of the next step are stored before the learner asks.
     The learner still publishes the next round's prompts first, so the rollouts never run dry
@@ -87,14 +99,7 @@ def test_each_step_moves_the_feed_window_even_when_its_data_is_ready(make_cfg, t
     trainer = Trainer(cfg)
     trainer.feeder.top_up(0, 0)  # the window before any step: 0 + 1 + 1 rounds
     assert trainer.feeder.state.published == 2 * pps
-    producer = Producer(cfg, str(tiny_model_dir)).start()
-    try:
-        deadline = time.monotonic() + 120
-        while producer.groups < 2 * pps and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        producer.stop()
-    assert producer.groups == 2 * pps
+    _store_groups(cfg, tiny_model_dir, 2 * pps)
     try:
         trainer.step = trainer.version = 1  # one step done; two rounds of groups stored, nothing taken yet
         trainer._groups_taken = 0
@@ -118,14 +123,7 @@ def test_rounds_stored_ahead_serve_the_next_steps_without_waiting(make_cfg, tiny
     trainer = Trainer(cfg)
     trainer.feeder.top_up(0, 0)
     assert trainer.feeder.state.published == 3 * pps  # the window before any step: 0 + 1 + 2 rounds
-    producer = Producer(cfg, str(tiny_model_dir)).start()
-    try:
-        deadline = time.monotonic() + 120
-        while producer.groups < 3 * pps and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        producer.stop()
-    assert producer.groups == 3 * pps
+    _store_groups(cfg, tiny_model_dir, 3 * pps)
     try:
         waits = []
         for step in range(3):

@@ -48,3 +48,31 @@ def test_figures_and_ratios(bench):
     assert out["speedup_per_step"] == 2.0 and out["accuracy_delta"] == 0.05 and out["meets_target"] is True
     worse = bench.summarize({"async": [a | {"final_accuracy": 0.7}], "sync": [s]})
     assert worse["meets_target"] is False  # faster but less accurate does not meet the target
+
+
+def test_a_stop_signal_ends_the_whole_benchmark(bench, monkeypatch, tmp_path, capsys):
+    """SIGTERM during the first mode's run: the other mode is not started and no figures are printed."""
+    import json
+
+    import devtools.tiny_model
+    import rethinker.demo
+    import rethinker.launcher
+    import rethinker.local_redis
+
+    started: list[str] = []
+
+    def run_system(cfg):
+        started.append(cfg.learner.sync_mode)
+        return rethinker.launcher.RunResult(returncode=143, wall_s=1.0, stopped_by="SIGTERM")
+
+    monkeypatch.setattr(rethinker.demo, "prepare_data", lambda cfg: None)
+    monkeypatch.setattr(rethinker.demo, "warm_up", lambda cfg, out: cfg)
+    monkeypatch.setattr(rethinker.demo, "evaluate_model", lambda cfg, path, out: {"accuracy": 0.25})
+    monkeypatch.setattr(rethinker.demo, "reset_namespace", lambda cfg: 0)
+    monkeypatch.setattr(devtools.tiny_model, "ensure_model", lambda model_cfg: model_cfg.path)
+    monkeypatch.setattr(rethinker.local_redis, "ensure_redis", lambda url: url)
+    monkeypatch.setattr(rethinker.launcher, "run_system", run_system)
+    assert bench.main(["--steps", "6", "--repeats", "2", "--out", str(tmp_path)]) == 143
+    assert started == ["async"]
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {
+        "error": "stopped by SIGTERM during the async run 0; nothing recorded"}

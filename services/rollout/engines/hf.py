@@ -264,6 +264,29 @@ class HFEngine(Engine):
             for i, r in enumerate(requests)
         ]
 
+    @property
+    def _inner(self) -> Any:
+        """The model under the generation head (it holds the 3D-rope offsets of the last prefill)."""
+        return getattr(self._model, "model", self._model)
+
+    def _prefill_prompts(self, uniq: dict[str, torch.Tensor], index: torch.Tensor) -> tuple[dict[str, Any], torch.Tensor]:
+        """Run the distinct prompts of ``uniq`` (all but their last token) once and repeat their KV
+        cache for the rows ``index`` maps to them.  Returns the cache as the keyword arguments the
+        model takes it in, and the rows' 3D-rope offsets; raises ``EngineError`` when the installed
+        transformers returns no cache or offsets to continue from."""
+        ids, mask, mm = uniq["input_ids"], uniq["attention_mask"], uniq["mm_token_type_ids"]
+        pre = self._model(
+            input_ids=ids[:, :-1], attention_mask=mask[:, :-1], mm_token_type_ids=mm[:, :-1],
+            pixel_values=uniq.get("pixel_values"), image_grid_thw=uniq.get("image_grid_thw"), use_cache=True,
+        )
+        cache = getattr(pre, "cache", None) or getattr(pre, "past_key_values", None)
+        deltas = getattr(self._inner, "rope_deltas", None)
+        if cache is None or deltas is None or not hasattr(cache, "batch_select_indices"):
+            raise EngineError("the model returned no KV cache / rope offsets to continue from")
+        cache.batch_select_indices(index)
+        kwargs = {"cache" if "cache" in _forward_params(self._model) else "past_key_values": cache}
+        return kwargs, deltas.index_select(0, index.to(deltas.device))
+
     def _generate_shared_prompts(
         self, requests: list[GenerationRequest], chunk: list[tuple[int, int]], gc: Any, seed: int | None, c0: int
     ) -> tuple[Any, int | None]:
@@ -284,20 +307,10 @@ class HFEngine(Engine):
         index = torch.repeat_interleave(torch.arange(len(order)), counts).to(self.device)
         ids, mask, mm = uniq["input_ids"], uniq["attention_mask"], uniq["mm_token_type_ids"]
         try:
-            pre = self._model(
-                input_ids=ids[:, :-1], attention_mask=mask[:, :-1], mm_token_type_ids=mm[:, :-1],
-                pixel_values=uniq.get("pixel_values"), image_grid_thw=uniq.get("image_grid_thw"), use_cache=True,
-            )
-            cache = getattr(pre, "cache", None) or getattr(pre, "past_key_values", None)
-            inner = getattr(self._model, "model", self._model)
-            deltas = getattr(inner, "rope_deltas", None)
-            if cache is None or deltas is None or not hasattr(cache, "batch_select_indices"):
-                raise EngineError("the model returned no KV cache / rope offsets to continue from")
-            cache.batch_select_indices(index)
-            inner.rope_deltas = deltas.index_select(0, index.to(deltas.device))
+            kwargs, deltas = self._prefill_prompts(uniq, index)
+            self._inner.rope_deltas = deltas
             if seed is not None:
                 torch.manual_seed(seed + c0)
-            kwargs = {"cache" if "cache" in _forward_params(self._model) else "past_key_values": cache}
             out = self._model.generate(
                 input_ids=ids.index_select(0, index), attention_mask=mask.index_select(0, index),
                 mm_token_type_ids=mm.index_select(0, index), generation_config=gc, **kwargs,
@@ -347,37 +360,24 @@ class HFEngine(Engine):
         full_mask = torch.cat([mask[:, :-1], seg_mask], dim=1)
         full_mm = torch.cat([mm[:, :-1], torch.zeros_like(seg)], dim=1)  # the prompt's last token is text
         try:
-            u_ids, u_mask, u_mm = uniq["input_ids"], uniq["attention_mask"], uniq["mm_token_type_ids"]
-            pre = self._model(
-                input_ids=u_ids[:, :-1], attention_mask=u_mask[:, :-1], mm_token_type_ids=u_mm[:, :-1],
-                pixel_values=uniq.get("pixel_values"), image_grid_thw=uniq.get("image_grid_thw"), use_cache=True,
-            )
-            cache = getattr(pre, "cache", None) or getattr(pre, "past_key_values", None)
-            inner = getattr(self._model, "model", self._model)
-            deltas = getattr(inner, "rope_deltas", None)
-            if cache is None or deltas is None or not hasattr(cache, "batch_select_indices"):
-                raise EngineError("the model returned no KV cache / rope offsets to continue from")
-            cache.batch_select_indices(index)
-            deltas = deltas.index_select(0, index.to(deltas.device))
-            cache_kw = "cache" if "cache" in _forward_params(self._model) else "past_key_values"
+            kwargs, deltas = self._prefill_prompts(uniq, index)
             start = ids.shape[1] - 1
             text_pos = (full_mask.long().cumsum(-1) - 1).clamp(min=0)[:, start : start + width - 1]
             position_ids = (text_pos + deltas.to(text_pos.device)).unsqueeze(0).expand(3, -1, -1)
             ext = self._model(
                 input_ids=seg[:, :-1], attention_mask=full_mask[:, : start + width - 1], position_ids=position_ids,
-                use_cache=True, **{cache_kw: cache},
+                use_cache=True, **kwargs,
             )
             logp = torch.log_softmax(ext.logits.float(), dim=-1)
             for r, (i, p) in enumerate(zip(rows, prefixes)):
                 lo = width - len(p) - 1  # the logits at the last prompt token predict the prefix's first token
                 lp = logp[r, lo : lo + len(p)].gather(-1, p.to(logp.device).unsqueeze(-1)).squeeze(-1)
                 prefix_lps[i] = np.ascontiguousarray(lp.cpu().numpy().astype(np.float32))
-            inner.rope_deltas = deltas
+            self._inner.rope_deltas = deltas
             if seed is not None:
                 torch.manual_seed(seed + c0)
             out = self._model.generate(
-                input_ids=full_ids, attention_mask=full_mask, mm_token_type_ids=full_mm, generation_config=gc,
-                **{cache_kw: cache},
+                input_ids=full_ids, attention_mask=full_mask, mm_token_type_ids=full_mm, generation_config=gc, **kwargs,
             )
         except Exception as exc:  # noqa: BLE001 - an unsupported transformers version: plain path from now on
             for i in rows:
