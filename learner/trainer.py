@@ -3,7 +3,8 @@
 One iteration (= one optimizer step = one policy version)::
 
     feeder.top_up(step)                 publish prompts within the staleness bound (rank 0)
-    wait_for_data()                     until one rollout step's worth of new groups arrived (idle time)
+    wait_for_data()                     until this step's round of groups is stored (idle time); rounds
+                                        stored ahead serve the next steps without a wait
     buffer.sample(n, mode=ssr|filter|grpo, policy_version=version)   (rank 0, broadcast to all ranks)
                                         a short batch is trained as drawn or completed after more
                                         rounds (learner.short_batch); batch_fill = drawn / wanted
