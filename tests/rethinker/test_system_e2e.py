@@ -29,14 +29,26 @@ from rethinker.local_redis import free_ports
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def system_overrides(tmp_path: Path, redis_url: str, tiny_model_dir: Path) -> list[str]:
+@pytest.fixture
+def namespace(redis_url: str):
+    """A Redis namespace of the test's own, deleted afterwards (a run leaves tens of thousands of keys,
+    and every later namespace reset scans them)."""
+    from common.config import RethinkerConfig
+    from rethinker.demo import reset_namespace
+
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    yield name
+    reset_namespace(RethinkerConfig.model_validate({"redis": {"url": redis_url, "namespace": name}}))
+
+
+def system_overrides(tmp_path: Path, redis_url: str, tiny_model_dir: Path, namespace: str) -> list[str]:
     v, b, r, w = free_ports(4)
     data = tmp_path / "data"
     return [
         f"run.run_dir={tmp_path / 'run'}",
         f"learner.checkpoint_dir={tmp_path / 'run' / 'ckpt'}",
         f"redis.url={redis_url}",
-        f"redis.namespace=e2e-{uuid.uuid4().hex[:8]}",
+        f"redis.namespace={namespace}",
         f"model.path={tiny_model_dir}",
         f"data.train_path={data / 'train.parquet'}",
         f"data.eval_path={data / 'eval.parquet'}",
@@ -57,8 +69,8 @@ def args_for(overrides: list[str]) -> list[str]:
 @pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.timeout(960)  # the demo subprocess has its own 900 s limit
-def test_demo_learns_and_every_part_takes_part(tmp_path, redis_url, tiny_model_dir):
-    overrides = system_overrides(tmp_path, redis_url, tiny_model_dir) + [
+def test_demo_learns_and_every_part_takes_part(tmp_path, redis_url, tiny_model_dir, namespace):
+    overrides = system_overrides(tmp_path, redis_url, tiny_model_dir, namespace) + [
         "learner.total_steps=140",
         "learner.prompts_per_step=16",
         # The on-policy schedule: each step's fresh pool is exactly the one round generated for it,
@@ -124,8 +136,8 @@ def test_demo_learns_and_every_part_takes_part(tmp_path, redis_url, tiny_model_d
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_up_stops_every_process_on_sigterm(tmp_path, redis_url, tiny_model_dir, synth_data_dir):
-    overrides = system_overrides(tmp_path, redis_url, tiny_model_dir) + [
+def test_up_stops_every_process_on_sigterm(tmp_path, redis_url, tiny_model_dir, synth_data_dir, namespace):
+    overrides = system_overrides(tmp_path, redis_url, tiny_model_dir, namespace) + [
         f"data.train_path={Path(synth_data_dir) / 'train.parquet'}",
         f"data.eval_path={Path(synth_data_dir) / 'eval.parquet'}",
         "learner.total_steps=100000",
