@@ -88,6 +88,12 @@ def test_actor_fills_the_buffer(cfg_factory, verifier_url):
     a = status["actor"]
     assert a["groups_stored"] == 6 and a["tasks_acked"] == 6 and a["groups_duplicate"] == 0 and a["batch_errors"] == 0
     assert status["loaded_version"] == 0 and status["tokens_generated"] > 0 and status["tokens_per_s"] > 0
+    # where the server's time went: every activity reported, engine work and round trips measured
+    sec = a["seconds"]
+    assert list(sec) == ["claim", "encode", "generate", "score", "continue", "store", "paused", "swap_wait"]
+    assert sec["generate"] > 0 and sec["encode"] > 0 and sec["score"] > 0 and sec["store"] > 0 and sec["claim"] > 0
+    assert sec["continue"] == 0 and sec["paused"] == 0  # version 0: before the rethinking stage; never paused
+    assert sum(sec.values()) <= status["uptime_s"] + 1.0
 
 
 def test_a_group_stored_before_a_crash_is_not_stored_twice(cfg_factory, verifier_url):
