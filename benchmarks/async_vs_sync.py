@@ -75,16 +75,18 @@ def mode_order(repeats: int) -> list[str]:
 
 def run_figures(rows: list[dict[str, Any]], rollout_status: dict[str, dict[str, Any]], final: float | None) -> dict[str, Any]:
     """One mode run's figures from its learner metrics and the rollout servers' last status."""
+    from rethinker.launcher import learner_idle_share
+
     train = [r for r in rows if r.get("prefix") == "train"]
     steps = [float(r["step_s"]) for r in train if "step_s" in r]
     wall = sum(steps)
-    idle = sum(float(r.get("idle_s", 0.0)) for r in train)
+    idle = learner_idle_share(train)
     tokens = sum(int(s.get("tokens_generated", 0) or 0) for s in rollout_status.values())
     return {
         "steps": int(train[-1]["step"]) if train else 0,
         "step_s": round(statistics.median(steps[5:] or steps), 4) if steps else None,
         "wall_s": round(wall, 1),
-        "learner_idle_share": round(idle / wall, 4) if wall else None,
+        "learner_idle_share": round(idle, 4) if idle is not None else None,
         "tokens_per_s": round(tokens / wall, 1) if wall else None,
         "final_accuracy": final,
     }

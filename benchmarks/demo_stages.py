@@ -24,16 +24,19 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from rethinker.launcher import learner_idle_share  # noqa: E402
 
 
 def stage_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if not rows:
         return {"steps": 0}
-    step_wall = sum(r["step_s"] for r in rows)
+    idle = learner_idle_share(rows)
     trained = sum(r.get("samples", 0.0) for r in rows)
     return {
         "steps": len(rows),
-        "idle_share": round(sum(r["idle_s"] for r in rows) / step_wall, 4) if step_wall > 0 else None,
+        "idle_share": round(idle, 4) if idle is not None else None,
         "step_s": round(statistics.median(r["step_s"] for r in rows), 3),
         "train_s": round(statistics.median(r.get("train_s", 0.0) for r in rows), 3),
         "replayed_share": round(sum(r.get("replayed", 0.0) for r in rows) / trained, 4) if trained else None,

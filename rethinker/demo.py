@@ -126,15 +126,14 @@ def latest_export(cfg: RethinkerConfig) -> str | None:
 def summarize(
     cfg: RethinkerConfig, run_dir: Path, *, initial: float, final: float | None, result: Any, wall_s: float
 ) -> dict[str, Any]:
-    from rethinker.launcher import read_learner_metrics
+    from rethinker.launcher import learner_idle_share, read_learner_metrics
 
     rows = read_learner_metrics(run_dir)
     train = [r for r in rows if r.get("prefix") == "train"]
     rethink = [s.get("rethinking", {}) for s in result.rollout_status.values()]
     replayed = sum(r.get("replayed", 0.0) for r in train)
     trained = sum(r.get("samples", 0.0) for r in train)
-    timed = [r for r in train if "idle_s" in r and "step_s" in r]
-    step_wall = sum(r["step_s"] for r in timed)
+    idle = learner_idle_share(train)
     split: dict[str, float] = {}  # the rollout servers' wall time by activity, summed over servers
     for s in result.rollout_status.values():
         for k, v in (s.get("actor", {}).get("seconds") or {}).items():
@@ -155,8 +154,7 @@ def summarize(
         "replayed_samples": int(replayed),
         "replayed_share": round(replayed / trained, 4) if trained else 0.0,
         "batch_fill_mean": round(sum(r.get("batch_fill", 1.0) for r in train) / len(train), 4) if train else None,
-        # the share of the learner's step wall time spent waiting for data (long steps weigh more)
-        "learner_idle_share": round(sum(r["idle_s"] for r in timed) / step_wall, 4) if step_wall > 0 else None,
+        "learner_idle_share": round(idle, 4) if idle is not None else None,
         "rollout_time_share": {k: round(v / split_total, 4) for k, v in split.items()} if split_total > 0 else None,
         "reward_first": train[0].get("reward_mean") if train else None,
         "reward_last": train[-1].get("reward_mean") if train else None,

@@ -241,6 +241,14 @@ def wait_healthy(children: list[Child], timeout_s: float) -> None:
             time.sleep(0.5)
 
 
+def learner_idle_share(rows: list[dict[str, Any]]) -> float | None:
+    """Seconds the learner waited for data over its step seconds, for the train rows that have both
+    (long steps weigh more than short ones; None without step time)."""
+    timed = [r for r in rows if "idle_s" in r and "step_s" in r]
+    wall = sum(float(r["step_s"]) for r in timed)
+    return sum(float(r["idle_s"]) for r in timed) / wall if wall > 0 else None
+
+
 def read_learner_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """Every row of the learner's `learner_metrics.jsonl` (one per step and prefix: train / eval)."""
     rows = []

@@ -347,15 +347,14 @@ class HFEngine(Engine):
         uniq = self._rows_inputs([(p, None) for p in distinct])
         index = torch.tensor([slot[id(requests[i].prompt)] for i in rows], device=self.device)
         ids, mask, mm = (uniq[k].index_select(0, index) for k in ("input_ids", "attention_mask", "mm_token_type_ids"))
-        prefixes = [torch.as_tensor(np.asarray(requests[i].prefix_token_ids, dtype=np.int64)) for i in rows]
+        prefixes = [torch.as_tensor(np.asarray(requests[i].prefix_token_ids, dtype=np.int64), device=ids.device) for i in rows]
         width = max(len(p) for p in prefixes) + 1
-        seg = torch.full((len(rows), width), self._pad_id, dtype=ids.dtype)
-        seg_mask = torch.zeros((len(rows), width), dtype=mask.dtype)
-        for r, p in enumerate(prefixes):
+        seg = torch.full((len(rows), width), self._pad_id, dtype=ids.dtype, device=ids.device)
+        seg_mask = torch.zeros((len(rows), width), dtype=mask.dtype, device=ids.device)
+        for r, p in enumerate(prefixes):  # built where the prompts are: no copy of a device value to the host
             seg[r, width - len(p) - 1] = ids[r, -1]
             seg[r, width - len(p) :] = p
             seg_mask[r, width - len(p) - 1 :] = 1
-        seg, seg_mask = seg.to(self.device), seg_mask.to(self.device)
         full_ids = torch.cat([ids[:, :-1], seg], dim=1)
         full_mask = torch.cat([mask[:, :-1], seg_mask], dim=1)
         full_mm = torch.cat([mm[:, :-1], torch.zeros_like(seg)], dim=1)  # the prompt's last token is text
@@ -371,7 +370,7 @@ class HFEngine(Engine):
             logp = torch.log_softmax(ext.logits.float(), dim=-1)
             for r, (i, p) in enumerate(zip(rows, prefixes)):
                 lo = width - len(p) - 1  # the logits at the last prompt token predict the prefix's first token
-                lp = logp[r, lo : lo + len(p)].gather(-1, p.to(logp.device).unsqueeze(-1)).squeeze(-1)
+                lp = logp[r, lo : lo + len(p)].gather(-1, p.unsqueeze(-1)).squeeze(-1)
                 prefix_lps[i] = np.ascontiguousarray(lp.cpu().numpy().astype(np.float32))
             self._inner.rope_deltas = deltas
             if seed is not None:
